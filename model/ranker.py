@@ -1,0 +1,188 @@
+"""The sequence ranker: a SASRec-style causal self-attention encoder over a user's recent items.
+
+Input rows are item rows of the embedding table, LEFT-padded with -1 so the last column is always the most
+recent item; the hidden state there is the user representation, and an item's score is its inner product
+with that state. The item table is shared between input and output, and it is the same table ``E`` the worker
+uses for retrieval (``item_embeddings()``): training fits it to both jobs (see ``model/train.py``).
+
+Positional embeddings are aligned to the *right*: the most recent item always gets the last position, however
+long the input is, so histories shorter than ``max_len`` need no padding to full length and a batch can be cut
+to its longest history.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD = -1
+"""Item row meaning "no item" in histories and candidate lists."""
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """Shape of a :class:`SequenceRanker`; stored in every artifact manifest to rebuild the module."""
+
+    n_items: int
+    dim: int = 64
+    max_len: int = 50
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.n_items < 1:
+            raise ValueError("n_items must be positive")
+        if self.dim < 1 or self.max_len < 1 or self.n_layers < 0 or self.n_heads < 1:
+            raise ValueError("dim, max_len and n_heads must be positive, n_layers non-negative")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RankerConfig:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block: causal multi-head self-attention, then a position-wise feed-forward net."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.attention_norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attention_out = nn.Linear(dim, dim)
+        self.ffn_norm = nn.LayerNorm(dim)
+        # SASRec's feed-forward keeps the model width (no 4x expansion): the data sets are small and sparse.
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.residual_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = (
+            self.qkv(self.attention_norm(x))
+            .view(batch, length, 3, self.n_heads, dim // self.n_heads)
+            .permute(2, 0, 3, 1, 4)
+        )
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )
+        attended = attended.transpose(1, 2).reshape(batch, length, dim)
+        x = x + self.residual_dropout(self.attention_out(attended))
+        return x + self.residual_dropout(self.ffn(self.ffn_norm(x)))
+
+
+class SequenceRanker(nn.Module):
+    """Scores items for a user from the user's recent item sequence (next-item prediction)."""
+
+    def __init__(self, config: RankerConfig) -> None:
+        super().__init__()
+        self.config = config
+        # Row n_items is the padding row: always zero, never trained, never scored.
+        self.item_embedding = nn.Embedding(config.n_items + 1, config.dim, padding_idx=config.n_items)
+        self.position_embedding = nn.Embedding(config.max_len, config.dim)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            _Block(config.dim, config.n_heads, config.dropout) for _ in range(config.n_layers)
+        )
+        self.final_norm = nn.LayerNorm(config.dim)
+        self._input_scale = math.sqrt(config.dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Item rows of norm ≈ 1 give logits of order 1 against the layer-normed hidden state (norm ≈ sqrt(dim)),
+        # and keep the raw inner products the worker's retrieval uses in a sane range from the first step.
+        std = 1.0 / math.sqrt(self.config.dim)
+        nn.init.normal_(self.item_embedding.weight, std=std)
+        nn.init.normal_(self.position_embedding.weight, std=std)
+        with torch.no_grad():
+            self.item_embedding.weight[self.config.n_items].zero_()
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    # --- the contract used by the worker ------------------------------------------------------------------
+    def item_embeddings(self) -> torch.Tensor:
+        """The shared item table ``E`` ``[n_items, dim]`` (a view: detach before using it outside torch)."""
+        return self.item_embedding.weight[: self.config.n_items]
+
+    def encode(self, history: torch.Tensor) -> torch.Tensor:
+        """User vectors ``[B, dim]`` from histories ``[B, L]`` of item rows (-1 = padding, most recent last).
+
+        The vector is the hidden state at the last column that holds an item, so stray -1 entries (an item the
+        model does not know) are skipped. Rows that are all padding get a zero vector: every item scores 0 and
+        a stable sort keeps the candidates in retrieval order.
+        """
+        history = self._fit_length(history)
+        hidden = self.forward(history)
+        valid = history != PAD
+        length = history.shape[1]
+        last = length - 1 - torch.flip(valid, dims=[1]).to(torch.int64).argmax(dim=1)
+        user = hidden[torch.arange(len(history), device=history.device), last]
+        return user * valid.any(dim=1, keepdim=True).to(user.dtype)
+
+    def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, C]`` of candidate item rows ``[B, C]`` for each history; -1 candidates score -inf."""
+        user = self.encode(history)
+        real = candidates != PAD
+        vectors = self.item_embedding(torch.where(real, candidates, self.config.n_items))
+        scores = torch.einsum("bd,bcd->bc", user, vectors)
+        return scores.masked_fill(~real, float("-inf"))
+
+    def score_all(self, history: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, n_items]`` of the whole catalogue (offline evaluation)."""
+        return self.encode(history) @ self.item_embeddings().T
+
+    # --- training ----------------------------------------------------------------------------------------
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[B, L, dim]`` at every position; position ``t`` sees items ``0..t`` only.
+
+        ``L`` must not exceed ``max_len`` (use :meth:`encode` for arbitrary lengths). Training applies the
+        next-item loss at every position that has a target.
+        """
+        batch, length = history.shape
+        if length > self.config.max_len:
+            raise ValueError(f"history length {length} exceeds max_len {self.config.max_len}")
+        valid = history != PAD
+        rows = torch.where(valid, history, self.config.n_items)
+        x = self.item_embedding(rows) * self._input_scale
+        x = x + self.position_embedding.weight[self.config.max_len - length :]
+        x = self.embedding_dropout(x) * valid.unsqueeze(-1)
+        allowed = self._attention_mask(valid)
+        for block in self.blocks:
+            x = block(x, allowed) * valid.unsqueeze(-1)
+        return self.final_norm(x)
+
+    @staticmethod
+    def _attention_mask(valid: torch.Tensor) -> torch.Tensor:
+        """bool ``[B, 1, L, L]``: query i may attend key j when j ≤ i and j holds an item.
+
+        Every position may also attend itself, so a padding query never has an empty row (softmax over
+        nothing is NaN); padding outputs are zeroed and never read.
+        """
+        length = valid.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
+        diagonal = torch.eye(length, dtype=torch.bool, device=valid.device)
+        return ((causal & valid.unsqueeze(1)) | diagonal).unsqueeze(1)
+
+    def _fit_length(self, history: torch.Tensor) -> torch.Tensor:
+        """Keep the ``max_len`` most recent columns; at least one column so empty histories work."""
+        if history.dim() != 2:
+            raise ValueError(f"history must be [batch, length], got shape {tuple(history.shape)}")
+        if history.shape[1] > self.config.max_len:
+            return history[:, -self.config.max_len :]
+        if history.shape[1] == 0:
+            return torch.full((history.shape[0], 1), PAD, dtype=torch.int64, device=history.device)
+        return history

@@ -1,0 +1,95 @@
+"""Prometheus metrics of a worker. Names follow Prometheus conventions: base units, ``_total`` counters.
+
+Latency histograms are in seconds with buckets from 1 ms, because freshness targets are in milliseconds.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from stream.events import EVENT_TYPES
+from stream.rejection import REJECTION_REASONS
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+#: decode … publish run in the pipeline (publish = building the messages); produce (send and wait for the
+#: broker's acknowledgements) and commit run in the runtime.
+STAGES = ("decode", "validate", "state", "retrieve", "rank", "filter", "publish", "produce", "commit")
+
+
+class WorkerMetrics:
+    """All metrics of one worker, registered on ``registry`` (a fresh one per test)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.messages_consumed = Counter(
+            "streamrec_messages_consumed_total", "Input messages read, valid or not.", registry=registry
+        )
+        self.events_consumed = Counter(
+            "streamrec_events_consumed_total", "Accepted events by type.", ["event_type"], registry=registry
+        )
+        self.events_invalid = Counter(
+            "streamrec_events_invalid_total",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.recommendations_published = Counter(
+            "streamrec_recommendations_published_total",
+            "Recommendation messages acknowledged by the broker, by how they were made.",
+            ["kind"],
+            registry=registry,
+        )
+        self.event_to_recommendation = Histogram(
+            "streamrec_event_to_recommendation_seconds",
+            "From an event to the broker's acknowledgement of the recommendation it triggered; clock=event_time "
+            "starts at the event's own timestamp, clock=consume_time when the worker read it.",
+            ["clock"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "streamrec_stage_seconds",
+            "Time spent per micro-batch in each pipeline stage.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_events = Histogram(
+            "streamrec_batch_messages",
+            "Input messages per micro-batch.",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+            registry=registry,
+        )
+        self.pipeline_errors = Counter(
+            "streamrec_pipeline_errors_total",
+            "Batches where a stage failed and users were served trending items instead.",
+            ["stage"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "streamrec_consumer_lag_messages",
+            "Messages behind the partition's high watermark after the last poll.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.users_in_state = Gauge("streamrec_users_in_state", "Users held in this worker's state.", registry=registry)
+        self.users_restored = Counter(
+            "streamrec_users_restored_total",
+            "User states restored from the changelog topic.",
+            registry=registry,
+        )
+        self.model_info = Info("streamrec_model", "The model version being served.", registry=registry)
+        self.index_items = Gauge("streamrec_index_items", "Items in the ANN index being served.", registry=registry)
+        # Zero-valued series exist from the start, so dashboards and rate() see every label.
+        for event_type in EVENT_TYPES:
+            self.events_consumed.labels(event_type)
+        for reason in REJECTION_REASONS:
+            self.events_invalid.labels(reason)
+        for kind in ("personalized", "trending"):
+            self.recommendations_published.labels(kind)
+        for clock in ("event_time", "consume_time"):
+            self.event_to_recommendation.labels(clock)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)

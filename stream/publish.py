@@ -1,0 +1,32 @@
+"""Stage 7 — publish: the output contract on topic ``recommendations`` (key = user id)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+
+from stream.events import Event
+from stream.filters import ScoredItem
+
+
+def recommendation_message(
+    user_id: str, items: Sequence[ScoredItem], model_version: str, trigger: Event, generated_at: float
+) -> bytes:
+    """The JSON value of one recommendation message; see ``stream/schemas/recommendation.schema.json``."""
+    return orjson.dumps(
+        {
+            "user_id": user_id,
+            "items": [
+                {"item_id": item.item_id, "score": round(item.score, 6), "reason": item.reason} for item in items
+            ],
+            "model_version": model_version,
+            "trigger": {
+                "event_id": trigger.event_id,
+                "item_id": trigger.item_id,
+                "event_type": trigger.event_type.value,
+                "ts": trigger.ts,
+            },
+            "generated_at": generated_at,
+        }
+    )

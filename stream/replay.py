@@ -1,0 +1,186 @@
+"""Replay an event file into Kafka as a live stream: the load generator of the demo, benchmarks and tests.
+
+JSONL lines go out as they are, *unvalidated*: malformed lines must reach the topic so that the worker's
+dead-letter path is exercised by the same files. Other formats (Beauty, Taobao, Diginetica) are loaded with
+:func:`model.datasets.load_events` and sent as contract JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaProducer
+from tqdm import tqdm
+
+from model.datasets import detect_format, load_events
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MIN_SLEEP_S = 0.002
+"""Sleeps shorter than this are skipped and the debt carried forward: at 50,000 events/s a sleep per event would
+cost more than the send itself, and the OS cannot sleep that briefly anyway."""
+
+
+def open_messages(path: Path) -> tuple[Iterator[bytes], int]:
+    """The message values to send, in file order, and how many there are (at most, for JSONL).
+
+    JSONL lines are yielded raw (trailing newline removed), valid or not; only blank lines are dropped, since
+    they are file layout rather than messages. Any other format is converted event by event to contract JSON.
+    """
+    if detect_format(path) == "jsonl":
+        return _raw_lines(path), _count_lines(path)
+    events = load_events(path)
+    return (orjson.dumps(event.to_json_dict()) for event in events.events()), len(events)
+
+
+def _raw_lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        for line in handle:
+            value = line.rstrip(b"\r\n")
+            if value.strip():
+                yield value
+
+
+def message_key(obj: Any) -> bytes | None:
+    """The partitioning key: the user id, so one user's events stay ordered on one partition.
+
+    ``None`` (round-robin) for anything without a usable ``user_id``; such a message is headed for the dead
+    letters anyway.
+    """
+    if not isinstance(obj, dict):
+        return None
+    user_id = obj.get("user_id")
+    if isinstance(user_id, bool) or not isinstance(user_id, str | int):
+        return None
+    return str(user_id).encode()
+
+
+def is_retimable(ts: Any, min_ts: float) -> bool:
+    """Whether a ``ts`` is a plausible event time that retiming may move to now.
+
+    Values the worker would reject - wrong type, not finite, not ISO-8601, or older than ``min_ts`` (deliberate
+    out-of-range test cases) - are left alone, so retiming never turns a bad event into a good one.
+    """
+    if isinstance(ts, bool):
+        return False
+    if isinstance(ts, int | float):
+        return math.isfinite(ts) and ts >= min_ts
+    if isinstance(ts, str):
+        try:
+            return datetime.fromisoformat(ts).timestamp() >= min_ts
+        except (ValueError, OverflowError, OSError):
+            return False
+    return False
+
+
+def prepare_message(line: bytes, retime: bool, now: float, min_ts: float) -> tuple[bytes | None, bytes]:
+    """``(key, value)`` for one line. With ``retime``, a valid ``ts`` becomes ``now`` so that event-time
+    latency measures the pipeline rather than the age of the data set; everything else in the line is kept."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None, line
+    key = message_key(obj)
+    if retime and isinstance(obj, dict) and is_retimable(obj.get("ts"), min_ts):
+        obj["ts"] = now
+        return key, orjson.dumps(obj)
+    return key, line
+
+
+def pacing_delay(sent: int, rate: float | None, elapsed: float) -> float:
+    """Seconds to sleep so that ``sent`` messages after ``elapsed`` seconds keep to ``rate`` per second.
+
+    The schedule is absolute (message ``n`` is due at ``n / rate``), a token bucket whose burst is
+    :data:`MIN_SLEEP_S` worth of messages: short stalls are caught up and no drift accumulates.
+    """
+    if rate is None or rate <= 0:
+        return 0.0
+    ahead = sent / rate - elapsed
+    return ahead if ahead >= MIN_SLEEP_S else 0.0
+
+
+def _count_lines(path: Path) -> int:
+    """Lines in a file, for the progress bar's total; counting newlines in 1 MiB blocks takes milliseconds."""
+    count = 0
+    last = b"\n"
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
+class _DeliveryErrors:
+    """Collects asynchronous send failures, which kafka-python reports on futures rather than raising."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: BaseException | None = None
+
+    def __call__(self, exc: BaseException) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = exc
+
+
+def replay(
+    events_path: Path,
+    bootstrap: str,
+    topic: str = "events",
+    rate: float | None = None,
+    retime: bool = True,
+    limit: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Send the events of ``events_path`` to ``topic``; returns how many were sent.
+
+    ``rate`` caps events per second (``None``: as fast as the producer goes); ``limit`` stops after that many
+    messages. Raises ``RuntimeError`` if any message was not acknowledged by the brokers.
+    """
+    events_path = Path(events_path)
+    if not events_path.is_file():
+        raise ValueError(f"event file not found: {events_path}")
+    if rate is not None and rate <= 0:
+        raise ValueError("rate must be positive")
+    if limit is not None and limit < 0:
+        raise ValueError("limit must not be negative")
+    min_ts = Settings().min_event_ts
+    messages, total = open_messages(events_path)
+    if limit is not None:
+        messages = islice(messages, limit)
+        total = min(total, limit)
+
+    producer = KafkaProducer(
+        bootstrap_servers=[server.strip() for server in bootstrap.split(",") if server.strip()],
+        linger_ms=5,
+        acks="all",
+    )
+    errors = _DeliveryErrors()
+    sent = 0
+    try:
+        with tqdm(total=total, unit="ev", disable=not progress, desc=f"replay -> {topic}") as bar:
+            started = time.monotonic()
+            for line in messages:
+                delay = pacing_delay(sent, rate, time.monotonic() - started)
+                if delay:
+                    time.sleep(delay)
+                key, value = prepare_message(line, retime, time.time(), min_ts)
+                producer.send(topic, key=key, value=value).add_errback(errors)
+                sent += 1
+                bar.update(1)
+        producer.flush()
+    finally:
+        producer.close()
+    if errors.count:
+        raise RuntimeError(f"{errors.count} of {sent} messages were not delivered to {topic}: {errors.first!r}")
+    log.info("replayed %d events from %s to %s", sent, events_path, topic)
+    return sent

@@ -1,0 +1,169 @@
+"""The one settings object of streamrec.
+
+Every field can be set from the environment as ``STREAMREC_<FIELD_NAME>`` (upper case), or overridden by the
+CLI. The field descriptions are the reference documentation: the README's settings table is generated from them
+(``streamrec settings --markdown``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream.events import EVENT_TYPES
+
+
+class Settings(BaseSettings):
+    """Configuration of a streamrec worker, the CLI and training."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", frozen=True, extra="ignore")
+
+    # --- Kafka -------------------------------------------------------------------------------------------
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated `host:port`."
+    )
+    events_topic: str = Field("events", description="Input topic of user events (key = user id).")
+    recommendations_topic: str = Field(
+        "recommendations", description="Output topic of recommendations (key = user id)."
+    )
+    dead_letter_topic: str = Field(
+        "events.dlq",
+        description="Topic receiving every rejected input message: original bytes plus a machine-readable "
+        "reason in the headers `streamrec.reason` and `streamrec.detail`.",
+    )
+    state_topic: str = Field(
+        "streamrec.user-state",
+        description="Changelog topic of user state (key = user id, same partition as the input). Create it "
+        "compacted on Apache Kafka; a worker restores its partitions' users from it on assignment.",
+    )
+    consumer_group: str = Field(
+        "streamrec", description="Consumer group id of the workers; scale out by starting more workers."
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="Where a consumer group without committed offsets starts reading, as in Kafka Streams.",
+    )
+    topic_partitions: int = Field(
+        8, ge=1, description="Partitions of the topics that `streamrec` creates when they do not exist."
+    )
+    replication_factor: int = Field(1, ge=1, description="Replication factor of topics created by streamrec.")
+    session_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Consumer group session timeout. Apache Kafka rejects values under 6 s by default; the "
+        "embedded test broker holds each group join for half of it, so tests use 2 s.",
+    )
+    heartbeat_interval_s: float = Field(
+        3.0, gt=0, description="Consumer heartbeat interval; keep it at most a third of the session timeout."
+    )
+    max_poll_interval_s: float = Field(
+        300.0, gt=0, description="Longest time between polls before the consumer leaves the group."
+    )
+    producer_linger_ms: int = Field(
+        5, ge=0, description="Producer linger: how long a send waits to share a request with others."
+    )
+    compression: Literal["none", "gzip"] = Field(
+        "none", description="Compression of produced messages (gzip saves bandwidth at some CPU cost)."
+    )
+
+    # --- Micro-batching ------------------------------------------------------------------------------------
+    batch_max_events: int = Field(
+        500,
+        ge=1,
+        description="Most events processed together: one FAISS search and one ranker forward per batch. "
+        "Larger batches raise throughput and latency.",
+    )
+    batch_max_wait_ms: int = Field(
+        20, ge=0, description="Longest a poll waits for more events before a partial batch is processed."
+    )
+
+    # --- Validation ----------------------------------------------------------------------------------------
+    max_payload_bytes: int = Field(
+        16_384, ge=256, description="Events larger than this are rejected with reason `payload_too_large`."
+    )
+    max_id_length: int = Field(256, ge=1, description="Longest accepted user, item, event or session id.")
+    min_event_ts: float = Field(
+        946_684_800.0,
+        description="Earliest accepted event time (epoch seconds; default 2000-01-01). Older events are "
+        "rejected with reason `timestamp_out_of_range`.",
+    )
+    max_clock_skew_s: float = Field(
+        86_400.0, ge=0, description="How far in the future (by the worker's clock) an event time may lie."
+    )
+
+    reject_key_mismatch: bool = Field(
+        True,
+        description="Dead-letter events whose Kafka key is set but differs from `user_id` (reason "
+        "`key_mismatch`): user state is partitioned by key, so such events would split a user's state.",
+    )
+
+    # --- User state ----------------------------------------------------------------------------------------
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "cart": 4.0, "buy": 8.0},
+        description="Weight of each event type in the user's interest vector (JSON in the environment).",
+    )
+    interest_half_life_s: float = Field(
+        172_800.0,
+        gt=0,
+        description="Event-time half-life of interest: an event this much older than the newest counts half.",
+    )
+    max_recent_items: int = Field(50, ge=1, description="Length of each user's recent-item sequence fed to the ranker.")
+    max_bought_items: int = Field(
+        1000, ge=0, description="Most recent purchases remembered per user, never recommended again."
+    )
+    trending_half_life_s: float = Field(
+        3_600.0, gt=0, description="Event-time half-life of the real-time popularity counts (trending)."
+    )
+
+    # --- Retrieval and ranking ------------------------------------------------------------------------------
+    top_k: int = Field(20, ge=1, le=1000, description="Items per published recommendation.")
+    n_candidates: int = Field(
+        200, ge=1, description="Candidates retrieved from the ANN index and re-scored by the ranker."
+    )
+    hnsw_ef_search: int = Field(128, ge=1, description="HNSW search breadth: higher is more exact and slower.")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF lists probed per query (IVF indexes only).")
+    torch_threads: int = Field(
+        1, ge=1, description="Intra-op threads of the ranker. One per worker process scales best per core."
+    )
+
+    # --- Worker ---------------------------------------------------------------------------------------------
+    artifacts_dir: Path | None = Field(
+        None, description="Model artifact directory written by `streamrec train` (required by the worker)."
+    )
+    model_poll_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="How often a worker checks the artifact directory's `LATEST` for a new model version to swap "
+        "in without a restart; 0 disables hot swapping.",
+    )
+    runtime: Literal["kafka", "faust"] = Field(
+        "kafka",
+        description="Stream runtime: `kafka` is the bare aiokafka micro-batch loop (measured fastest, see "
+        "bench/), `faust` runs the same pipeline as a faust-streaming agent.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address of the Prometheus `/metrics` server; `0.0.0.0` to expose it."
+    )
+    metrics_port: int = Field(9400, ge=0, le=65535, description="Port of `/metrics`; 0 disables it.")
+
+    @field_validator("event_weights")
+    @classmethod
+    def _weights_cover_event_types(cls, weights: dict[str, float]) -> dict[str, float]:
+        missing = set(EVENT_TYPES) - set(weights)
+        if missing:
+            raise ValueError(f"event_weights lacks {sorted(missing)}")
+        if any(w < 0 for w in weights.values()):
+            raise ValueError("event weights must be non-negative")
+        return weights
+
+
+def settings_markdown_table() -> str:
+    """The settings reference as a Markdown table, for the README."""
+    rows = ["| env var | default | description |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        rows.append(f"| `STREAMREC_{name.upper()}` | `{default}` | {field.description} |")
+    return "\n".join(rows)

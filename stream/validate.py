@@ -1,0 +1,104 @@
+"""Stage 2 — validate: a decoded JSON object to a typed :class:`~stream.events.Event`.
+
+Unknown fields are ignored so producers can add fields without breaking workers. Integer ids are accepted
+and turned into strings because many shops key users and items by number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from stream.events import EVENT_TYPES, Event, EventType
+from stream.rejection import InvalidEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationRules:
+    """The limits an event must respect; built from :class:`~stream.settings.Settings`."""
+
+    max_id_length: int = 256
+    min_event_ts: float = 946_684_800.0
+    max_clock_skew_s: float = 86_400.0
+    reject_key_mismatch: bool = True
+
+
+def _required_id(payload: dict[str, Any], name: str, max_length: int) -> str:
+    if name not in payload or payload[name] is None:
+        raise InvalidEvent("missing_field", f"`{name}` is required")
+    return _id_value(payload[name], name, max_length)
+
+
+def _optional_id(payload: dict[str, Any], name: str, max_length: int) -> str | None:
+    value = payload.get(name)
+    return None if value is None else _id_value(value, name, max_length)
+
+
+def _id_value(value: Any, name: str, max_length: int) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidEvent("invalid_type", f"`{name}` must be a string, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise InvalidEvent("empty_id", f"`{name}` is empty")
+    if len(text) > max_length:
+        raise InvalidEvent("id_too_long", f"`{name}` has {len(text)} characters > {max_length}")
+    return text
+
+
+def parse_timestamp(value: Any) -> float:
+    """Epoch seconds from a number or an ISO-8601 string (naive strings are taken as UTC)."""
+    if isinstance(value, bool):
+        raise InvalidEvent("invalid_timestamp", "`ts` must be epoch seconds or ISO-8601, got a boolean")
+    if isinstance(value, int | float):
+        ts = float(value)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidEvent("invalid_timestamp", f"`ts` {value[:40]!r} is not ISO-8601") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        ts = parsed.timestamp()
+    else:
+        raise InvalidEvent("invalid_timestamp", f"`ts` must be a number or string, got {type(value).__name__}")
+    if not math.isfinite(ts):
+        raise InvalidEvent("invalid_timestamp", "`ts` is not finite")
+    return ts
+
+
+def validate(payload: dict[str, Any], key: bytes | None, rules: ValidationRules, now: float) -> Event:
+    """Check one decoded event against the contract, or raise :class:`InvalidEvent`."""
+    user_id = _required_id(payload, "user_id", rules.max_id_length)
+    item_id = _required_id(payload, "item_id", rules.max_id_length)
+
+    event_type = payload.get("event_type")
+    if event_type is None:
+        raise InvalidEvent("missing_field", "`event_type` is required")
+    if event_type not in EVENT_TYPES:
+        raise InvalidEvent("unknown_event_type", f"{str(event_type)[:40]!r} is not one of {EVENT_TYPES}")
+
+    if "ts" not in payload or payload["ts"] is None:
+        raise InvalidEvent("missing_field", "`ts` is required")
+    ts = parse_timestamp(payload["ts"])
+    if ts < rules.min_event_ts or ts > now + rules.max_clock_skew_s:
+        raise InvalidEvent("timestamp_out_of_range", f"`ts` {ts:.3f} outside accepted range")
+
+    context = payload.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise InvalidEvent("invalid_type", "`context` must be an object")
+
+    # State is partitioned by the message key: a key other than the user id would split a user's state.
+    if rules.reject_key_mismatch and key is not None and key.decode("utf-8", "replace") != user_id:
+        raise InvalidEvent("key_mismatch", "message key differs from `user_id`")
+
+    return Event(
+        user_id=user_id,
+        item_id=item_id,
+        event_type=EventType(event_type),
+        ts=ts,
+        event_id=_optional_id(payload, "event_id", rules.max_id_length),
+        session_id=_optional_id(payload, "session_id", rules.max_id_length),
+        context=context,
+    )

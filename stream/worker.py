@@ -1,0 +1,103 @@
+"""Starting a worker: load the model, serve ``/metrics``, run the chosen runtime until SIGTERM or SIGINT.
+
+A worker also watches the artifact directory: when ``streamrec train`` writes a new version and moves
+``LATEST`` to it, the worker loads and checks it in the background and swaps it in between two batches, so a
+model update needs no restart and loses no event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import torch
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+
+from model.artifacts import ArtifactError, ModelArtifacts, load_artifacts, resolve_artifact_dir
+from stream.metrics import WorkerMetrics
+from stream.pipeline import Pipeline
+from stream.settings import Settings
+from stream.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+def start_metrics_server(settings: Settings, registry: CollectorRegistry) -> None:
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+
+
+def build_pipeline(settings: Settings) -> tuple[Pipeline, WorkerMetrics]:
+    if settings.artifacts_dir is None:
+        raise ValueError("no model artifacts: pass --artifacts DIR or set STREAMREC_ARTIFACTS_DIR")
+    torch.set_num_threads(settings.torch_threads)
+    artifacts = load_artifacts(settings.artifacts_dir)
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    metrics = WorkerMetrics(registry)
+    pipeline = Pipeline(settings, artifacts, metrics)
+    log.info("serving model %s (%d items, dim %d)", artifacts.version, len(artifacts.item_ids), artifacts.dim)
+    return pipeline, metrics
+
+
+async def watch_model(settings: Settings, pipeline: Pipeline, lock: asyncio.Lock, stop: asyncio.Event) -> None:
+    """Swap in a new artifact version when ``LATEST`` changes; a broken new version is refused and logged."""
+    assert settings.artifacts_dir is not None
+    directory = Path(settings.artifacts_dir)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=settings.model_poll_interval_s)
+        if stop.is_set():
+            return
+        try:
+            latest = resolve_artifact_dir(directory)
+        except (ArtifactError, OSError):
+            continue
+        if latest.name == pipeline.artifacts.version:
+            continue
+        try:
+            artifacts: ModelArtifacts = await asyncio.to_thread(load_artifacts, latest)
+        except (ArtifactError, OSError) as exc:
+            log.error("not swapping to %s: %s", latest, exc)
+            continue
+        async with lock:
+            pipeline.use_model(artifacts)
+        log.info("now serving model %s", artifacts.version)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker in the foreground until SIGTERM/SIGINT; then finish the batch, commit and leave."""
+    pipeline, metrics = build_pipeline(settings)
+    start_metrics_server(settings, metrics.registry)
+    partitions = ensure_topics(settings)
+    log.info("topics ready: %s", partitions)
+    asyncio.run(_serve(settings, pipeline, metrics))
+
+
+async def _serve(settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if settings.runtime == "faust":
+        from stream.runtime.faust_app import FaustWorker
+
+        worker: object = FaustWorker(settings, pipeline, metrics)
+    else:
+        from stream.runtime.kafka_loop import KafkaWorker
+
+        worker = KafkaWorker(settings, pipeline, metrics)
+    watcher = None
+    if settings.model_poll_interval_s > 0:
+        watcher = asyncio.create_task(watch_model(settings, pipeline, worker.batch_lock, stop))  # type: ignore[attr-defined]
+    try:
+        await worker.run(stop)  # type: ignore[attr-defined]
+    finally:
+        stop.set()
+        if watcher is not None:
+            await watcher
+    log.info("worker stopped")

@@ -1,0 +1,36 @@
+import numpy as np
+import torch
+
+from model.ranker import RankerConfig, SequenceRanker
+from stream.rank import rank_candidates
+
+
+class RecordingScorer:
+    """Scores candidate r as r + the most recent history row, and keeps the tensors it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        self.calls.append((history.clone(), candidates.clone()))
+        return candidates.float() + history[:, -1:].float()
+
+
+def test_histories_are_left_padded_and_truncated_to_the_most_recent() -> None:
+    scorer = RecordingScorer()
+    scores = rank_candidates(
+        scorer, [[1, 2, 3, 4], [9]], [np.array([5, 6]), np.array([7])], max_history=3
+    )
+    history, candidates = scorer.calls[0]
+    assert len(scorer.calls) == 1  # one forward for the whole batch
+    assert history.tolist() == [[2, 3, 4], [-1, -1, 9]]
+    assert candidates.tolist() == [[5, 6], [7, 0]]
+    assert [s.tolist() for s in scores] == [[9.0, 10.0], [16.0]]
+
+
+def test_real_ranker_scores_every_candidate_finitely() -> None:
+    torch.manual_seed(0)
+    ranker = SequenceRanker(RankerConfig(n_items=30, dim=16, max_len=8, n_layers=1, n_heads=2, dropout=0.0)).eval()
+    scores = rank_candidates(ranker, [[1, 2, 3], [], [4]], [np.arange(10), np.array([3, 4]), np.array([29])], 8)
+    assert [len(s) for s in scores] == [10, 2, 1]
+    assert all(np.isfinite(s).all() for s in scores)
