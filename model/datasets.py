@@ -181,12 +181,10 @@ def parse_timestamp(value: Any) -> float:
     return ts
 
 
-def _id_field(obj: dict[str, Any], name: str, required: bool) -> str | None:
+def _optional_id(obj: dict[str, Any], name: str) -> str | None:
     """An id as ``str``; files often hold integer ids, which the contract's string ids represent exactly."""
     value = obj.get(name)
     if value is None:
-        if required:
-            raise ValueError(f"missing {name}")
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"{name} has type {type(value).__name__}")
@@ -196,12 +194,19 @@ def _id_field(obj: dict[str, Any], name: str, required: bool) -> str | None:
     return text
 
 
+def _required_id(obj: dict[str, Any], name: str) -> str:
+    value = _optional_id(obj, name)
+    if value is None:
+        raise ValueError(f"missing {name}")
+    return value
+
+
 def event_from_json(obj: Any) -> Event:
     """An :class:`Event` from one decoded contract object; ``ValueError`` names what is wrong."""
     if not isinstance(obj, dict):
         raise ValueError(f"not a JSON object but {type(obj).__name__}")
-    user_id = _id_field(obj, "user_id", required=True)
-    item_id = _id_field(obj, "item_id", required=True)
+    user_id = _required_id(obj, "user_id")
+    item_id = _required_id(obj, "item_id")
     raw_type = obj.get("event_type")
     try:
         event_type = EventType(raw_type)
@@ -212,14 +217,13 @@ def event_from_json(obj: Any) -> Event:
     context = obj.get("context")
     if context is not None and not isinstance(context, dict):
         raise ValueError("context is not an object")
-    assert user_id is not None and item_id is not None  # required=True guarantees it; narrows the type
     return Event(
         user_id=user_id,
         item_id=item_id,
         event_type=event_type,
         ts=parse_timestamp(obj["ts"]),
-        event_id=_id_field(obj, "event_id", required=False),
-        session_id=_id_field(obj, "session_id", required=False),
+        event_id=_optional_id(obj, "event_id"),
+        session_id=_optional_id(obj, "session_id"),
         context=context,
     )
 

@@ -93,9 +93,7 @@ class SequenceRanker(nn.Module):
         self.item_embedding = nn.Embedding(config.n_items + 1, config.dim, padding_idx=config.n_items)
         self.position_embedding = nn.Embedding(config.max_len, config.dim)
         self.embedding_dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(
-            _Block(config.dim, config.n_heads, config.dropout) for _ in range(config.n_layers)
-        )
+        self.blocks = nn.ModuleList(_Block(config.dim, config.n_heads, config.dropout) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(config.dim)
         self._input_scale = math.sqrt(config.dim)
         self.reset_parameters()
@@ -152,7 +150,7 @@ class SequenceRanker(nn.Module):
         ``L`` must not exceed ``max_len`` (use :meth:`encode` for arbitrary lengths). Training applies the
         next-item loss at every position that has a target.
         """
-        batch, length = history.shape
+        length = history.shape[1]
         if length > self.config.max_len:
             raise ValueError(f"history length {length} exceeds max_len {self.config.max_len}")
         valid = history != PAD

@@ -51,7 +51,9 @@ def broker(
 @app.command()
 def worker(
     bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,
-    artifacts: Annotated[Path | None, typer.Option(help="Model artifact directory (or its parent with LATEST).")] = None,
+    artifacts: Annotated[
+        Path | None, typer.Option(help="Model artifact directory (or its parent with LATEST).")
+    ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Port of /metrics; 0 disables it.")] = None,
     metrics_host: Annotated[str | None, typer.Option(help="Address of /metrics.")] = None,
     group: Annotated[str | None, typer.Option(help="Consumer group id.")] = None,
@@ -144,7 +146,9 @@ def demo(
     events: Annotated[int, typer.Option(help="Live events to replay through the worker.")] = 3000,
     rate: Annotated[float, typer.Option(help="Replay rate in events per second.")] = 200.0,
     metrics_port: Annotated[int, typer.Option(help="Port of the worker's /metrics.")] = 9400,
-    keep_running: Annotated[bool, typer.Option(help="Keep broker and worker up after the replay, until Ctrl-C.")] = False,
+    keep_running: Annotated[
+        bool, typer.Option(help="Keep broker and worker up after the replay, until Ctrl-C.")
+    ] = False,
 ) -> None:
     """Live demo: embedded broker, a trained model, a worker, events replayed, recommendations printed."""
     from stream.demo import run_demo

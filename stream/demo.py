@@ -100,7 +100,9 @@ def run_demo(workdir: Path, n_live_events: int, rate: float, metrics_port: int, 
             )
         try:
             print(f"broker on {broker.bootstrap}; worker pid {worker.pid}")
-            print(f"metrics: http://127.0.0.1:{env['STREAMREC_METRICS_PORT']}/metrics (worker log: {workdir}/worker.log)")
+            print(
+                f"metrics: http://127.0.0.1:{env['STREAMREC_METRICS_PORT']}/metrics (worker log: {workdir}/worker.log)"
+            )
             stop = threading.Event()
             latencies: list[float] = []
             viewer = threading.Thread(

@@ -145,7 +145,7 @@ _P_OFF_CATEGORY = 0.1  # a view outside the session's category, drawn from the u
 _P_TASTE_DRIFT = 0.08  # per session: a new category enters the user's taste ...
 _TASTE_DRIFT_WEIGHT = 0.3  # ... with this share of it
 _MEAN_SESSION_VIEWS = 4.0
-_MEAN_SESSION_EVENTS = 5.5  # views plus their clicks, carts and buys, measured
+_MEAN_SESSION_EVENTS = 5.5  # 4 views and their clicks, carts, buys (~5.8), less for sessions cut short
 _COMPLEMENT_WEIGHTS = (0.55, 0.3, 0.15)  # the first complement of an item is the most common follow-up
 _COMPLEMENT_CUM: tuple[list[float], ...] = tuple(
     list(itertools.accumulate(_COMPLEMENT_WEIGHTS[:n])) for n in range(len(_COMPLEMENT_WEIGHTS) + 1)
@@ -157,7 +157,6 @@ class _Catalog:
     """The catalog plus the sampling tables the event loop needs, as plain lists for fast scalar access."""
 
     records: list[dict[str, Any]]
-    category_names: list[str]
     category_cum: list[float]  # cumulative traffic weights of the categories
     items_by_category: list[list[int]]  # item indexes of each category, most popular first
     item_cum_by_category: list[list[float]]  # cumulative Zipf weights of those items
@@ -303,7 +302,6 @@ def _build_catalog(rng: np.random.Generator, n_items: int, n_categories: int, st
     categories_of_items = item_category.tolist()
     return _Catalog(
         records=records,
-        category_names=[name for _theme, name, _segment in categories],
         category_cum=np.cumsum(traffic).tolist(),
         items_by_category=items_by_category,
         item_cum_by_category=item_cum_by_category,

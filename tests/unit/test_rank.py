@@ -18,9 +18,7 @@ class RecordingScorer:
 
 def test_histories_are_left_padded_and_truncated_to_the_most_recent() -> None:
     scorer = RecordingScorer()
-    scores = rank_candidates(
-        scorer, [[1, 2, 3, 4], [9]], [np.array([5, 6]), np.array([7])], max_history=3
-    )
+    scores = rank_candidates(scorer, [[1, 2, 3, 4], [9]], [np.array([5, 6]), np.array([7])], max_history=3)
     history, candidates = scorer.calls[0]
     assert len(scorer.calls) == 1  # one forward for the whole batch
     assert history.tolist() == [[2, 3, 4], [-1, -1, 9]]

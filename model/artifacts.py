@@ -1,0 +1,234 @@
+"""Model artifacts: the versioned directory ``model/train.py`` writes and the worker serves from.
+
+Layout of ``<root>/<version>/`` (a version is never modified once written; a new training writes a new one):
+
+* ``model.safetensors`` — ranker weights (the item table ``E`` included);
+* ``item_ids.json`` — the item id of every row of ``E``;
+* ``index.faiss`` — the ANN index over ``E``;
+* ``training_curve.png`` — loss and validation NDCG per epoch;
+* ``manifest.json`` — shapes, configuration, offline metrics and the SHA-256 of every other file.
+
+``<root>/LATEST`` holds the name of the version to serve. Loading verifies everything it can before a worker
+swaps a model in: a half-copied or hand-edited directory is refused with :class:`ArtifactError`, never served.
+Only safetensors, JSON and FAISS's own format are read — no pickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from index.item_index import ItemIndex
+from model.ranker import RankerConfig, SequenceRanker
+
+FORMAT_VERSION = 1
+"""Version of this layout; bumped on any incompatible change so old workers refuse new artifacts."""
+
+MODEL_FILE = "model.safetensors"
+ITEM_IDS_FILE = "item_ids.json"
+INDEX_FILE = "index.faiss"
+CURVE_FILE = "training_curve.png"
+MANIFEST_FILE = "manifest.json"
+LATEST_FILE = "LATEST"
+REQUIRED_FILES = (MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE)
+
+
+class ArtifactError(ValueError):
+    """An artifact directory that is missing, incomplete, corrupt or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ModelArtifacts:
+    """Everything the worker needs from one trained model version, loaded and verified."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    item_ids: list[str]
+    row_of: dict[str, int]
+    item_embeddings: np.ndarray  # float32 [n_items, dim], C-contiguous: the table E of retrieval
+    ranker: SequenceRanker  # eval mode, gradients off
+    index: ItemIndex
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.item_embeddings.shape[1])
+
+
+def resolve_artifact_dir(path: Path) -> Path:
+    """The version directory ``path`` designates: itself if it holds a manifest, else the one its ``LATEST``
+    names."""
+    path = Path(path)
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    latest = path / LATEST_FILE
+    if not latest.is_file():
+        raise ArtifactError(
+            f"{path} is neither a model version directory (no {MANIFEST_FILE}) nor an artifact root "
+            f"(no {LATEST_FILE}); train a model first"
+        )
+    name = latest.read_text(encoding="utf-8").strip()
+    if not name or name in {".", ".."} or "/" in name or "\\" in name:
+        raise ArtifactError(f"{latest} does not name a version directory: {name!r}")
+    version_dir = path / name
+    if not version_dir.is_dir():
+        raise ArtifactError(f"{latest} names {name!r}, but {version_dir} does not exist")
+    return version_dir
+
+
+def load_artifacts(path: Path) -> ModelArtifacts:
+    """Load and verify the version at ``path`` (a version directory or a root with ``LATEST``).
+
+    Raises :class:`ArtifactError` when a file is missing or fails its checksum, the format version is not
+    :data:`FORMAT_VERSION`, or shapes disagree between manifest, item ids, weights and index.
+    """
+    directory = resolve_artifact_dir(path)
+    manifest = _read_manifest(directory)
+    _verify_files(directory, manifest)
+    n_items, dim = _int_field(manifest, "n_items"), _int_field(manifest, "dim")
+
+    item_ids = _read_item_ids(directory / ITEM_IDS_FILE)
+    if len(item_ids) != n_items:
+        raise ArtifactError(f"{ITEM_IDS_FILE} lists {len(item_ids)} items, the manifest says n_items={n_items}")
+    ranker = _load_ranker(directory / MODEL_FILE, manifest, n_items, dim)
+    embeddings = np.ascontiguousarray(ranker.item_embeddings().detach().numpy(), dtype=np.float32).copy()
+
+    try:
+        index = ItemIndex.load(directory / INDEX_FILE)
+    except (RuntimeError, ValueError) as exc:  # FAISS reports unreadable files as RuntimeError
+        raise ArtifactError(f"cannot read {directory / INDEX_FILE}: {exc}") from exc
+    if len(index) != n_items or index.dim != dim:
+        raise ArtifactError(
+            f"{INDEX_FILE} holds {len(index)} vectors of dimension {index.dim}, expected {n_items} x {dim}"
+        )
+    expected_kind = manifest.get("index", {}).get("kind")
+    if expected_kind is not None and expected_kind != index.kind:
+        raise ArtifactError(f"{INDEX_FILE} is a {index.kind} index, the manifest says {expected_kind}")
+
+    return ModelArtifacts(
+        directory=directory,
+        manifest=manifest,
+        item_ids=item_ids,
+        row_of={item: row for row, item in enumerate(item_ids)},
+        item_embeddings=embeddings,
+        ranker=ranker,
+        index=index,
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_latest(root: Path, version: str) -> None:
+    """Point ``root/LATEST`` at ``version`` atomically: write a temporary file, fsync it, rename it over."""
+    temporary = Path(root) / f".{LATEST_FILE}.{os.getpid()}.tmp"
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(version + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, Path(root) / LATEST_FILE)
+
+
+# --- checks ------------------------------------------------------------------------------------------------------
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_FILE
+    try:
+        manifest = orjson.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"missing {path}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path} must hold a JSON object")
+    found = manifest.get("format_version")
+    if found != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: format_version {found!r} is not supported (this code reads {FORMAT_VERSION})")
+    for key in ("version", "n_items", "dim", "ranker_config", "files"):
+        if key not in manifest:
+            raise ArtifactError(f"{path} lacks {key!r}")
+    return manifest
+
+
+def _verify_files(directory: Path, manifest: dict[str, Any]) -> None:
+    files = manifest["files"]
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{MANIFEST_FILE}: 'files' must map file names to SHA-256 digests")
+    missing_entries = [name for name in REQUIRED_FILES if name not in files]
+    if missing_entries:
+        raise ArtifactError(f"{MANIFEST_FILE} does not list {missing_entries}")
+    for name, expected in files.items():
+        path = directory / name
+        if Path(name).name != name:
+            raise ArtifactError(f"{MANIFEST_FILE} lists a path outside the version directory: {name!r}")
+        if not path.is_file():
+            raise ArtifactError(f"missing {path}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ArtifactError(f"{path} is corrupt: its sha256 {actual} differs from the manifest's {expected}")
+
+
+def _int_field(manifest: dict[str, Any], key: str) -> int:
+    value = manifest[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ArtifactError(f"{MANIFEST_FILE}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _read_item_ids(path: Path) -> list[str]:
+    try:
+        item_ids = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(item_ids, list) or not all(isinstance(item, str) for item in item_ids):
+        raise ArtifactError(f"{path} must hold a JSON list of item id strings")
+    if len(set(item_ids)) != len(item_ids):
+        raise ArtifactError(f"{path} lists an item id twice")
+    return item_ids
+
+
+def _load_ranker(path: Path, manifest: dict[str, Any], n_items: int, dim: int) -> SequenceRanker:
+    try:
+        config = RankerConfig.from_dict(manifest["ranker_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{MANIFEST_FILE}: invalid ranker_config: {exc}") from exc
+    if config.n_items != n_items or config.dim != dim:
+        raise ArtifactError(
+            f"{MANIFEST_FILE}: ranker_config is {config.n_items} items x {config.dim}, but n_items={n_items}, dim={dim}"
+        )
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"cannot read {path}: {exc}") from exc
+    table = state.get("item_embedding.weight")
+    if table is None or tuple(table.shape) != (n_items + 1, dim):
+        shape = None if table is None else tuple(table.shape)
+        raise ArtifactError(f"{path}: item table of shape {shape}, expected {(n_items + 1, dim)} (+1 padding row)")
+    ranker = SequenceRanker(config)
+    try:
+        ranker.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # missing/unexpected keys or mismatched shapes
+        raise ArtifactError(f"{path} does not fit the manifest's ranker_config: {exc}") from exc
+    ranker.eval()
+    ranker.requires_grad_(False)
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in state.values() if tensor.is_floating_point()):
+        raise ArtifactError(f"{path} holds NaN or infinite weights")
+    return ranker

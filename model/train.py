@@ -1,0 +1,599 @@
+"""Training: the shared item table ``E`` and the sequence ranker, published as a versioned artifact directory.
+
+One model serves both stages of the worker, so one training fits both:
+
+* **ranking** — SASRec next-item prediction: at every position of a user's event sequence the encoder's hidden
+  state is scored against the whole catalogue (full softmax cross-entropy, no negative sampling);
+* **retrieval** — the worker's query is the user's *interest vector*, the decayed, event-type-weighted sum of
+  the embeddings of every item the user touched, ``v = Σ w[type] · 2^(−(t_now − t)/half_life) · E[item]``
+  (``stream/user_state.py``). The auxiliary loss uses exactly that vector, built from the same event weights,
+  half-life and timestamps, as the query of a second full softmax over ``E``. Inner-product ranking does not
+  depend on the length of the query, so the loss L2-normalises it and learns one temperature instead; the
+  served ranking is unchanged by that.
+
+The data is split leave-one-out per user (``model/splits.py``): the second-last interaction decides early
+stopping, the last one gives the test metrics recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from index.item_index import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, IndexKindOrAuto, ItemIndex, exact_recall
+from model.artifacts import (
+    CURVE_FILE,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    ITEM_IDS_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    sha256_file,
+    write_latest,
+)
+from model.event_log import EventLog
+from model.metrics import hit_rate, mrr, ndcg, rank_of_target
+from model.ranker import PAD, RankerConfig, SequenceRanker
+from model.splits import LeaveOneOutSplit, Stage, leave_one_out
+from stream.events import EVENT_TYPES
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_SETTINGS_FIELDS = Settings.model_fields
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = _SETTINGS_FIELDS["event_weights"].get_default(call_default_factory=True)
+DEFAULT_HALF_LIFE_S: float = _SETTINGS_FIELDS["interest_half_life_s"].default
+
+METRIC_CUTOFFS = (10, 20)
+RECALL_SAMPLE = 2_000  # queries used to measure the ANN index's recall against exact search
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run; recorded in full in the artifact manifest."""
+
+    dim: int = 64
+    max_len: int = 50
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    max_epochs: int = 200
+    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
+    seed: int = 0
+    event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    half_life_s: float = DEFAULT_HALF_LIFE_S
+    retrieval_loss_weight: float = 1.0  # weight of the interest-vector (retrieval) loss next to the ranker's
+    min_item_count: int = 1  # items with fewer events are left out of the vocabulary
+    torch_threads: int | None = None  # None: 2
+    time_budget_s: float | None = None  # stop after the epoch that exceeds it (best epoch is still kept)
+    index_kind: IndexKindOrAuto = "auto"
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ivf_nlist: int | None = None
+    ef_search: int = DEFAULT_EF_SEARCH
+    nprobe: int = DEFAULT_NPROBE
+    n_candidates: int = 200  # retrieval candidates re-ranked in the retrieve→rerank test metric
+    eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        missing = set(EVENT_TYPES) - set(self.event_weights)
+        if missing:
+            raise ValueError(f"event_weights lacks {sorted(missing)}")
+        if any(w < 0 for w in self.event_weights.values()):
+            raise ValueError("event weights must be non-negative")
+        if self.half_life_s <= 0:
+            raise ValueError("half_life_s must be positive")
+        if min(self.batch_size, self.max_epochs, self.patience, self.min_item_count, self.eval_batch_size) < 1:
+            raise ValueError("batch_size, max_epochs, patience, min_item_count and eval_batch_size must be >= 1")
+        if self.lr <= 0 or self.retrieval_loss_weight < 0:
+            raise ValueError("lr must be positive and retrieval_loss_weight non-negative")
+
+    def ranker_config(self, n_items: int) -> RankerConfig:
+        return RankerConfig(
+            n_items=n_items,
+            dim=self.dim,
+            max_len=self.max_len,
+            n_layers=self.layers,
+            n_heads=self.heads,
+            dropout=self.dropout,
+        )
+
+    def type_weights(self) -> np.ndarray:
+        """float32 [n_event_types]: the weight of each event type code."""
+        return np.array([self.event_weights[name] for name in EVENT_TYPES], dtype=np.float32)
+
+
+# --- entry points ------------------------------------------------------------------------------------------------
+
+
+def train_from_settings(
+    log_: EventLog,
+    out_dir: Path,
+    settings: Settings,
+    *,
+    epochs: int | None = None,
+    dim: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train with the serving settings (event weights, half-life, history length, index search breadth)."""
+    overrides: dict[str, Any] = {
+        "event_weights": dict(settings.event_weights),
+        "half_life_s": settings.interest_half_life_s,
+        "max_len": settings.max_recent_items,
+        "ef_search": settings.hnsw_ef_search,
+        "nprobe": settings.ivf_nprobe,
+        "n_candidates": settings.n_candidates,
+    }
+    if epochs is not None:
+        overrides["max_epochs"] = epochs
+    if dim is not None:
+        overrides["dim"] = dim
+    if seed is not None:
+        overrides["seed"] = seed
+    return train_artifacts(log_, Path(out_dir), TrainConfig(**overrides), progress=progress)
+
+
+def train_artifacts(log_: EventLog, out_dir: Path, config: TrainConfig, progress: bool = True) -> Path:
+    """Train on ``log_`` and write a new artifact version under ``out_dir``; returns its directory.
+
+    ``out_dir/LATEST`` is switched to the new version only once the directory is complete.
+    """
+    started = time.perf_counter()
+    torch.set_num_threads(config.torch_threads or 2)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+
+    item_ids = build_vocabulary(log_, config.min_item_count)
+    if not item_ids:
+        raise ValueError("no item has enough events to train on")
+    row_of = {item: row for row, item in enumerate(item_ids)}
+    split = leave_one_out(log_, row_of)
+    if split.n_users == 0:
+        raise ValueError("no user has the 3 interactions leave-one-out needs")
+    windows = _training_windows(split, config)
+    if len(windows.items) == 0:
+        raise ValueError("no training targets: users need a 4th interaction to train on")
+    log.info(
+        "training on %s: %d users, %d items, %d events, %d windows",
+        log_.name, split.n_users, len(item_ids), split.n_events, len(windows.items),
+    )  # fmt: skip
+
+    model = SequenceRanker(config.ranker_config(len(item_ids)))
+    history, best_epoch = _fit(model, windows, split, config, rng, progress)
+    train_seconds = time.perf_counter() - started
+
+    model.eval()
+    test_ranks, queries = _evaluate(model, split, "test", config, with_baselines=True)
+    test_metrics = {name: _summarize(ranks) for name, ranks in test_ranks.items()}
+    embeddings = model.item_embeddings().detach().numpy().astype(np.float32)
+    index = ItemIndex.build(
+        embeddings,
+        config.index_kind,
+        hnsw_m=config.hnsw_m,
+        ef_construction=config.ef_construction,
+        ivf_nlist=config.ivf_nlist,
+        ef_search=config.ef_search,
+        nprobe=config.nprobe,
+    )
+    sample = queries[rng.permutation(len(queries))[:RECALL_SAMPLE]]
+    recall_k = min(100, len(item_ids))
+    index_recall = exact_recall(index, embeddings, sample, recall_k)
+    log.info("test metrics: %s", {name: m["ndcg@10"] for name, m in test_metrics.items()})
+
+    fingerprint = log_.fingerprint()
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "data_fingerprint": fingerprint,
+        "dataset": log_.name,
+        "n_items": len(item_ids),
+        "dim": config.dim,
+        "ranker_config": model.config.to_dict(),
+        "train_config": asdict(config),
+        "index": {
+            "kind": index.kind,
+            "file": INDEX_FILE,
+            "params": {"hnsw_m": config.hnsw_m, **index.search_params} if index.kind == "hnsw" else index.search_params,
+            f"recall@{recall_k}": index_recall,
+        },
+        "data": {
+            "events": len(log_),
+            "users": split.n_users,
+            "items": len(item_ids),
+            "training_windows": len(windows.items),
+        },
+        "training": {
+            "epochs": len(history),
+            "best_epoch": best_epoch,
+            "seconds": round(train_seconds, 2),
+            "torch_threads": torch.get_num_threads(),
+            "history": history,
+        },
+        "metrics": {
+            "protocol": "leave-one-out; full ranking over the catalogue; the user's history items are excluded "
+            "(except the target itself); rank = number of items scoring strictly higher",
+            "test": test_metrics,
+            "validation": {k: v for k, v in history[best_epoch - 1].items() if k.startswith("val_")},
+            "n_candidates": config.n_candidates,
+        },
+    }
+    return _publish(out_dir, fingerprint, model, item_ids, index, history, manifest)
+
+
+def build_vocabulary(log_: EventLog, min_item_count: int = 1) -> list[str]:
+    """Item ids with at least ``min_item_count`` events, sorted: row ``i`` of every table is ``item_ids[i]``."""
+    if len(log_) == 0:
+        return []
+    ids, counts = np.unique(log_.item_ids.astype(str), return_counts=True)
+    return [str(item) for item in ids[counts >= min_item_count]]
+
+
+# --- training data ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Training inputs: runs of at most ``max_len`` consecutive train events of one user, left-padded."""
+
+    items: torch.Tensor  # int64 [W, L], -1 = padding
+    targets: torch.Tensor  # int64 [W, L], -1 = no target at this position
+    weights: torch.Tensor  # float32 [W, L]: event-type weight, 0 at padding
+    decay_exponent: torch.Tensor  # float32 [W, L]: (t − t_last) / half_life ≤ 0, 0 at padding
+    lengths: np.ndarray  # int64 [W]
+
+
+def _training_windows(split: LeaveOneOutSplit, config: TrainConfig) -> _Windows:
+    """Cut every user's train events into windows of ``max_len`` ending at the user's last trainable event.
+
+    Long histories yield several windows (stepping back ``max_len`` events at a time), so every training
+    target is used exactly once per epoch.
+    """
+    length = config.max_len
+    targets_all = split.train_targets()
+    trainable = np.flatnonzero(targets_all >= 0)
+    users = split.user_of[trainable]
+    is_last = np.append(users[1:] != users[:-1], True) if len(users) else np.zeros(0, dtype=bool)
+    ends = trainable[is_last] + 1
+    starts = split.offsets[users[is_last]]
+    per_user = -(-(ends - starts) // length)  # ceil
+    first_window = np.repeat(np.cumsum(per_user) - per_user, per_user)
+    window_end = np.repeat(ends, per_user) - length * (np.arange(per_user.sum()) - first_window)
+    window_start = np.maximum(np.repeat(starts, per_user), window_end - length)
+
+    positions = window_end[:, None] - length + np.arange(length)[None, :]
+    valid = positions >= window_start[:, None]
+    positions = np.where(valid, positions, 0)
+    items = np.where(valid, split.items[positions], PAD)
+    targets = np.where(valid, targets_all[positions], -1)
+    weights = np.where(valid, config.type_weights()[split.event_types[positions]], 0.0)
+    newest = split.timestamps[window_end - 1]
+    exponent = np.where(valid, (split.timestamps[positions] - newest[:, None]) / config.half_life_s, 0.0)
+    keep = (targets >= 0).any(axis=1)
+    return _Windows(
+        items=torch.from_numpy(items[keep].astype(np.int64)),
+        targets=torch.from_numpy(targets[keep].astype(np.int64)),
+        weights=torch.from_numpy(weights[keep].astype(np.float32)),
+        decay_exponent=torch.from_numpy(np.minimum(exponent[keep], 0.0).astype(np.float32)),
+        lengths=valid[keep].sum(axis=1).astype(np.int64),
+    )
+
+
+def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of windows of similar length ("sortish" sampling).
+
+    Most users are short; grouping them lets a batch be cut to its longest window instead of ``max_len``,
+    which makes an epoch several times cheaper on sparse data, while the shuffle keeps batches random.
+    """
+    order = rng.permutation(len(lengths))
+    pool = batch_size * 50
+    batches: list[np.ndarray] = []
+    for begin in range(0, len(order), pool):
+        chunk = order[begin : begin + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+# --- losses ------------------------------------------------------------------------------------------------------
+
+
+def interest_queries(embeddings: torch.Tensor, weights: torch.Tensor, decay_exponent: torch.Tensor) -> torch.Tensor:
+    """The worker's interest vector after every event of each window: ``[B, L, dim]``.
+
+    ``query[b, i] = Σ_{j ≤ i} weights[b, j] · 2^(exponent[b, j] − exponent[b, i]) · embeddings[b, j]`` — the
+    incremental update ``v ← v · 2^(−Δt/half_life) + w · E[item]`` unrolled. Padding has weight 0.
+    """
+    length = weights.shape[1]
+    gap = (decay_exponent.unsqueeze(1) - decay_exponent.unsqueeze(2)).clamp(max=0.0)  # [B, i, j]
+    causal = torch.ones(length, length, dtype=torch.bool, device=weights.device).tril()
+    coefficients = torch.exp2(gap) * weights.unsqueeze(1) * causal
+    return coefficients @ embeddings
+
+
+def _losses(
+    model: SequenceRanker, log_scale: torch.Tensor, windows: _Windows, batch: np.ndarray, retrieval_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, ranking, retrieval) losses of one batch; each is a mean over the batch's target positions."""
+    index = torch.from_numpy(batch)
+    width = int(windows.lengths[batch].max())  # left-padded: the last `width` columns hold every event
+    items = windows.items[index, -width:]
+    targets = windows.targets[index, -width:]
+    has_target = targets >= 0
+    wanted = targets[has_target]
+    table = model.item_embeddings()
+
+    hidden = model(items)[has_target]
+    ranking = F.cross_entropy(hidden @ table.T, wanted)
+    if retrieval_weight == 0.0:
+        return ranking, ranking, torch.zeros(())
+
+    embedded = model.item_embedding(torch.where(items >= 0, items, model.config.n_items))
+    queries = interest_queries(embedded, windows.weights[index, -width:], windows.decay_exponent[index, -width:])[
+        has_target
+    ]
+    norms = queries.norm(dim=-1, keepdim=True)
+    usable = norms.squeeze(-1) > 0  # all-zero event weights leave no query to learn from
+    logits = log_scale.exp() * (queries / norms.clamp_min(1e-12)) @ table.T
+    retrieval = F.cross_entropy(logits[usable], wanted[usable]) if bool(usable.any()) else torch.zeros(())
+    return ranking + retrieval_weight * retrieval, ranking, retrieval
+
+
+def _fit(
+    model: SequenceRanker,
+    windows: _Windows,
+    split: LeaveOneOutSplit,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    progress: bool,
+) -> tuple[list[dict[str, float]], int]:
+    """Train with early stopping on validation NDCG@10 of the ranker; leaves the best epoch's weights loaded."""
+    # Temperature of the normalised interest-vector logits; starts where the ranker's logits are (≈ sqrt(dim)).
+    log_scale = torch.nn.Parameter(torch.tensor(math.log(math.sqrt(config.dim))))
+    optimizer = torch.optim.Adam(
+        [*model.parameters(), log_scale], lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
+    )
+    history: list[dict[str, float]] = []
+    best_ndcg, best_epoch, best_state = -1.0, 0, _copy_state(model)
+    started = time.perf_counter()
+    epochs = tqdm(range(1, config.max_epochs + 1), desc="epochs", unit="epoch", disable=not progress)
+    for epoch in epochs:
+        model.train()
+        totals = np.zeros(3)
+        batches = _batches(windows.lengths, config.batch_size, rng)
+        for batch in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress):
+            losses = _losses(model, log_scale, windows, batch, config.retrieval_loss_weight)
+            optimizer.zero_grad(set_to_none=True)
+            losses[0].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            totals += [float(loss.detach()) for loss in losses]
+
+        model.eval()
+        ranks, _ = _evaluate(model, split, "valid", config, with_baselines=False)
+        record = {
+            "epoch": epoch,
+            "loss": float(totals[0] / len(batches)),
+            "ranking_loss": float(totals[1] / len(batches)),
+            "retrieval_loss": float(totals[2] / len(batches)),
+            "retrieval_temperature": float(log_scale.detach().exp()),
+            "val_ranker_ndcg@10": ndcg(ranks["ranker"], 10),
+            "val_ranker_hr@10": hit_rate(ranks["ranker"], 10),
+            "val_retrieval_ndcg@10": ndcg(ranks["retrieval"], 10),
+            "val_retrieval_hr@10": hit_rate(ranks["retrieval"], 10),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        history.append(record)
+        epochs.set_postfix(loss=f"{record['loss']:.3f}", val_ndcg=f"{record['val_ranker_ndcg@10']:.4f}")
+        log.debug("epoch %d: %s", epoch, record)
+        if record["val_ranker_ndcg@10"] > best_ndcg:
+            best_ndcg, best_epoch, best_state = record["val_ranker_ndcg@10"], epoch, _copy_state(model)
+        elif epoch - best_epoch >= config.patience:
+            log.info("early stop after epoch %d (best %d)", epoch, best_epoch)
+            break
+        if config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:
+            log.info("time budget spent after epoch %d (best %d)", epoch, best_epoch)
+            break
+    model.load_state_dict(best_state)
+    return history, best_epoch
+
+
+def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+# --- evaluation --------------------------------------------------------------------------------------------------
+
+
+def _evaluate(
+    model: SequenceRanker, split: LeaveOneOutSplit, stage: Stage, config: TrainConfig, with_baselines: bool
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Target ranks of the ranker and the interest-vector retrieval (plus, on request, popularity and
+    retrieve→rerank), each user's history excluded; also returns the interest vectors ``[U, dim]``."""
+    n_items = model.config.n_items
+    starts, ends = split.offsets[:-1], split.history_end(stage)
+    targets = split.targets(stage)
+    table = model.item_embeddings().detach().numpy()
+    weights = config.type_weights()
+    popularity = _popularity(split, ends, n_items) if with_baselines else None
+    ranks: dict[str, list[np.ndarray]] = {"ranker": [], "retrieval": []}
+    if with_baselines:
+        ranks |= {"popularity": [], "retrieve_rerank": []}
+    queries = np.empty((split.n_users, table.shape[1]), dtype=np.float32)
+    with torch.inference_mode():
+        for begin in range(0, split.n_users, config.eval_batch_size):
+            users = slice(begin, begin + config.eval_batch_size)
+            s, e, t = starts[users], ends[users], targets[users]
+            exclude = [np.unique(split.items[a:b]) for a, b in zip(s, e, strict=True)]
+            history = _last_items(split, s, e, config.max_len)
+            ranker_scores = model.score_all(torch.from_numpy(history)).numpy()
+            queries[users] = _interest_vectors(split, s, e, table, weights, config.half_life_s)
+            retrieval_scores = queries[users] @ table.T
+            ranks["ranker"].append(rank_of_target(ranker_scores, t, exclude))
+            ranks["retrieval"].append(rank_of_target(retrieval_scores, t, exclude))
+            if popularity is not None:
+                ranks["popularity"].append(rank_of_target(np.broadcast_to(popularity, ranker_scores.shape), t, exclude))
+                ranks["retrieve_rerank"].append(
+                    _retrieve_rerank_ranks(retrieval_scores, ranker_scores, t, exclude, config.n_candidates)
+                )
+    return {name: np.concatenate(parts) for name, parts in ranks.items()}, queries
+
+
+def _last_items(split: LeaveOneOutSplit, starts: np.ndarray, ends: np.ndarray, max_len: int) -> np.ndarray:
+    """The ranker's input: the last ``max_len`` history events of each user, left-padded with -1."""
+    width = int(min(max_len, (ends - starts).max()))
+    positions = ends[:, None] - width + np.arange(width)[None, :]
+    valid = positions >= starts[:, None]
+    return np.where(valid, split.items[np.where(valid, positions, 0)], PAD).astype(np.int64)
+
+
+def _interest_vectors(
+    split: LeaveOneOutSplit,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    table: np.ndarray,
+    type_weights: np.ndarray,
+    half_life_s: float,
+) -> np.ndarray:
+    """The worker's interest vector over each user's whole history, decayed to the user's newest event."""
+    lengths = ends - starts
+    positions = np.repeat(ends - lengths.cumsum(), lengths) + np.arange(lengths.sum())
+    newest = np.repeat(split.timestamps[ends - 1], lengths)
+    factors = type_weights[split.event_types[positions]] * np.exp2((split.timestamps[positions] - newest) / half_life_s)
+    contributions = factors[:, None].astype(np.float32) * table[split.items[positions]]
+    return np.add.reduceat(contributions, np.cumsum(lengths) - lengths, axis=0).astype(np.float32)
+
+
+def _popularity(split: LeaveOneOutSplit, ends: np.ndarray, n_items: int) -> np.ndarray:
+    """Interaction counts of each item over every user's history before the held-out item."""
+    before = np.arange(split.n_events) < np.repeat(ends, np.diff(split.offsets))
+    counted = split.items[split.interaction_starts() & before]
+    return np.bincount(counted, minlength=n_items).astype(np.float32)
+
+
+def _retrieve_rerank_ranks(
+    retrieval_scores: np.ndarray,
+    ranker_scores: np.ndarray,
+    targets: np.ndarray,
+    exclude: Sequence[np.ndarray],
+    n_candidates: int,
+) -> np.ndarray:
+    """Ranks of the served pipeline: the top ``n_candidates`` of retrieval, re-ordered by the ranker.
+
+    A target that retrieval misses gets the last rank of the catalogue.
+    """
+    n_items = retrieval_scores.shape[1]
+    rows = np.arange(len(targets))
+    masked = retrieval_scores.copy()
+    lengths = [len(e) for e in exclude]
+    masked[np.repeat(rows, lengths), np.concatenate(exclude)] = -np.inf
+    masked[rows, targets] = retrieval_scores[rows, targets]
+    k = min(n_candidates, n_items)
+    candidates = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+    retrieved = (candidates == targets[:, None]).any(axis=1)
+    candidate_scores = np.take_along_axis(ranker_scores, candidates, axis=1)
+    # Excluded items that still made the cut (fewer than k allowed items) cannot outrank the target.
+    candidate_scores[~np.isfinite(np.take_along_axis(masked, candidates, axis=1))] = -np.inf
+    target_scores = ranker_scores[rows, targets]
+    ranks = np.count_nonzero(candidate_scores > target_scores[:, None], axis=1)
+    return np.where(retrieved, ranks, n_items - 1).astype(np.int64)
+
+
+def _summarize(ranks: np.ndarray) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k in METRIC_CUTOFFS:
+        out[f"hr@{k}"] = round(hit_rate(ranks, k), 6)
+        out[f"ndcg@{k}"] = round(ndcg(ranks, k), 6)
+    out["mrr"] = round(mrr(ranks), 6)
+    out["users"] = len(ranks)
+    return out
+
+
+# --- publishing --------------------------------------------------------------------------------------------------
+
+
+def _publish(
+    out_dir: Path,
+    fingerprint: str,
+    model: SequenceRanker,
+    item_ids: list[str],
+    index: ItemIndex,
+    history: list[dict[str, float]],
+    manifest: dict[str, Any],
+) -> Path:
+    """Write the version directory under a temporary name, rename it into place, then switch ``LATEST``.
+
+    A reader therefore sees either no directory or a complete one, and ``LATEST`` never names a partial one.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    created = datetime.now(UTC)
+    version = _unique_version(out_dir, f"{created:%Y%m%dT%H%M%SZ}-{fingerprint[:8]}")
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=out_dir))
+    try:
+        staging.chmod(0o755)
+        save_file(
+            {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()},
+            str(staging / MODEL_FILE),
+            metadata={"version": version, "format_version": str(FORMAT_VERSION)},
+        )
+        (staging / ITEM_IDS_FILE).write_bytes(orjson.dumps(item_ids))
+        index.save(staging / INDEX_FILE)
+        _plot_curve(history, staging / CURVE_FILE)
+        files = {path.name: sha256_file(path) for path in sorted(staging.iterdir())}
+        manifest = {"version": version, "created_at": created.isoformat(), **manifest, "files": files}
+        (staging / MANIFEST_FILE).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        final = out_dir / version
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_latest(out_dir, version)
+    log.info("wrote artifacts %s", final)
+    return final
+
+
+def _unique_version(out_dir: Path, version: str) -> str:
+    """``version``, or ``version-2``, ``-3``... when two runs on the same data share a second."""
+    candidate, n = version, 1
+    while (out_dir / candidate).exists():
+        n += 1
+        candidate = f"{version}-{n}"
+    return candidate
+
+
+def _plot_curve(history: Sequence[Mapping[str, float]], path: Path) -> None:
+    """Training loss and validation NDCG@10 per epoch, drawn without pyplot (no global backend state)."""
+    epochs = [h["epoch"] for h in history]
+    figure = Figure(figsize=(9, 3.6), tight_layout=True)
+    FigureCanvasAgg(figure)
+    loss_axes, metric_axes = figure.subplots(1, 2)
+    for key, label in (("loss", "total"), ("ranking_loss", "ranker"), ("retrieval_loss", "interest vector")):
+        loss_axes.plot(epochs, [h[key] for h in history], marker=".", label=label)
+    loss_axes.set(title="training loss (softmax CE)", xlabel="epoch")
+    loss_axes.legend()
+    for key, label in (("val_ranker_ndcg@10", "ranker"), ("val_retrieval_ndcg@10", "interest vector")):
+        metric_axes.plot(epochs, [h[key] for h in history], marker=".", label=label)
+    best = max(history, key=lambda h: h["val_ranker_ndcg@10"])
+    metric_axes.axvline(best["epoch"], color="grey", linestyle=":", label=f"best epoch {best['epoch']}")
+    metric_axes.set(title="validation NDCG@10 (full ranking)", xlabel="epoch")
+    metric_axes.legend()
+    figure.savefig(path, dpi=100)

@@ -1,0 +1,34 @@
+"""Shared fixtures: a small simulated shop and a model trained on it (once per test session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model.event_log import EventLog
+from stream.events import Event
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shop() -> tuple[list[Event], list[dict]]:
+    from stream.simulate import simulate_shop
+
+    return simulate_shop(n_users=400, n_items=300, n_events=30_000, seed=11)
+
+
+@pytest.fixture(scope="session")
+def catalog_categories(shop: tuple[list[Event], list[dict]]) -> dict[str, str]:
+    return {item["item_id"]: item["category"] for item in shop[1]}
+
+
+@pytest.fixture(scope="session")
+def trained_artifacts(shop: tuple[list[Event], list[dict]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real model trained on the simulated shop: small and quick, but learned."""
+    from model.train import TrainConfig, train_artifacts
+
+    out = tmp_path_factory.mktemp("artifacts")
+    config = TrainConfig(dim=32, max_len=20, layers=1, heads=2, max_epochs=8, patience=3, seed=3)
+    return train_artifacts(EventLog.from_events(shop[0], name="test-shop"), out, config, progress=False)

@@ -1,0 +1,125 @@
+"""Integration fixtures: the real embedded broker and worker processes, always stopped by the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stream.broker import EmbeddedBroker, free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    with EmbeddedBroker(log_path=log) as running:
+        yield running
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen
+    metrics_port: int
+    log_path: Path
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def metric_value(self, series: str) -> float:
+        """Current value of one series, e.g. ``streamrec_events_invalid_total{reason="not_json"}`` (0 if absent)."""
+        for line in self.metrics().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=timeout_s)
+        return self.process.returncode
+
+
+@dataclass
+class TopicNames:
+    """Fresh topic and group names per test: the embedded broker keeps everything for its lifetime."""
+
+    events: str
+    recommendations: str
+    dead_letters: str
+    state: str
+    group: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "STREAMREC_EVENTS_TOPIC": self.events,
+            "STREAMREC_RECOMMENDATIONS_TOPIC": self.recommendations,
+            "STREAMREC_DEAD_LETTER_TOPIC": self.dead_letters,
+            "STREAMREC_STATE_TOPIC": self.state,
+            "STREAMREC_CONSUMER_GROUP": self.group,
+        }
+
+
+@pytest.fixture
+def topics() -> TopicNames:
+    suffix = uuid.uuid4().hex[:8]
+    return TopicNames(f"events-{suffix}", f"recs-{suffix}", f"dlq-{suffix}", f"state-{suffix}", f"streamrec-{suffix}")
+
+
+@pytest.fixture
+def start_worker(broker: EmbeddedBroker, trained_artifacts: Path, topics: TopicNames, tmp_path: Path) -> Iterator:
+    started: list[WorkerProcess] = []
+
+    def start(**extra_env: str) -> WorkerProcess:
+        port = free_port()
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        env = {
+            **os.environ,
+            **topics.env(),
+            "STREAMREC_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "STREAMREC_ARTIFACTS_DIR": str(trained_artifacts),
+            "STREAMREC_METRICS_PORT": str(port),
+            "STREAMREC_METRICS_HOST": "127.0.0.1",
+            "STREAMREC_SESSION_TIMEOUT_S": "2",
+            "STREAMREC_HEARTBEAT_INTERVAL_S": "0.5",
+            "STREAMREC_TOPIC_PARTITIONS": "4",
+            **extra_env,
+        }
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "worker", "--log-level", "INFO"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        worker = WorkerProcess(process, port, log_path)
+        started.append(worker)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{log_path.read_text()[-3000:]}")
+            try:
+                worker.metrics()
+                return worker
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"worker metrics never came up:\n{log_path.read_text()[-3000:]}")
+
+    yield start
+    for worker in started:
+        worker.stop(timeout_s=10)

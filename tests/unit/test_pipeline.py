@@ -1,0 +1,142 @@
+"""The whole event path without a broker: raw records in, messages out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from model.artifacts import ModelArtifacts, load_artifacts
+from stream.events import SourceRecord
+from stream.pipeline import REASON_HEADER, Pipeline
+from stream.settings import Settings
+from stream.user_state import decode_state
+
+NOW = time.time()
+
+
+@pytest.fixture(scope="module")
+def artifacts(trained_artifacts: Path) -> ModelArtifacts:
+    return load_artifacts(trained_artifacts)
+
+
+@pytest.fixture
+def pipeline(artifacts: ModelArtifacts) -> Pipeline:
+    return Pipeline(Settings(top_k=10, n_candidates=50), artifacts)
+
+
+class Records:
+    """Builds source records with increasing offsets, as a partition would deliver them."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def raw(self, value: bytes | None, key: bytes | None = None, partition: int = 0) -> SourceRecord:
+        self.offset += 1
+        return SourceRecord(value, key, partition, self.offset, received_at=NOW)
+
+    def event(self, user: str, item: str, kind: str = "view", ts: float = NOW, partition: int = 0, **extra):
+        body = {"user_id": user, "item_id": item, "event_type": kind, "ts": ts, **extra}
+        return self.raw(orjson.dumps(body), user.encode(), partition)
+
+
+def recommendations(result) -> dict[str, dict]:
+    return {m.key.decode(): orjson.loads(m.value) for m in result.recommendations}
+
+
+def test_bad_records_are_dead_lettered_with_reasons_and_good_ones_still_served(pipeline: Pipeline, artifacts) -> None:
+    records = Records()
+    item = artifacts.item_ids[0]
+    batch = [
+        records.raw(b"{oops"),
+        records.event("u1", item, "view", event_id="e1"),
+        records.raw(orjson.dumps({"user_id": "u2", "item_id": "x", "event_type": "like", "ts": NOW}), b"u2"),
+    ]
+    result = pipeline.process(batch, now=NOW)
+    assert [dict(m.headers)[REASON_HEADER] for m in result.dead_letters] == [b"not_json", b"unknown_event_type"]
+    assert [m.value for m in result.dead_letters] == [batch[0].value, batch[2].value]
+    assert list(recommendations(result)) == ["u1"]
+    assert result.next_offsets == {0: batch[-1].offset + 1}  # dead letters count as processed
+
+
+def test_one_recommendation_per_user_per_batch_answering_the_latest_event(pipeline: Pipeline, artifacts) -> None:
+    records = Records()
+    a, b, c = artifacts.item_ids[:3]
+    batch = [
+        records.event("u1", a, "view", ts=NOW - 3, event_id="first"),
+        records.event("u1", b, "buy", ts=NOW - 2, event_id="second"),
+        records.event("u2", c, "cart", ts=NOW - 1, event_id="other"),
+    ]
+    recs = recommendations(pipeline.process(batch, now=NOW))
+    assert recs["u1"]["trigger"]["event_id"] == "second"
+    assert recs["u2"]["trigger"]["event_id"] == "other"
+    for user, rec in recs.items():
+        assert len(rec["items"]) == 10
+        ids = [i["item_id"] for i in rec["items"]]
+        assert len(set(ids)) == 10
+        assert rec["trigger"]["item_id"] not in ids
+        assert rec["model_version"] == artifacts.version, user
+    assert b not in {i["item_id"] for i in recs["u1"]["items"]}
+
+
+def test_purchases_stay_excluded_in_later_batches(pipeline: Pipeline, artifacts) -> None:
+    records = Records()
+    first = recommendations(pipeline.process([records.event("u1", artifacts.item_ids[5], "click")], now=NOW))
+    favourite = first["u1"]["items"][0]["item_id"]
+    pipeline.process([records.event("u1", favourite, "buy")], now=NOW)
+    later = recommendations(pipeline.process([records.event("u1", artifacts.item_ids[5], "view")], now=NOW))
+    assert favourite not in {i["item_id"] for i in later["u1"]["items"]}
+
+
+def test_user_without_known_items_gets_trending(pipeline: Pipeline, artifacts) -> None:
+    records = Records()
+    popular = artifacts.item_ids[7]
+    warmup = [records.event(f"w{n}", popular, "buy") for n in range(5)]
+    pipeline.process(warmup, now=NOW)
+    rec = recommendations(pipeline.process([records.event("newbie", "unknown-item")], now=NOW))["newbie"]
+    assert rec["items"][0] == {"item_id": popular, "score": 1.0, "reason": "trending"}
+    assert "unknown-item" not in {i["item_id"] for i in rec["items"]}
+
+
+def test_redelivered_events_are_not_applied_twice(pipeline: Pipeline, artifacts) -> None:
+    records = Records()
+    event = records.event("u1", artifacts.item_ids[0], "buy")
+    pipeline.process([event], now=NOW)
+    state = pipeline.store.get(0, "u1")
+    assert state is not None
+    vector = state.vector.copy()
+    again = pipeline.process([event], now=NOW)  # e.g. the commit was lost and the broker redelivers
+    assert state.n_events == 1
+    np.testing.assert_array_equal(state.vector, vector)
+    assert len(again.recommendations) == 1  # the redelivered event is still answered
+
+
+def test_state_updates_go_to_the_input_partition_and_restore(pipeline: Pipeline, artifacts) -> None:
+    records = Records()
+    result = pipeline.process([records.event("u9", artifacts.item_ids[1], "cart", partition=3)], now=NOW)
+    (update,) = result.state_updates
+    assert (update.topic, update.key, update.partition) == (Settings().state_topic, b"u9", 3)
+    restored = decode_state(update.value, max_recent_items=50)
+    fresh = Pipeline(Settings(top_k=10, n_candidates=50), artifacts)
+    fresh.restore_state(3, [restored])
+    assert fresh.store.get(3, "u9").n_events == 1
+    fresh.drop_partition(3)
+    assert fresh.store.get(3, "u9") is None
+
+
+def test_a_failing_ranker_degrades_to_trending_instead_of_losing_the_batch(pipeline: Pipeline, artifacts) -> None:
+    records = Records()
+    pipeline.process([records.event("w", artifacts.item_ids[2], "buy")], now=NOW)
+
+    class Broken:
+        config = artifacts.ranker.config
+
+        def score(self, *_):
+            raise RuntimeError("boom")
+
+    pipeline.artifacts = ModelArtifacts(**{**vars(artifacts), "ranker": Broken()})
+    rec = recommendations(pipeline.process([records.event("u1", artifacts.item_ids[3], "view")], now=NOW))["u1"]
+    assert rec["items"] and {i["reason"] for i in rec["items"]} == {"trending"}
