@@ -94,6 +94,9 @@ class KafkaWorker:
             heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
             max_poll_interval_ms=int(settings.max_poll_interval_s * 1000),
             max_poll_records=settings.batch_max_events,
+            # A fetch that finds no data is held by the broker for up to this long (the embedded broker holds it
+            # for about half even when data arrives meanwhile): tie it to the batch wait so it bounds latency.
+            fetch_max_wait_ms=max(5, settings.batch_max_wait_ms),
         )
         await self._producer.start()
         try:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create streamrec's topics on Apache Kafka. Usage: BOOTSTRAP=broker:9092 PARTITIONS=24 RF=3 ./create-topics.sh
+set -euo pipefail
+BOOTSTRAP=${BOOTSTRAP:?set BOOTSTRAP=host:port}
+PARTITIONS=${PARTITIONS:-24}
+RF=${RF:-3}
+KT=${KAFKA_TOPICS:-kafka-topics.sh}
+
+create() {
+  "$KT" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists --topic "$1" \
+    --partitions "$2" --replication-factor "$RF" "${@:3}"
+}
+create events "$PARTITIONS" --config retention.ms=604800000 --config min.insync.replicas=2
+create recommendations "$PARTITIONS" --config cleanup.policy=compact,delete --config retention.ms=86400000
+create events.dlq 3 --config retention.ms=1209600000
+# Same partition count as `events`: a user's state lives in the partition number of the user's events.
+create streamrec.user-state "$PARTITIONS" --config cleanup.policy=compact --config min.insync.replicas=2
