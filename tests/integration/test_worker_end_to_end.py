@@ -186,3 +186,33 @@ def test_state_and_uncommitted_events_survive_a_killed_worker(
     assert favourite not in {item["item_id"] for item in after["items"]}  # the purchase was restored
     assert second.metric_value("streamrec_users_restored_total") >= 1
     assert {item["reason"] for item in after["items"]} == {"personalized"}
+
+
+def test_faust_runtime_serves_the_same_pipeline(
+    broker: EmbeddedBroker, start_worker, topics: TopicNames, trained_artifacts: Path, catalog_categories
+) -> None:
+    known = _known_items(trained_artifacts)
+    _, items = _category_items(catalog_categories, known)
+    worker = start_worker(STREAMREC_RUNTIME="faust")
+    now = time.time()
+    produce(
+        broker.bootstrap,
+        topics.events,
+        [
+            event_message("faust-user", items[0], "view", "f-1", now),
+            event_message("faust-user", items[1], "buy", "f-2", now + 1),
+            (b"faust-user", b"{broken"),
+        ],
+    )
+    recommendations = TopicReader(broker.bootstrap, topics.recommendations)
+    dead_letters = TopicReader(broker.bootstrap, topics.dead_letters)
+    try:
+        rec = orjson.loads(recommendations.wait_for(recommendation_for("f-2"), timeout_s=60).value)
+        (rejected,) = dead_letters.wait_for_count(1)
+    finally:
+        recommendations.close()
+        dead_letters.close()
+    assert len(rec["items"]) == K
+    assert items[1] not in {i["item_id"] for i in rec["items"]}
+    assert dict(rejected.headers)["streamrec.reason"] == b"not_json"
+    assert worker.stop() == 0  # SIGTERM stops a faust worker cleanly
