@@ -27,6 +27,8 @@ import orjson
 
 from model.event_log import EVENT_TYPE_CODES, EventLog
 from stream.events import Event, EventType
+from stream.rejection import InvalidEvent
+from stream.validate import ValidationRules, validate
 
 log = logging.getLogger(__name__)
 
@@ -160,72 +162,16 @@ def _positions(lengths: list[int]) -> np.ndarray:
 # --- jsonl: the event contract ---------------------------------------------------------------------------------
 
 
-def parse_timestamp(value: Any) -> float:
-    """Epoch seconds from a contract ``ts``: a number, or an ISO-8601 string (naive means UTC)."""
-    if isinstance(value, bool):
-        raise ValueError("ts is a boolean")
-    if isinstance(value, int | float):
-        ts = float(value)
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"ts {value[:40]!r} is not ISO-8601") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        ts = parsed.timestamp()
-    else:
-        raise ValueError(f"ts has type {type(value).__name__}")
-    if not math.isfinite(ts):
-        raise ValueError("ts is not finite")
-    return ts
-
-
-def _optional_id(obj: dict[str, Any], name: str) -> str | None:
-    """An id as ``str``; files often hold integer ids, which the contract's string ids represent exactly."""
-    value = obj.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError(f"{name} has type {type(value).__name__}")
-    text = str(value)
-    if not text:
-        raise ValueError(f"{name} is empty")
-    return text
-
-
-def _required_id(obj: dict[str, Any], name: str) -> str:
-    value = _optional_id(obj, name)
-    if value is None:
-        raise ValueError(f"missing {name}")
-    return value
+FILE_RULES = ValidationRules(min_event_ts=-math.inf, max_clock_skew_s=math.inf, reject_key_mismatch=False)
+"""Event files are checked by the worker's own contract, except that any past or future time is accepted: a log
+may be replayed long after it was written, and simulated shops may lie in the future."""
 
 
 def event_from_json(obj: Any) -> Event:
-    """An :class:`Event` from one decoded contract object; ``ValueError`` names what is wrong."""
+    """An :class:`Event` from one decoded contract object; raises ``ValueError`` naming what is wrong."""
     if not isinstance(obj, dict):
-        raise ValueError(f"not a JSON object but {type(obj).__name__}")
-    user_id = _required_id(obj, "user_id")
-    item_id = _required_id(obj, "item_id")
-    raw_type = obj.get("event_type")
-    try:
-        event_type = EventType(raw_type)
-    except ValueError:
-        raise ValueError(f"event_type {raw_type!r} is not one of view, click, cart, buy") from None
-    if "ts" not in obj:
-        raise ValueError("missing ts")
-    context = obj.get("context")
-    if context is not None and not isinstance(context, dict):
-        raise ValueError("context is not an object")
-    return Event(
-        user_id=user_id,
-        item_id=item_id,
-        event_type=event_type,
-        ts=parse_timestamp(obj["ts"]),
-        event_id=_optional_id(obj, "event_id"),
-        session_id=_optional_id(obj, "session_id"),
-        context=context,
-    )
+        raise InvalidEvent("not_an_object", f"JSON {type(obj).__name__}, expected an object")
+    return validate(obj, None, FILE_RULES, now=0.0)
 
 
 def iter_jsonl_events(path: Path) -> Iterator[Event]:

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream.settings import Settings
 from stream.user_state import UserState, decode_state
+
+if TYPE_CHECKING:
+    from stream.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +68,23 @@ async def restore_partitions(
     finally:
         await consumer.stop()
     return {p: list(users.values()) for p, users in latest.items()}
+
+
+async def restore_assigned(settings: Settings, pipeline: Pipeline, partitions: list[int]) -> None:
+    """Restore the users of newly assigned input partitions into ``pipeline`` (partitions it holds are kept)."""
+    started = time.monotonic()
+    held = set(pipeline.store.partitions())
+    restored = await restore_partitions(
+        settings.bootstrap_servers,
+        settings.state_topic,
+        [p for p in partitions if p not in held],
+        settings.max_recent_items,
+    )
+    for partition, states in restored.items():
+        pipeline.restore_state(partition, states)
+    log.info(
+        "partitions assigned: %s; restored %d users in %.2f s",
+        sorted(partitions),
+        sum(len(states) for states in restored.values()),
+        time.monotonic() - started,
+    )

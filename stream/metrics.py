@@ -5,6 +5,9 @@ Latency histograms are in seconds with buckets from 1 ms, because freshness targ
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from stream.events import EVENT_TYPES
@@ -16,6 +19,12 @@ LATENCY_BUCKETS = (
 #: decode … publish run in the pipeline (publish = building the messages); produce (send and wait for the
 #: broker's acknowledgements) and commit run in the runtime.
 STAGES = ("decode", "validate", "state", "retrieve", "rank", "filter", "publish", "produce", "commit")
+
+
+class Published(Protocol):
+    kind: str
+    event_ts: float
+    received_at: float
 
 
 class WorkerMetrics:
@@ -93,3 +102,11 @@ class WorkerMetrics:
             self.event_to_recommendation.labels(clock)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
+
+    def observe_published(self, published: Iterable[Published], acknowledged_at: float) -> None:
+        """Count recommendations the broker acknowledged and record their event-to-recommendation latency."""
+        latency = self.event_to_recommendation
+        for recommendation in published:
+            self.recommendations_published.labels(recommendation.kind).inc()
+            latency.labels("event_time").observe(max(0.0, acknowledged_at - recommendation.event_ts))
+            latency.labels("consume_time").observe(max(0.0, acknowledged_at - recommendation.received_at))

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 import faust
 from faust.types import TP
 
-from stream.changelog import restore_partitions
+from stream.changelog import restore_assigned
 from stream.events import SourceRecord
 from stream.metrics import WorkerMetrics
 from stream.pipeline import Pipeline
@@ -73,13 +73,7 @@ class FaustWorker:
     async def _on_assigned(self, sender: object, assigned: set[TP], **_: object) -> None:
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.settings.events_topic)
         async with self.batch_lock:
-            fresh = [p for p in partitions if p not in self.pipeline.store.partitions()]
-            restored = await restore_partitions(
-                self.settings.bootstrap_servers, self.settings.state_topic, fresh, self.settings.max_recent_items
-            )
-            for partition, states in restored.items():
-                self.pipeline.restore_state(partition, states)
-        log.info("partitions assigned: %s", partitions)
+            await restore_assigned(self.settings, self.pipeline, partitions)
 
     async def _on_revoked(self, sender: object, revoked: set[TP], **_: object) -> None:
         async with self.batch_lock:
@@ -114,12 +108,7 @@ class FaustWorker:
                 await asyncio.gather(*pending)  # faust acks (and later commits) the batch only after this
                 if self.metrics:
                     self.metrics.stage_seconds.labels("produce").observe(time.perf_counter() - started)
-                    acknowledged_at = time.time()
-                    for published in result.published:
-                        self.metrics.recommendations_published.labels(published.kind).inc()
-                        latency = self.metrics.event_to_recommendation
-                        latency.labels("event_time").observe(max(0.0, acknowledged_at - published.event_ts))
-                        latency.labels("consume_time").observe(max(0.0, acknowledged_at - published.received_at))
+                    self.metrics.observe_published(result.published, time.time())
                 self.batches_processed += 1
             yield None
 

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from stream.changelog import restore_partitions
+from stream.changelog import restore_assigned
 from stream.events import SourceRecord
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, OutgoingMessage, Pipeline
@@ -41,7 +41,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.worker.batch_lock:
-            await self.worker.restore([tp.partition for tp in assigned])
+            await restore_assigned(self.worker.settings, self.worker.pipeline, [tp.partition for tp in assigned])
 
 
 class KafkaWorker:
@@ -56,23 +56,6 @@ class KafkaWorker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._lag_recorded_at = 0.0
-
-    async def restore(self, partitions: list[int]) -> None:
-        started = time.monotonic()
-        restored = await restore_partitions(
-            self.settings.bootstrap_servers,
-            self.settings.state_topic,
-            [p for p in partitions if p not in self.pipeline.store.partitions()],
-            self.settings.max_recent_items,
-        )
-        for partition, states in restored.items():
-            self.pipeline.restore_state(partition, states)
-        log.info(
-            "partitions assigned: %s; restored %d users in %.2f s",
-            sorted(partitions),
-            sum(len(s) for s in restored.values()),
-            time.monotonic() - started,
-        )
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -149,7 +132,8 @@ class KafkaWorker:
         result = await asyncio.to_thread(self.pipeline.process, records)
         if not await self._send_until_acknowledged(result, stop):
             return  # stopping with unacknowledged output: leave offsets uncommitted for redelivery
-        self._observe_published(result)
+        if self.metrics:
+            self.metrics.observe_published(result.published, time.time())
         commit_started = time.perf_counter()
         offsets = {
             TopicPartition(self.settings.events_topic, partition): OffsetAndMetadata(offset, "")
@@ -189,16 +173,6 @@ class KafkaWorker:
             for m in messages
         ]
         await asyncio.gather(*pending)
-
-    def _observe_published(self, result: BatchResult) -> None:
-        if not self.metrics:
-            return
-        acknowledged_at = time.time()
-        latency = self.metrics.event_to_recommendation
-        for published in result.published:
-            self.metrics.recommendations_published.labels(published.kind).inc()
-            latency.labels("event_time").observe(max(0.0, acknowledged_at - published.event_ts))
-            latency.labels("consume_time").observe(max(0.0, acknowledged_at - published.received_at))
 
     async def _record_lag(self) -> None:
         """Lag per assigned partition from the fetch high watermark (see ``stream/changelog.py`` for why)."""

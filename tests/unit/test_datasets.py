@@ -64,8 +64,8 @@ def test_jsonl_skips_invalid_lines_and_reports_them(tmp_path: Path, caplog: pyte
     assert len(log) == 2
     message = caplog.text
     assert "skipped 7 invalid line(s)" in message
-    assert "line 2: invalid JSON" in message and "line 3: not a JSON object" in message
-    assert "line 4: missing user_id" in message
+    assert "line 2: invalid JSON" in message and "line 3: not_an_object" in message
+    assert "line 4: missing_field: `user_id` is required" in message
 
 
 def test_jsonl_without_any_event_is_rejected(tmp_path: Path) -> None:
