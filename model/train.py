@@ -55,19 +55,25 @@ from model.splits import LeaveOneOutSplit, Stage, leave_one_out
 from stream.events import EVENT_TYPES
 from stream.settings import Settings
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _SETTINGS_FIELDS = Settings.model_fields
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = _SETTINGS_FIELDS["event_weights"].get_default(call_default_factory=True)
 DEFAULT_HALF_LIFE_S: float = _SETTINGS_FIELDS["interest_half_life_s"].default
 
 METRIC_CUTOFFS = (10, 20)
+EVAL_MAX_SCORES = 1 << 24  # scores per evaluation batch (64 MiB of float32 per matrix)
 RECALL_SAMPLE = 2_000  # queries used to measure the ANN index's recall against exact search
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one training run; recorded in full in the artifact manifest."""
+    """Hyper-parameters of one training run; recorded in full in the artifact manifest.
+
+    The full softmax holds ``[target positions in a batch, n_items]`` logits (twice, with the retrieval loss):
+    about ``batch_size · max_len · n_items · 16`` bytes at worst. On catalogues of several hundred thousand
+    items lower ``batch_size`` or raise ``min_item_count``.
+    """
 
     dim: int = 64
     max_len: int = 50
@@ -127,7 +133,7 @@ class TrainConfig:
 
 
 def train_from_settings(
-    log_: EventLog,
+    log: EventLog,
     out_dir: Path,
     settings: Settings,
     *,
@@ -151,11 +157,11 @@ def train_from_settings(
         overrides["dim"] = dim
     if seed is not None:
         overrides["seed"] = seed
-    return train_artifacts(log_, Path(out_dir), TrainConfig(**overrides), progress=progress)
+    return train_artifacts(log, Path(out_dir), TrainConfig(**overrides), progress=progress)
 
 
-def train_artifacts(log_: EventLog, out_dir: Path, config: TrainConfig, progress: bool = True) -> Path:
-    """Train on ``log_`` and write a new artifact version under ``out_dir``; returns its directory.
+def train_artifacts(log: EventLog, out_dir: Path, config: TrainConfig, progress: bool = True) -> Path:
+    """Train on ``log`` and write a new artifact version under ``out_dir``; returns its directory.
 
     ``out_dir/LATEST`` is switched to the new version only once the directory is complete.
     """
@@ -164,19 +170,19 @@ def train_artifacts(log_: EventLog, out_dir: Path, config: TrainConfig, progress
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
 
-    item_ids = build_vocabulary(log_, config.min_item_count)
+    item_ids = build_vocabulary(log, config.min_item_count)
     if not item_ids:
         raise ValueError("no item has enough events to train on")
     row_of = {item: row for row, item in enumerate(item_ids)}
-    split = leave_one_out(log_, row_of)
+    split = leave_one_out(log, row_of)
     if split.n_users == 0:
         raise ValueError("no user has the 3 interactions leave-one-out needs")
     windows = _training_windows(split, config)
     if len(windows.items) == 0:
         raise ValueError("no training targets: users need a 4th interaction to train on")
-    log.info(
+    logger.info(
         "training on %s: %d users, %d items, %d events, %d windows",
-        log_.name, split.n_users, len(item_ids), split.n_events, len(windows.items),
+        log.name, split.n_users, len(item_ids), split.n_events, len(windows.items),
     )  # fmt: skip
 
     model = SequenceRanker(config.ranker_config(len(item_ids)))
@@ -199,13 +205,13 @@ def train_artifacts(log_: EventLog, out_dir: Path, config: TrainConfig, progress
     sample = queries[rng.permutation(len(queries))[:RECALL_SAMPLE]]
     recall_k = min(100, len(item_ids))
     index_recall = exact_recall(index, embeddings, sample, recall_k)
-    log.info("test metrics: %s", {name: m["ndcg@10"] for name, m in test_metrics.items()})
+    logger.info("test metrics: %s", {name: m["ndcg@10"] for name, m in test_metrics.items()})
 
-    fingerprint = log_.fingerprint()
+    fingerprint = log.fingerprint()
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "data_fingerprint": fingerprint,
-        "dataset": log_.name,
+        "dataset": log.name,
         "n_items": len(item_ids),
         "dim": config.dim,
         "ranker_config": model.config.to_dict(),
@@ -217,7 +223,7 @@ def train_artifacts(log_: EventLog, out_dir: Path, config: TrainConfig, progress
             f"recall@{recall_k}": index_recall,
         },
         "data": {
-            "events": len(log_),
+            "events": len(log),
             "users": split.n_users,
             "items": len(item_ids),
             "training_windows": len(windows.items),
@@ -240,11 +246,11 @@ def train_artifacts(log_: EventLog, out_dir: Path, config: TrainConfig, progress
     return _publish(out_dir, fingerprint, model, item_ids, index, history, manifest)
 
 
-def build_vocabulary(log_: EventLog, min_item_count: int = 1) -> list[str]:
+def build_vocabulary(log: EventLog, min_item_count: int = 1) -> list[str]:
     """Item ids with at least ``min_item_count`` events, sorted: row ``i`` of every table is ``item_ids[i]``."""
-    if len(log_) == 0:
+    if len(log) == 0:
         return []
-    ids, counts = np.unique(log_.item_ids.astype(str), return_counts=True)
+    ids, counts = np.unique(log.item_ids.astype(str), return_counts=True)
     return [str(item) for item in ids[counts >= min_item_count]]
 
 
@@ -266,7 +272,9 @@ def _training_windows(split: LeaveOneOutSplit, config: TrainConfig) -> _Windows:
     """Cut every user's train events into windows of ``max_len`` ending at the user's last trainable event.
 
     Long histories yield several windows (stepping back ``max_len`` events at a time), so every training
-    target is used exactly once per epoch.
+    target is used exactly once per epoch. A window's interest vector starts at its first event; what the
+    worker's vector would still hold from older events is decayed by ``max_len`` events of time, which is
+    little at the serving half-life. Evaluation uses the whole history, exactly as served.
     """
     length = config.max_len
     targets_all = split.train_targets()
@@ -338,24 +346,32 @@ def _losses(
     width = int(windows.lengths[batch].max())  # left-padded: the last `width` columns hold every event
     items = windows.items[index, -width:]
     targets = windows.targets[index, -width:]
-    has_target = targets >= 0
-    wanted = targets[has_target]
+    # Flat indexes of the positions with a target: index_select's backward (index_add) is much cheaper on CPU
+    # than the index_put that boolean-mask indexing needs.
+    positions = (targets.reshape(-1) >= 0).nonzero().squeeze(1)
+    wanted = targets.reshape(-1)[positions]
     table = model.item_embeddings()
 
-    hidden = model(items)[has_target]
+    hidden = _select(model(items), positions)
     ranking = F.cross_entropy(hidden @ table.T, wanted)
     if retrieval_weight == 0.0:
         return ranking, ranking, torch.zeros(())
 
     embedded = model.item_embedding(torch.where(items >= 0, items, model.config.n_items))
-    queries = interest_queries(embedded, windows.weights[index, -width:], windows.decay_exponent[index, -width:])[
-        has_target
-    ]
+    weights, exponent = windows.weights[index, -width:], windows.decay_exponent[index, -width:]
+    queries = _select(interest_queries(embedded, weights, exponent), positions)
     norms = queries.norm(dim=-1, keepdim=True)
-    usable = norms.squeeze(-1) > 0  # all-zero event weights leave no query to learn from
+    usable = (norms.squeeze(-1) > 0).to(queries.dtype)  # all-zero event weights leave no query to learn from
     logits = log_scale.exp() * (queries / norms.clamp_min(1e-12)) @ table.T
-    retrieval = F.cross_entropy(logits[usable], wanted[usable]) if bool(usable.any()) else torch.zeros(())
+    # A masked mean rather than boolean indexing: no index_put over the [positions, n_items] logits backward.
+    per_position = F.cross_entropy(logits, wanted, reduction="none")
+    retrieval = (per_position * usable).sum() / usable.sum().clamp_min(1.0)
     return ranking + retrieval_weight * retrieval, ranking, retrieval
+
+
+def _select(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows ``positions`` of ``states`` ``[B, L, dim]`` flattened to ``[B·L, dim]``."""
+    return states.reshape(-1, states.shape[-1]).index_select(0, positions)
 
 
 def _fit(
@@ -404,14 +420,14 @@ def _fit(
         }
         history.append(record)
         epochs.set_postfix(loss=f"{record['loss']:.3f}", val_ndcg=f"{record['val_ranker_ndcg@10']:.4f}")
-        log.debug("epoch %d: %s", epoch, record)
+        logger.debug("epoch %d: %s", epoch, record)
         if record["val_ranker_ndcg@10"] > best_ndcg:
             best_ndcg, best_epoch, best_state = record["val_ranker_ndcg@10"], epoch, _copy_state(model)
         elif epoch - best_epoch >= config.patience:
-            log.info("early stop after epoch %d (best %d)", epoch, best_epoch)
+            logger.info("early stop after epoch %d (best %d)", epoch, best_epoch)
             break
         if config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:
-            log.info("time budget spent after epoch %d (best %d)", epoch, best_epoch)
+            logger.info("time budget spent after epoch %d (best %d)", epoch, best_epoch)
             break
     model.load_state_dict(best_state)
     return history, best_epoch
@@ -440,8 +456,10 @@ def _evaluate(
         ranks |= {"popularity": [], "retrieve_rerank": []}
     queries = np.empty((split.n_users, table.shape[1]), dtype=np.float32)
     with torch.inference_mode():
-        for begin in range(0, split.n_users, config.eval_batch_size):
-            users = slice(begin, begin + config.eval_batch_size)
+        # Several [users, n_items] score matrices are alive at once: bound their size on large catalogues.
+        step = max(1, min(config.eval_batch_size, EVAL_MAX_SCORES // n_items))
+        for begin in range(0, split.n_users, step):
+            users = slice(begin, begin + step)
             s, e, t = starts[users], ends[users], targets[users]
             exclude = [np.unique(split.items[a:b]) for a, b in zip(s, e, strict=True)]
             history = _last_items(split, s, e, config.max_len)
@@ -558,6 +576,8 @@ def _publish(
         (staging / ITEM_IDS_FILE).write_bytes(orjson.dumps(item_ids))
         index.save(staging / INDEX_FILE)
         _plot_curve(history, staging / CURVE_FILE)
+        for path in staging.iterdir():
+            path.chmod(0o644)  # safetensors writes 0600; a worker may run as another user
         files = {path.name: sha256_file(path) for path in sorted(staging.iterdir())}
         manifest = {"version": version, "created_at": created.isoformat(), **manifest, "files": files}
         (staging / MANIFEST_FILE).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
@@ -567,7 +587,7 @@ def _publish(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     write_latest(out_dir, version)
-    log.info("wrote artifacts %s", final)
+    logger.info("wrote artifacts %s", final)
     return final
 
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
@@ -23,6 +24,14 @@ from stream.settings import Settings
 from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
+
+
+class Runtime(Protocol):
+    """What a stream runtime offers the worker: a loop to run, and the lock held while a batch is processed."""
+
+    batch_lock: asyncio.Lock
+
+    async def run(self, stop: asyncio.Event) -> None: ...
 
 
 def start_metrics_server(settings: Settings, registry: CollectorRegistry) -> None:
@@ -86,16 +95,16 @@ async def _serve(settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics)
     if settings.runtime == "faust":
         from stream.runtime.faust_app import FaustWorker
 
-        worker: object = FaustWorker(settings, pipeline, metrics)
+        worker: Runtime = FaustWorker(settings, pipeline, metrics)
     else:
         from stream.runtime.kafka_loop import KafkaWorker
 
         worker = KafkaWorker(settings, pipeline, metrics)
     watcher = None
     if settings.model_poll_interval_s > 0:
-        watcher = asyncio.create_task(watch_model(settings, pipeline, worker.batch_lock, stop))  # type: ignore[attr-defined]
+        watcher = asyncio.create_task(watch_model(settings, pipeline, worker.batch_lock, stop))
     try:
-        await worker.run(stop)  # type: ignore[attr-defined]
+        await worker.run(stop)
     finally:
         stop.set()
         if watcher is not None:

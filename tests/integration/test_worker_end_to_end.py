@@ -124,10 +124,13 @@ def test_recommendations_follow_the_user_and_bad_input_is_dead_lettered(
     # their recommendations lie closer to their own items than the catalog does, and closer than the other
     # user's recommendations do; their category is over-represented against its catalog share.
     closeness = _closeness(trained_artifacts)
-    mine = closeness([i["item_id"] for i in after_buy["items"]], [*browsed, bought])
-    theirs = closeness([i["item_id"] for i in other["items"]], [*browsed, bought])
-    catalog = closeness(sorted(known), [*browsed, bought])
-    assert mine > catalog + 0.1 and mine > theirs + 0.1, (mine, theirs, catalog)
+    touched1, touched2 = [*browsed, bought], other_items[:5]
+    recs1, recs2 = ([i["item_id"] for i in rec["items"]] for rec in (after_buy, other))
+    own1, cross1, catalog1 = (closeness(r, touched1) for r in (recs1, recs2, sorted(known)))
+    own2, cross2, catalog2 = (closeness(r, touched2) for r in (recs2, recs1, sorted(known)))
+    assert own1 > catalog1 + 0.1 and own2 > catalog2 + 0.1, (own1, catalog1, own2, catalog2)
+    assert own1 > cross1 and own2 > cross2, (own1, cross1, own2, cross2)
+    assert (own1 - cross1) + (own2 - cross2) > 0.1, (own1, cross1, own2, cross2)
     assert _share(after_buy, category, catalog_categories) > len(items) / len(known)
     assert _share(other, other_category, catalog_categories) > len(other_items) / len(known)
 

@@ -102,7 +102,9 @@ def test_a_wrong_item_count_is_refused(copy: Path) -> None:
 
 def test_weights_that_do_not_fit_the_config_are_refused(copy: Path) -> None:
     manifest = orjson.loads((copy / MANIFEST_FILE).read_bytes())
-    edit_manifest(copy, ranker_config={**manifest["ranker_config"], "n_layers": manifest["ranker_config"]["n_layers"] + 1})
+    edit_manifest(
+        copy, ranker_config={**manifest["ranker_config"], "n_layers": manifest["ranker_config"]["n_layers"] + 1}
+    )
     with pytest.raises(ArtifactError, match="ranker_config"):
         load_artifacts(copy)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def test_artifact_directory_and_manifest(trained: Path, log: EventLog) -> None:
     }  # fmt: skip
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging or temporary files left
     assert (trained / CURVE_FILE).read_bytes().startswith(b"\x89PNG")
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in trained.iterdir())  # readable by a worker user
 
     manifest = manifest_of(trained)
     fingerprint = log.fingerprint()
@@ -91,7 +93,9 @@ def test_artifact_directory_and_manifest(trained: Path, log: EventLog) -> None:
     assert datetime.fromisoformat(manifest["created_at"]).tzinfo is not None
     assert manifest["data_fingerprint"] == fingerprint
     assert manifest["dataset"] == "structured"
-    assert manifest["n_items"] == N_CATEGORIES * PER_CATEGORY == len(orjson.loads((trained / ITEM_IDS_FILE).read_bytes()))
+    assert (
+        manifest["n_items"] == N_CATEGORIES * PER_CATEGORY == len(orjson.loads((trained / ITEM_IDS_FILE).read_bytes()))
+    )
     assert manifest["dim"] == 32
     assert manifest["ranker_config"] == {
         "n_items": 120, "dim": 32, "max_len": 20, "n_layers": 1, "n_heads": 2, "dropout": 0.2,
@@ -107,7 +111,7 @@ def test_artifact_directory_and_manifest(trained: Path, log: EventLog) -> None:
 
 
 def test_training_is_deterministic_and_publishes_a_new_version(trained: Path, log: EventLog) -> None:
-    config = TrainConfig(**{**CONFIG.__dict__, "max_epochs": 2})
+    config = replace(CONFIG, max_epochs=2)
     first = train_artifacts(log, trained.parent / "again", config, progress=False)
     second = train_artifacts(log, trained.parent / "again", config, progress=False)
     assert first != second and first.parent == second.parent

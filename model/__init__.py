@@ -1,0 +1,1 @@
+"""Training and serving-side model code: event logs, splits, the sequence ranker, metrics and artifacts."""
