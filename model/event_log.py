@@ -61,9 +61,7 @@ class EventLog:
         )
 
     def events(self) -> Iterator[Event]:
-        for user, item, code, ts in zip(
-            self.user_ids, self.item_ids, self.event_types, self.timestamps, strict=True
-        ):
+        for user, item, code, ts in zip(self.user_ids, self.item_ids, self.event_types, self.timestamps, strict=True):
             yield Event(user_id=user, item_id=item, event_type=EventType(EVENT_TYPES[code]), ts=float(ts))
 
     def user_sequences(self) -> dict[str, np.ndarray]:
@@ -73,9 +71,7 @@ class EventLog:
         boundaries = np.flatnonzero(users_sorted[1:] != users_sorted[:-1]) + 1
         return {
             str(chunk_users[0]): chunk
-            for chunk, chunk_users in zip(
-                np.split(order, boundaries), np.split(users_sorted, boundaries), strict=True
-            )
+            for chunk, chunk_users in zip(np.split(order, boundaries), np.split(users_sorted, boundaries), strict=True)
             if len(chunk)
         }
 
