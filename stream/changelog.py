@@ -82,6 +82,8 @@ async def restore_assigned(settings: Settings, pipeline: Pipeline, partitions: l
     )
     for partition, states in restored.items():
         pipeline.restore_state(partition, states)
+    if pipeline.metrics:
+        pipeline.metrics.assigned_partitions.set(len(partitions))
     log.info(
         "partitions assigned: %s; restored %d users in %.2f s",
         sorted(partitions),

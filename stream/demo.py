@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -80,6 +81,21 @@ def _print_recommendations(bootstrap: str, topic: str, stop: threading.Event, la
         consumer.close()
 
 
+def _wait_until_ready(metrics_url: str, worker: subprocess.Popen, timeout_s: float = 60.0) -> bool:
+    """Wait for the worker to own partitions, so the replay measures processing, not the group join."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and worker.poll() is None:
+        try:
+            with urllib.request.urlopen(metrics_url, timeout=2) as response:
+                for line in response.read().decode().splitlines():
+                    if line.startswith("streamrec_assigned_partitions ") and float(line.split()[1]) > 0:
+                        return True
+        except OSError:
+            pass  # not serving yet
+        time.sleep(0.2)
+    return False
+
+
 def run_demo(workdir: Path, n_live_events: int, rate: float, metrics_port: int, keep_running: bool) -> None:
     from stream.replay import replay
 
@@ -100,10 +116,12 @@ def run_demo(workdir: Path, n_live_events: int, rate: float, metrics_port: int, 
                 [sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=worker_log, stderr=subprocess.STDOUT
             )
         try:
+            metrics_url = f"http://127.0.0.1:{env['STREAMREC_METRICS_PORT']}/metrics"
             print(f"broker on {broker.bootstrap}; worker pid {worker.pid}")
-            print(
-                f"metrics: http://127.0.0.1:{env['STREAMREC_METRICS_PORT']}/metrics (worker log: {workdir}/worker.log)"
-            )
+            print(f"metrics: {metrics_url} (worker log: {workdir}/worker.log)")
+            if not _wait_until_ready(metrics_url, worker):
+                print(f"the worker did not become ready; see {workdir}/worker.log")
+                return
             stop = threading.Event()
             latencies: list[float] = []
             viewer = threading.Thread(

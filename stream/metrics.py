@@ -83,6 +83,11 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.assigned_partitions = Gauge(
+            "streamrec_assigned_partitions",
+            "Input partitions this worker owns; 0 until it has joined its group (a readiness signal).",
+            registry=registry,
+        )
         self.users_in_state = Gauge("streamrec_users_in_state", "Users held in this worker's state.", registry=registry)
         self.users_restored = Counter(
             "streamrec_users_restored_total",

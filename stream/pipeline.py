@@ -126,10 +126,13 @@ class Pipeline:
             self.metrics.users_restored.inc(len(states))
             self.metrics.users_in_state.set(len(self.store))
 
-    def drop_partition(self, partition: int) -> None:
-        self.store.drop_partition(partition)
+    def drop_partitions(self, partitions: Sequence[int]) -> None:
+        """Forget the users of revoked partitions (their new owner restores them from the changelog)."""
+        for partition in partitions:
+            self.store.drop_partition(partition)
         if self.metrics:
             self.metrics.users_in_state.set(len(self.store))
+            self.metrics.assigned_partitions.set(0)  # eager rebalancing: the new assignment follows
 
     # --- the hot path -------------------------------------------------------------------------------------
     def process(self, records: Sequence[SourceRecord], now: float | None = None) -> BatchResult:

@@ -77,9 +77,7 @@ class FaustWorker:
 
     async def _on_revoked(self, sender: object, revoked: set[TP], **_: object) -> None:
         async with self.batch_lock:
-            for tp in revoked:
-                if tp.topic == self.settings.events_topic:
-                    self.pipeline.drop_partition(tp.partition)
+            self.pipeline.drop_partitions([tp.partition for tp in revoked if tp.topic == self.settings.events_topic])
 
     async def _agent(self, stream: faust.StreamT) -> AsyncIterator[None]:
         within = max(self.settings.batch_max_wait_ms, 1) / 1000

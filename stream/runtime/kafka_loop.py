@@ -35,8 +35,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.worker.batch_lock:  # let the batch in flight finish and commit first
-            for tp in revoked:
-                self.worker.pipeline.drop_partition(tp.partition)
+            self.worker.pipeline.drop_partitions([tp.partition for tp in revoked])
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:

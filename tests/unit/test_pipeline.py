@@ -123,7 +123,7 @@ def test_state_updates_go_to_the_input_partition_and_restore(pipeline: Pipeline,
     fresh = Pipeline(Settings(top_k=10, n_candidates=50), artifacts)
     fresh.restore_state(3, [restored])
     assert fresh.store.get(3, "u9").n_events == 1
-    fresh.drop_partition(3)
+    fresh.drop_partitions([3])
     assert fresh.store.get(3, "u9") is None
 
 
