@@ -12,7 +12,6 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
@@ -20,18 +19,11 @@ from prometheus_client import CollectorRegistry, ProcessCollector, start_http_se
 from model.artifacts import ArtifactError, ModelArtifacts, load_artifacts, resolve_artifact_dir
 from stream.metrics import WorkerMetrics
 from stream.pipeline import Pipeline
+from stream.runtime.base import BatchRuntime
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
-
-
-class Runtime(Protocol):
-    """What a stream runtime offers the worker: a loop to run, and the lock held while a batch is processed."""
-
-    batch_lock: asyncio.Lock
-
-    async def run(self, stop: asyncio.Event) -> None: ...
 
 
 def start_metrics_server(settings: Settings, registry: CollectorRegistry) -> None:
@@ -95,7 +87,7 @@ async def _serve(settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics)
     if settings.runtime == "faust":
         from stream.runtime.faust_app import FaustWorker
 
-        worker: Runtime = FaustWorker(settings, pipeline, metrics)
+        worker: BatchRuntime = FaustWorker(settings, pipeline, metrics)
     else:
         from stream.runtime.kafka_loop import KafkaWorker
 

@@ -28,20 +28,17 @@ from stream.changelog import restore_assigned
 from stream.events import SourceRecord
 from stream.metrics import WorkerMetrics
 from stream.pipeline import Pipeline
+from stream.runtime.base import BatchRuntime
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class FaustWorker:
+class FaustWorker(BatchRuntime):
     """Runs the pipeline as a faust agent inside the caller's event loop."""
 
     def __init__(self, settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics | None = None) -> None:
-        self.settings = settings
-        self.pipeline = pipeline
-        self.metrics = metrics
-        self.batch_lock = asyncio.Lock()
-        self.batches_processed = 0
+        super().__init__(settings, pipeline, metrics)
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -104,9 +101,7 @@ class FaustWorker:
                     for m in result.messages
                 ]
                 await asyncio.gather(*pending)  # faust acks (and later commits) the batch only after this
-                if self.metrics:
-                    self.metrics.stage_seconds.labels("produce").observe(time.perf_counter() - started)
-                    self.metrics.observe_published(result.published, time.time())
+                self.output_acknowledged(result, time.perf_counter() - started)
                 self.batches_processed += 1
             yield None
 

@@ -9,6 +9,7 @@ whichever worker owns the partition next, and user state skips events it has alr
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 
@@ -20,6 +21,7 @@ from stream.changelog import restore_assigned
 from stream.events import SourceRecord
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, OutgoingMessage, Pipeline
+from stream.runtime.base import BatchRuntime
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,15 +45,11 @@ class _Rebalance(ConsumerRebalanceListener):
             await restore_assigned(self.worker.settings, self.worker.pipeline, [tp.partition for tp in assigned])
 
 
-class KafkaWorker:
+class KafkaWorker(BatchRuntime):
     """One worker process: consumes its share of the events topic and publishes recommendations."""
 
     def __init__(self, settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics | None = None) -> None:
-        self.settings = settings
-        self.pipeline = pipeline
-        self.metrics = metrics
-        self.batch_lock = asyncio.Lock()
-        self.batches_processed = 0
+        super().__init__(settings, pipeline, metrics)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._lag_recorded_at = 0.0
@@ -131,8 +129,6 @@ class KafkaWorker:
         result = await asyncio.to_thread(self.pipeline.process, records)
         if not await self._send_until_acknowledged(result, stop):
             return  # stopping with unacknowledged output: leave offsets uncommitted for redelivery
-        if self.metrics:
-            self.metrics.observe_published(result.published, time.time())
         commit_started = time.perf_counter()
         offsets = {
             TopicPartition(self.settings.events_topic, partition): OffsetAndMetadata(offset, "")
@@ -149,7 +145,7 @@ class KafkaWorker:
 
     async def _send_until_acknowledged(self, result: BatchResult, stop: asyncio.Event) -> bool:
         started = time.perf_counter()
-        for attempt in range(1_000_000):
+        for attempt in itertools.count():
             try:
                 await self._send_all(result.messages)
                 break
@@ -159,8 +155,7 @@ class KafkaWorker:
                 if stop.is_set():
                     return False
                 await asyncio.sleep(delay)
-        if self.metrics:
-            self.metrics.stage_seconds.labels("produce").observe(time.perf_counter() - started)
+        self.output_acknowledged(result, time.perf_counter() - started)
         return True
 
     async def _send_all(self, messages: list[OutgoingMessage]) -> None:
