@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from index.covisitation import CoVisitation
 from stream.decode import decode
 from stream.events import Event, SourceRecord
 from stream.filters import ScoredItem, select_top_k
@@ -114,6 +115,8 @@ class Pipeline:
             max_bought_items=self.settings.max_bought_items,
             model_version=artifacts.version,
         )
+        # Co-visitation is counted in the model's rows, so a new model starts it afresh from the stream.
+        self.covisitation = CoVisitation(len(artifacts.item_ids), window=self.settings.covisitation_window)
         if self.metrics:
             self.metrics.model_info.info({"version": artifacts.version})
             self.metrics.index_items.set(len(artifacts.index))
@@ -212,6 +215,9 @@ class Pipeline:
                 state = self.interest.new_state(event.user_id)
                 self.store.put(record.partition, state)
             if not state.already_applied(record.partition, record.offset):
+                row = self.interest.row_of.get(event.item_id)
+                if row is not None and self.settings.covisitation_candidates:
+                    self.covisitation.add(self.interest.latest_rows(state, self.covisitation.window), row)
                 self.interest.apply(state, event)
                 state.last_partition, state.last_offset = record.partition, record.offset
                 self.trending.add(event.item_id, weights[event.event_type.value], event.ts)
@@ -269,6 +275,11 @@ class Pipeline:
                 {row for item in excluded[t.event.user_id] if (row := row_of.get(item)) is not None} for t in warm
             ]
             candidates = retrieve_candidates(self.artifacts.index, queries, excluded_rows, self.settings.n_candidates)
+            if self.settings.covisitation_candidates:
+                candidates = [
+                    self._with_covisitation(t, ann, excluded)
+                    for t, ann, excluded in zip(warm, candidates, excluded_rows, strict=True)
+                ]
         with self._stage("rank", timings):
             histories = [self.interest.history_rows(t.state) for t in warm]
             scores = rank_candidates(self.artifacts.ranker, histories, candidates, self.artifacts.ranker.config.max_len)
@@ -279,6 +290,14 @@ class Pipeline:
                 ScoredItem(item_ids[rows[i]], float(row_scores[i]), "personalized") for i in order
             ]
         return ranked
+
+    def _with_covisitation(self, trigger: _Trigger, ann: np.ndarray, excluded: set[int]) -> np.ndarray:
+        """ANN candidates followed by co-visitation candidates they lack; the ranker orders the union."""
+        recent = self.interest.latest_rows(trigger.state, self.covisitation.window)
+        covisited, _ = self.covisitation.candidates(recent, self.settings.covisitation_candidates, excluded)
+        if covisited.size == 0:
+            return ann
+        return np.concatenate([ann, covisited[~np.isin(covisited, ann)]])
 
     @staticmethod
     def _excluded(trigger: _Trigger) -> dict[str, None]:

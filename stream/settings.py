@@ -123,6 +123,15 @@ class Settings(BaseSettings):
     n_candidates: int = Field(
         200, ge=1, description="Candidates retrieved from the ANN index and re-scored by the ranker."
     )
+    covisitation_candidates: int = Field(
+        100,
+        ge=0,
+        description="Candidates added from co-visitation (items touched right after the user's last few items, "
+        "learned from the stream) next to the ANN ones; 0 turns this source off.",
+    )
+    covisitation_window: int = Field(
+        3, ge=1, description="How many of the user's latest items vote for co-visitation candidates."
+    )
     hnsw_ef_search: int = Field(128, ge=1, description="HNSW search breadth: higher is more exact and slower.")
     ivf_nprobe: int = Field(16, ge=1, description="IVF lists probed per query (IVF indexes only).")
     torch_threads: int = Field(

@@ -105,6 +105,18 @@ class InterestModel:
         else:  # a late event: decay its own contribution instead of rewinding the vector
             state.vector += contribution * np.float32(2.0 ** (-(state.vector_ts - ts) / self.half_life_s))
 
+    def latest_rows(self, state: UserState, n: int) -> list[int]:
+        """Model rows of the user's ``n`` latest known items, oldest first."""
+        rows: list[int] = []
+        for item in reversed(state.recent):
+            row = self.row_of.get(item.item_id)
+            if row is not None:
+                rows.append(row)
+                if len(rows) == n:
+                    break
+        rows.reverse()
+        return rows
+
     def history_rows(self, state: UserState) -> list[int]:
         """Model rows of the recent items the model knows, oldest first (the ranker's input)."""
         rows = (self.row_of.get(item.item_id) for item in state.recent)

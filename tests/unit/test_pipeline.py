@@ -140,3 +140,20 @@ def test_a_failing_ranker_degrades_to_trending_instead_of_losing_the_batch(pipel
     pipeline.artifacts = ModelArtifacts(**{**vars(artifacts), "ranker": Broken()})
     rec = recommendations(pipeline.process([records.event("u1", artifacts.item_ids[3], "view")], now=NOW))["u1"]
     assert rec["items"] and {i["reason"] for i in rec["items"]} == {"trending"}
+
+
+def test_co_visitation_learned_from_the_stream_adds_candidates(artifacts) -> None:
+    a, b = artifacts.item_ids[10], artifacts.item_ids[11]
+
+    def served_after_a(covisitation: int) -> dict:
+        pipeline = Pipeline(Settings(top_k=10, n_candidates=1, covisitation_candidates=covisitation), artifacts)
+        records = Records()
+        for n in range(20):  # other shoppers go from a to b
+            pipeline.process([records.event(f"s{n}", a, "view", ts=NOW - 60)], now=NOW)
+            pipeline.process([records.event(f"s{n}", b, "view", ts=NOW - 59)], now=NOW)
+        return recommendations(pipeline.process([records.event("u1", a, "view")], now=NOW))["u1"]
+
+    with_source = served_after_a(covisitation=50)
+    assert b in {i["item_id"] for i in with_source["items"] if i["reason"] == "personalized"}
+    without = served_after_a(covisitation=0)
+    assert sum(i["reason"] == "personalized" for i in without["items"]) == 1  # only the single ANN candidate

@@ -1,0 +1,92 @@
+"""Co-visitation: items that users touch close together in time, kept up to date from the stream.
+
+A second candidate source next to the ANN index. The embedding retrieves what fits the user's whole (decayed)
+taste; co-visitation retrieves what people touch right after the user's *last few* items, which is what a
+recency-weighted item-kNN does and why it is strong on sequential data (see ``../shared/README.md``).
+
+Counts: when a user touches item ``j``, each of their previous ``window`` known items ``i`` (most recent first,
+``k = 0, 1, ...``) adds ``decay**k`` to the pair ``(i, j)`` in both directions, and ``j`` adds 1 to its own
+count. Similarity is cosine-normalised, ``c_ij / sqrt(n_i · n_j)``, so popular items do not neighbour everything.
+Each item keeps at most ``max_neighbours`` neighbours: when a row overflows, its weakest half is dropped, which
+bounds memory on a stream that never ends.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+
+class CoVisitation:
+    """Incremental, bounded item-to-item co-visitation over model rows ``0..n_items-1``."""
+
+    def __init__(self, n_items: int, window: int = 3, decay: float = 0.6, max_neighbours: int = 200) -> None:
+        if window < 1 or not 0 < decay <= 1 or max_neighbours < 1:
+            raise ValueError("window >= 1, 0 < decay <= 1 and max_neighbours >= 1 are required")
+        self.window = window
+        self.decay = decay
+        self.max_neighbours = max_neighbours
+        self._counts: list[dict[int, float]] = [{} for _ in range(n_items)]
+        self._item_totals = np.zeros(n_items, dtype=np.float64)
+
+    @property
+    def n_items(self) -> int:
+        return len(self._counts)
+
+    def add(self, previous_rows: Sequence[int], row: int) -> None:
+        """Record that ``row`` was touched after ``previous_rows`` (oldest first; the last ``window`` count)."""
+        self._item_totals[row] += 1.0
+        recent = previous_rows[-self.window :]
+        for k, earlier in enumerate(reversed(recent)):
+            if earlier == row:
+                continue
+            weight = self.decay**k
+            self._bump(earlier, row, weight)
+            self._bump(row, earlier, weight)
+
+    def fit_sequences(self, sequences: Iterable[Sequence[int]]) -> CoVisitation:
+        """Count whole sequences (oldest first), e.g. the training histories, before the stream takes over."""
+        for sequence in sequences:
+            for position, row in enumerate(sequence):
+                self.add(sequence[max(0, position - self.window) : position], row)
+        return self
+
+    def _bump(self, source: int, target: int, weight: float) -> None:
+        row = self._counts[source]
+        row[target] = row.get(target, 0.0) + weight
+        if len(row) > 2 * self.max_neighbours:
+            kept = heapq.nlargest(self.max_neighbours, row.items(), key=lambda pair: pair[1])
+            self._counts[source] = dict(kept)
+
+    def similar(self, row: int) -> dict[int, float]:
+        """Cosine-normalised neighbours of one item."""
+        totals = self._item_totals
+        own = totals[row]
+        if own == 0:
+            return {}
+        return {
+            other: count / math.sqrt(own * totals[other])
+            for other, count in self._counts[row].items()
+            if totals[other] > 0
+        }
+
+    def candidates(self, history_rows: Sequence[int], n: int, excluded: set[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` items for a user whose known history is ``history_rows`` (oldest first).
+
+        The user's last ``window`` items vote with weights ``decay**k`` (most recent first); returns rows and
+        scores, best first, without ``excluded`` rows.
+        """
+        scores: dict[int, float] = {}
+        for k, row in enumerate(reversed(history_rows[-self.window :])):
+            weight = self.decay**k
+            for other, similarity in self.similar(row).items():
+                scores[other] = scores.get(other, 0.0) + weight * similarity
+        best = heapq.nlargest(
+            n, ((score, row) for row, score in scores.items() if row not in excluded), key=lambda pair: pair[0]
+        )
+        rows = np.fromiter((row for _, row in best), dtype=np.int64, count=len(best))
+        values = np.fromiter((score for score, _ in best), dtype=np.float32, count=len(best))
+        return rows, values
