@@ -14,7 +14,6 @@ bounds memory on a stream that never ends.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -63,15 +62,19 @@ class CoVisitation:
 
     def similar(self, row: int) -> dict[int, float]:
         """Cosine-normalised neighbours of one item."""
-        totals = self._item_totals
-        own = totals[row]
-        if own == 0:
-            return {}
-        return {
-            other: count / math.sqrt(own * totals[other])
-            for other, count in self._counts[row].items()
-            if totals[other] > 0
-        }
+        others, similarities = self._similar_arrays(row)
+        return dict(zip(others.tolist(), similarities.tolist(), strict=True))
+
+    def _similar_arrays(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        counts = self._counts[row]
+        own = self._item_totals[row]
+        if own == 0 or not counts:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+        others = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        values = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        totals = self._item_totals[others]
+        known = totals > 0
+        return others[known], values[known] / np.sqrt(own * totals[known])
 
     def candidates(self, history_rows: Sequence[int], n: int, excluded: set[int]) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` items for a user whose known history is ``history_rows`` (oldest first).
@@ -79,14 +82,15 @@ class CoVisitation:
         The user's last ``window`` items vote with weights ``decay**k`` (most recent first); returns rows and
         scores, best first, without ``excluded`` rows.
         """
-        scores: dict[int, float] = {}
-        for k, row in enumerate(reversed(history_rows[-self.window :])):
-            weight = self.decay**k
-            for other, similarity in self.similar(row).items():
-                scores[other] = scores.get(other, 0.0) + weight * similarity
-        best = heapq.nlargest(
-            n, ((score, row) for row, score in scores.items() if row not in excluded), key=lambda pair: pair[0]
-        )
-        rows = np.fromiter((row for _, row in best), dtype=np.int64, count=len(best))
-        values = np.fromiter((score for score, _ in best), dtype=np.float32, count=len(best))
-        return rows, values
+        votes = [self._similar_arrays(row) for row in reversed(history_rows[-self.window :])]
+        rows = np.concatenate([others for others, _ in votes]) if votes else np.empty(0, dtype=np.int64)
+        if rows.size == 0:
+            return rows, np.empty(0, dtype=np.float32)
+        weights = np.concatenate([sims * self.decay**k for k, (_, sims) in enumerate(votes)])
+        unique, inverse = np.unique(rows, return_inverse=True)
+        scores = np.bincount(inverse, weights=weights)
+        if excluded:
+            keep = ~np.isin(unique, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+            unique, scores = unique[keep], scores[keep]
+        order = np.lexsort((unique, -scores))[:n]  # best first; ties by row for determinism
+        return unique[order], scores[order].astype(np.float32)
