@@ -48,6 +48,8 @@ from model.artifacts import (
     sha256_file,
     write_latest,
 )
+from model.baselines import Histories, interaction_counts
+from model.evaluate import RankerScorer, RetrievalScorer, interest_vectors, retrieve_rerank_ranks
 from model.event_log import EventLog
 from model.metrics import hit_rate, mrr, ndcg, rank_of_target
 from model.ranker import PAD, RankerConfig, SequenceRanker
@@ -439,101 +441,45 @@ def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 # --- evaluation --------------------------------------------------------------------------------------------------
 
+# The evaluation helpers live in model/evaluate.py now; the old private name stays importable for its callers.
+_interest_vectors = interest_vectors
+
 
 def _evaluate(
     model: SequenceRanker, split: LeaveOneOutSplit, stage: Stage, config: TrainConfig, with_baselines: bool
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Target ranks of the ranker and the interest-vector retrieval (plus, on request, popularity and
-    retrieve→rerank), each user's history excluded; also returns the interest vectors ``[U, dim]``."""
+    retrieve→rerank), each user's history excluded; also returns the interest vectors ``[U, dim]``.
+
+    The scorers are the evaluator's (``model/evaluate.py``), so the manifest's metrics and ``streamrec eval``
+    measure the same thing."""
     n_items = model.config.n_items
-    starts, ends = split.offsets[:-1], split.history_end(stage)
     targets = split.targets(stage)
-    table = model.item_embeddings().detach().numpy()
-    weights = config.type_weights()
-    popularity = _popularity(split, ends, n_items) if with_baselines else None
+    ranker = RankerScorer(model, config.max_len)
+    retrieval = RetrievalScorer(model.item_embeddings().detach().numpy(), config.type_weights(), config.half_life_s)
+    popularity = interaction_counts(split, split.history_end(stage), n_items) if with_baselines else None
     ranks: dict[str, list[np.ndarray]] = {"ranker": [], "retrieval": []}
     if with_baselines:
         ranks |= {"popularity": [], "retrieve_rerank": []}
-    queries = np.empty((split.n_users, table.shape[1]), dtype=np.float32)
-    with torch.inference_mode():
-        # Several [users, n_items] score matrices are alive at once: bound their size on large catalogues.
-        step = max(1, min(config.eval_batch_size, EVAL_MAX_SCORES // n_items))
-        for begin in range(0, split.n_users, step):
-            users = slice(begin, begin + step)
-            s, e, t = starts[users], ends[users], targets[users]
-            exclude = [np.unique(split.items[a:b]) for a, b in zip(s, e, strict=True)]
-            history = _last_items(split, s, e, config.max_len)
-            ranker_scores = model.score_all(torch.from_numpy(history)).numpy()
-            queries[users] = _interest_vectors(split, s, e, table, weights, config.half_life_s)
-            retrieval_scores = queries[users] @ table.T
-            ranks["ranker"].append(rank_of_target(ranker_scores, t, exclude))
-            ranks["retrieval"].append(rank_of_target(retrieval_scores, t, exclude))
-            if popularity is not None:
-                ranks["popularity"].append(rank_of_target(np.broadcast_to(popularity, ranker_scores.shape), t, exclude))
-                ranks["retrieve_rerank"].append(
-                    _retrieve_rerank_ranks(retrieval_scores, ranker_scores, t, exclude, config.n_candidates)
-                )
+    queries = np.empty((split.n_users, retrieval.embeddings.shape[1]), dtype=np.float32)
+    # Several [users, n_items] score matrices are alive at once: bound their size on large catalogues.
+    step = max(1, min(config.eval_batch_size, EVAL_MAX_SCORES // n_items))
+    for begin in range(0, split.n_users, step):
+        users = slice(begin, begin + step)
+        histories = Histories.of_users(split, users, stage)
+        t = targets[users]
+        exclude = histories.item_sets()
+        ranker_scores = ranker.score_users(histories)
+        queries[users] = retrieval.queries(histories)
+        retrieval_scores = queries[users] @ retrieval.embeddings.T
+        ranks["ranker"].append(rank_of_target(ranker_scores, t, exclude))
+        ranks["retrieval"].append(rank_of_target(retrieval_scores, t, exclude))
+        if popularity is not None:
+            ranks["popularity"].append(rank_of_target(np.broadcast_to(popularity, ranker_scores.shape), t, exclude))
+            ranks["retrieve_rerank"].append(
+                retrieve_rerank_ranks(retrieval_scores, ranker_scores, t, exclude, config.n_candidates)
+            )
     return {name: np.concatenate(parts) for name, parts in ranks.items()}, queries
-
-
-def _last_items(split: LeaveOneOutSplit, starts: np.ndarray, ends: np.ndarray, max_len: int) -> np.ndarray:
-    """The ranker's input: the last ``max_len`` history events of each user, left-padded with -1."""
-    width = int(min(max_len, (ends - starts).max()))
-    positions = ends[:, None] - width + np.arange(width)[None, :]
-    valid = positions >= starts[:, None]
-    return np.where(valid, split.items[np.where(valid, positions, 0)], PAD).astype(np.int64)
-
-
-def _interest_vectors(
-    split: LeaveOneOutSplit,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    table: np.ndarray,
-    type_weights: np.ndarray,
-    half_life_s: float,
-) -> np.ndarray:
-    """The worker's interest vector over each user's whole history, decayed to the user's newest event."""
-    lengths = ends - starts
-    positions = np.repeat(ends - lengths.cumsum(), lengths) + np.arange(lengths.sum())
-    newest = np.repeat(split.timestamps[ends - 1], lengths)
-    factors = type_weights[split.event_types[positions]] * np.exp2((split.timestamps[positions] - newest) / half_life_s)
-    contributions = factors[:, None].astype(np.float32) * table[split.items[positions]]
-    return np.add.reduceat(contributions, np.cumsum(lengths) - lengths, axis=0).astype(np.float32)
-
-
-def _popularity(split: LeaveOneOutSplit, ends: np.ndarray, n_items: int) -> np.ndarray:
-    """Interaction counts of each item over every user's history before the held-out item."""
-    before = np.arange(split.n_events) < np.repeat(ends, np.diff(split.offsets))
-    counted = split.items[split.interaction_starts() & before]
-    return np.bincount(counted, minlength=n_items).astype(np.float32)
-
-
-def _retrieve_rerank_ranks(
-    retrieval_scores: np.ndarray,
-    ranker_scores: np.ndarray,
-    targets: np.ndarray,
-    exclude: Sequence[np.ndarray],
-    n_candidates: int,
-) -> np.ndarray:
-    """Ranks of the served pipeline: the top ``n_candidates`` of retrieval, re-ordered by the ranker.
-
-    A target that retrieval misses gets the last rank of the catalogue.
-    """
-    n_items = retrieval_scores.shape[1]
-    rows = np.arange(len(targets))
-    masked = retrieval_scores.copy()
-    lengths = [len(e) for e in exclude]
-    masked[np.repeat(rows, lengths), np.concatenate(exclude)] = -np.inf
-    masked[rows, targets] = retrieval_scores[rows, targets]
-    k = min(n_candidates, n_items)
-    candidates = np.argpartition(-masked, k - 1, axis=1)[:, :k]
-    retrieved = (candidates == targets[:, None]).any(axis=1)
-    candidate_scores = np.take_along_axis(ranker_scores, candidates, axis=1)
-    # Excluded items that still made the cut (fewer than k allowed items) cannot outrank the target.
-    candidate_scores[~np.isfinite(np.take_along_axis(masked, candidates, axis=1))] = -np.inf
-    target_scores = ranker_scores[rows, targets]
-    ranks = np.count_nonzero(candidate_scores > target_scores[:, None], axis=1)
-    return np.where(retrieved, ranks, n_items - 1).astype(np.int64)
 
 
 def _summarize(ranks: np.ndarray) -> dict[str, float]:

@@ -138,6 +138,44 @@ def train(
     typer.echo(f"wrote {directory}")
 
 
+@app.command("eval")
+def evaluate_model(
+    events: Annotated[Path, typer.Option(help="Event log: JSONL, Beauty.txt, Taobao CSV or Diginetica sessions.")],
+    artifacts: Annotated[Path, typer.Option(help="Model artifact directory (or its parent with LATEST).")],
+    fmt: Annotated[str, typer.Option("--format", help="auto, jsonl, beauty, taobao or diginetica.")] = "auto",
+    output: Annotated[Path | None, typer.Option(help="Write the full report here as JSON.")] = None,
+    served: Annotated[
+        bool, typer.Option(help="Also replay every user's history through the serving pipeline and score its lists.")
+    ] = True,
+    served_users: Annotated[
+        int | None, typer.Option(help="Replay a seeded sample of this many users instead of all.", min=1)
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampled negatives and of tie-breaking.")] = 0,
+    log_level: LogLevel = "WARNING",
+) -> None:
+    """Evaluate a model version against popularity and item-kNN: full and sampled ranking, beyond-accuracy
+    measures, and what the serving pipeline actually recommends (leave-one-out on the event log)."""
+    import orjson
+
+    from model.artifacts import load_artifacts
+    from model.datasets import load_events
+    from model.evaluate import evaluate, format_table
+
+    _logging(log_level)
+    try:
+        log = load_events(events, fmt)
+        model = load_artifacts(artifacts)
+    except ValueError as exc:  # a missing file, an unknown format, a corrupt artifact: say which, no traceback
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"loaded {len(log)} events from {events}; evaluating model {model.version}")
+    report = evaluate(log, model, seed=seed, served=served, settings=_settings(), served_max_users=served_users)
+    typer.echo(format_table(report))
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        typer.echo(f"wrote {output}")
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where simulated data and artifacts are kept between runs.")] = Path(
