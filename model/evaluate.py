@@ -514,6 +514,35 @@ def _offline(
 # --- the served path -----------------------------------------------------------------------------------------
 
 
+def candidate_source_recall(
+    user_ids: list[str], target_rows: np.ndarray, candidates: dict[str, dict[str, np.ndarray]], top_k: int
+) -> dict[str, Any]:
+    """How often each candidate source (and their union, what the ranker sees) holds the user's test target,
+    and each source's own HR@top_k when its list is served in its own order: the ranker's gain over the best
+    single source is the served HR@top_k minus the best of these. Shares are over all evaluated users."""
+    n_users = max(1, len(user_ids))
+    sources = sorted({source for per_user in candidates.values() for source in per_user})
+    hits = {source: 0 for source in [*sources, "union"]}
+    hits_at_k = dict.fromkeys(sources, 0)
+    for user, target in zip(user_ids, target_rows.tolist(), strict=True):
+        per_user = candidates.get(user)
+        if per_user is None:
+            continue
+        in_union = False
+        for source, rows in per_user.items():
+            found = np.flatnonzero(rows == target)
+            if found.size:
+                hits[source] += 1
+                hits_at_k[source] += int(found[0] < top_k)
+                in_union = True
+        hits["union"] += in_union
+    return {
+        "users_with_candidates": len(candidates),
+        "recall": {source: round(count / n_users, 6) for source, count in hits.items()},
+        f"HR@{top_k}_in_source_order": {source: round(count / n_users, 6) for source, count in hits_at_k.items()},
+    }
+
+
 def served_metrics(
     split: LeaveOneOutSplit,
     artifacts: ModelArtifacts,
@@ -565,6 +594,8 @@ def served_metrics(
     prepared = time.perf_counter()
 
     pipeline = Pipeline(settings, artifacts)
+    last_candidates: dict[str, dict[str, np.ndarray]] = {}
+    pipeline.candidate_observer = last_candidates.__setitem__  # a user's later candidates supersede earlier ones
     now = float(split.timestamps[positions].max()) if len(positions) else 0.0
     last: dict[str, bytes] = {}
     dead_letters = 0
@@ -595,7 +626,9 @@ def served_metrics(
         state = pipeline.store.get(0, user)
         if state is not None and state.vector is not None:
             vectors[row] = state.vector
+    target_rows = split.targets("test")[users]
     metrics: dict[str, Any] = summarize(ranks, [k for k in CUTOFFS if k <= top_k], with_mrr=False)
+    metrics["candidate_sources"] = candidate_source_recall(user_ids, target_rows, last_candidates, top_k)
     metrics[f"MRR@{top_k}"] = round(float(np.mean(np.where(ranks < top_k, 1.0 / (ranks + 1.0), 0.0))), 6)
     metrics |= {
         "protocol": SERVED_PROTOCOL,

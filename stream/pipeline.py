@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -98,6 +98,9 @@ class Pipeline:
             reject_key_mismatch=settings.reject_key_mismatch,
         )
         self.store = UserStateStore()
+        #: Called with (user id, {source: candidate rows}) for every personalized user; evaluation uses it to
+        #: measure how often each candidate source reaches the test target. None on the hot path.
+        self.candidate_observer: Callable[[str, dict[str, np.ndarray]], None] | None = None
         self.trending = TrendingCounter(settings.trending_half_life_s)
         self.use_model(artifacts)
 
@@ -276,10 +279,17 @@ class Pipeline:
             ]
             candidates = retrieve_candidates(self.artifacts.index, queries, excluded_rows, self.settings.n_candidates)
             if self.settings.covisitation_candidates:
+                covisited = [self._covisited(t, excluded) for t, excluded in zip(warm, excluded_rows, strict=True)]
+                if self.candidate_observer is not None:
+                    for t, ann, covis in zip(warm, candidates, covisited, strict=True):
+                        self.candidate_observer(t.event.user_id, {"ann": ann, "covisitation": covis})
                 candidates = [
-                    self._with_covisitation(t, ann, excluded)
-                    for t, ann, excluded in zip(warm, candidates, excluded_rows, strict=True)
+                    np.concatenate([ann, covis[~np.isin(covis, ann)]])
+                    for ann, covis in zip(candidates, covisited, strict=True)
                 ]
+            elif self.candidate_observer is not None:
+                for t, ann in zip(warm, candidates, strict=True):
+                    self.candidate_observer(t.event.user_id, {"ann": ann})
         with self._stage("rank", timings):
             histories = [self.interest.history_rows(t.state) for t in warm]
             scores = rank_candidates(self.artifacts.ranker, histories, candidates, self.artifacts.ranker.config.max_len)
@@ -291,13 +301,11 @@ class Pipeline:
             ]
         return ranked
 
-    def _with_covisitation(self, trigger: _Trigger, ann: np.ndarray, excluded: set[int]) -> np.ndarray:
-        """ANN candidates followed by co-visitation candidates they lack; the ranker orders the union."""
+    def _covisited(self, trigger: _Trigger, excluded: set[int]) -> np.ndarray:
+        """Co-visitation candidates of the user's latest items, best first (the ranker orders the union)."""
         recent = self.interest.latest_rows(trigger.state, self.covisitation.window)
-        covisited, _ = self.covisitation.candidates(recent, self.settings.covisitation_candidates, excluded)
-        if covisited.size == 0:
-            return ann
-        return np.concatenate([ann, covisited[~np.isin(covisited, ann)]])
+        rows, _ = self.covisitation.candidates(recent, self.settings.covisitation_candidates, excluded)
+        return rows
 
     @staticmethod
     def _excluded(trigger: _Trigger) -> dict[str, None]:

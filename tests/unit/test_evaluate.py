@@ -251,3 +251,17 @@ def test_cli_eval_prints_the_table_and_writes_json(
     missing = CliRunner().invoke(app, ["eval", "--events", str(tmp_path / "nope.jsonl"), "--artifacts", "x"])
     assert missing.exit_code != 0
     assert "not found" in missing.output
+
+
+def test_candidate_source_recall_counts_each_source_and_their_union() -> None:
+    from model.evaluate import candidate_source_recall
+
+    candidates = {
+        "a": {"ann": np.array([5, 1, 2]), "covisitation": np.array([7])},  # target 2: ann only, 3rd
+        "b": {"ann": np.array([4]), "covisitation": np.array([9, 3])},  # target 3: covisitation only, 2nd
+        "c": {"ann": np.array([8]), "covisitation": np.array([6])},  # target 0: nowhere
+    }  # user "d" got no personalized candidates at all
+    report = candidate_source_recall(["a", "b", "c", "d"], np.array([2, 3, 0, 1]), candidates, top_k=2)
+    assert report["users_with_candidates"] == 3
+    assert report["recall"] == {"ann": 0.25, "covisitation": 0.25, "union": 0.5}
+    assert report["HR@2_in_source_order"] == {"ann": 0.0, "covisitation": 0.25}
