@@ -6,6 +6,8 @@ Layout of ``<root>/<version>/`` (a version is never modified once written; a new
 * ``item_ids.json`` — the item id of every row of ``E``;
 * ``index.faiss`` — the ANN index over ``E``;
 * ``training_curve.png`` — loss and validation NDCG per epoch;
+* ``item_knn.safetensors`` (optional) — the item-kNN whose score the worker blends into the ranker's,
+  ``ranker + blend_weight · item_knn`` (manifest keys ``item_knn`` and ``blend_weight``; absent: ranker only);
 * ``manifest.json`` — shapes, configuration, offline metrics and the SHA-256 of every other file.
 
 ``<root>/LATEST`` holds the name of the version to serve. Loading verifies everything it can before a worker
@@ -16,6 +18,7 @@ Only safetensors, JSON and FAISS's own format are read — no pickles.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +28,12 @@ import numpy as np
 import orjson
 import torch
 from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 
 from index.item_index import ItemIndex
+from model.baselines import ItemKNNModel
 from model.ranker import RankerConfig, SequenceRanker
 
 FORMAT_VERSION = 1
@@ -37,6 +43,7 @@ MODEL_FILE = "model.safetensors"
 ITEM_IDS_FILE = "item_ids.json"
 INDEX_FILE = "index.faiss"
 CURVE_FILE = "training_curve.png"
+ITEM_KNN_FILE = "item_knn.safetensors"
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "LATEST"
 REQUIRED_FILES = (MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE)
@@ -57,6 +64,8 @@ class ModelArtifacts:
     item_embeddings: np.ndarray  # float32 [n_items, dim], C-contiguous: the table E of retrieval
     ranker: SequenceRanker  # eval mode, gradients off
     index: ItemIndex
+    item_knn: ItemKNNModel | None = None  # blended into the ranker's scores when blend_weight > 0
+    blend_weight: float = 0.0
 
     @property
     def version(self) -> str:
@@ -117,6 +126,7 @@ def load_artifacts(path: Path) -> ModelArtifacts:
     if expected_kind is not None and expected_kind != index.kind:
         raise ArtifactError(f"{INDEX_FILE} is a {index.kind} index, the manifest says {expected_kind}")
 
+    item_knn, blend_weight = _load_item_knn(directory, manifest, n_items)
     return ModelArtifacts(
         directory=directory,
         manifest=manifest,
@@ -125,7 +135,64 @@ def load_artifacts(path: Path) -> ModelArtifacts:
         item_embeddings=embeddings,
         ranker=ranker,
         index=index,
+        item_knn=item_knn,
+        blend_weight=blend_weight,
     )
+
+
+def save_item_knn(model: ItemKNNModel, path: Path) -> None:
+    """Write the item-kNN's CSR similarity as safetensors (numpy): indptr int64, indices int32, similarity f32."""
+    save_numpy(
+        {
+            "indptr": np.ascontiguousarray(model.indptr, dtype=np.int64),
+            "indices": np.ascontiguousarray(model.neighbors, dtype=np.int32),
+            "similarity": np.ascontiguousarray(model.similarities, dtype=np.float32),
+        },
+        str(path),
+    )
+
+
+def _load_item_knn(directory: Path, manifest: dict[str, Any], n_items: int) -> tuple[ItemKNNModel | None, float]:
+    """The optional blended item-kNN and its weight; ``(None, 0.0)`` for versions written without one."""
+    blend_weight = manifest.get("blend_weight", 0.0)
+    if not isinstance(blend_weight, int | float) or isinstance(blend_weight, bool) or not 0 <= blend_weight < math.inf:
+        raise ArtifactError(f"{MANIFEST_FILE}: blend_weight must be a non-negative number, got {blend_weight!r}")
+    path = directory / ITEM_KNN_FILE
+    if not path.is_file():
+        if ITEM_KNN_FILE in manifest["files"] or blend_weight > 0:
+            raise ArtifactError(f"missing {path}")
+        return None, 0.0
+    if ITEM_KNN_FILE not in manifest["files"]:
+        raise ArtifactError(f"{MANIFEST_FILE} does not list {ITEM_KNN_FILE}")
+    params = manifest.get("item_knn", {})
+    try:
+        tensors = load_numpy(str(path))
+        indptr, indices, similarity = tensors["indptr"], tensors["indices"], tensors["similarity"]
+    except (SafetensorError, OSError, KeyError) as exc:
+        raise ArtifactError(f"cannot read {path}: {exc}") from exc
+    if indptr.shape != (n_items + 1,) or indptr.dtype != np.int64:
+        raise ArtifactError(f"{path}: indptr of shape {indptr.shape} ({indptr.dtype}), expected int64 [{n_items + 1}]")
+    nnz = int(indptr[-1])
+    if (
+        indptr[0] != 0
+        or np.any(np.diff(indptr) < 0)
+        or indices.shape != (nnz,)
+        or similarity.shape != (nnz,)
+        or (nnz and (indices.min() < 0 or indices.max() >= n_items))
+        or not np.all(np.isfinite(similarity))
+    ):
+        raise ArtifactError(f"{path} is not a valid CSR similarity over {n_items} items")
+    try:
+        model = ItemKNNModel(
+            indptr,
+            indices.astype(np.int32, copy=False),
+            similarity.astype(np.float32, copy=False),
+            n_recent=int(params.get("n_recent", 3)),
+            decay=float(params.get("decay", 0.6)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{MANIFEST_FILE}: invalid item_knn parameters: {exc}") from exc
+    return model, float(blend_weight)
 
 
 def sha256_file(path: Path) -> str:

@@ -15,6 +15,7 @@ the same data the trained model sees as input at that stage.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Protocol
@@ -187,15 +188,62 @@ class ItemKNNModel:
 
     def score_users(self, histories: Histories) -> np.ndarray:
         rows, items, steps = histories.recent_interactions(self.n_recent)
+        flat, contributions = self._contributions(rows, items, steps)
+        # bincount sums duplicate (row, item) cells: an item near two recent items adds up both similarities.
+        scores = np.bincount(flat, weights=contributions, minlength=len(histories) * self.n_items)
+        return scores.reshape(len(histories), self.n_items)
+
+    def score_candidates(self, recent: Sequence[Sequence[int]], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The scores of :meth:`score_users` for just each user's ``candidates`` rows, from ``recent``: the
+        user's latest interaction rows, most recent first (only the first ``n_recent`` count). Vectorised over
+        the whole batch; returns one float32 array per user, aligned with its candidates."""
+        flat_rows, items, steps = _flatten(recent, self.n_recent)
+        flat, contributions = self._contributions(flat_rows, items, steps)
+        keys, inverse = np.unique(flat, return_inverse=True)
+        sums = np.bincount(inverse, weights=contributions, minlength=len(keys))
+        lengths = np.fromiter((len(c) for c in candidates), dtype=np.int64, count=len(candidates))
+        wanted = np.repeat(np.arange(len(candidates), dtype=np.int64), lengths) * self.n_items
+        if lengths.sum():
+            wanted += np.concatenate([np.asarray(c, dtype=np.int64) for c in candidates])
+        found = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+        scores = np.zeros(len(wanted), dtype=np.float32)
+        if len(keys):
+            hit = keys[found] == wanted
+            scores[hit] = sums[found[hit]]
+        return np.split(scores, np.cumsum(lengths)[:-1]) if len(candidates) else []
+
+    def top_neighbors(self, recent: Sequence[int], n: int, excluded: set[int]) -> np.ndarray:
+        """The ``n`` best-scored rows for one user whose latest interaction rows are ``recent`` (most recent
+        first), without ``excluded`` rows; best first, ties by row."""
+        rows, items, steps = _flatten([recent], self.n_recent)
+        flat, contributions = self._contributions(rows, items, steps)
+        if len(flat) == 0 or n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        unique, inverse = np.unique(flat, return_inverse=True)
+        scores = np.bincount(inverse, weights=contributions)
+        if excluded:
+            keep = ~np.isin(unique, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+            unique, scores = unique[keep], scores[keep]
+        return unique[np.lexsort((unique, -scores))[:n]]
+
+    def _contributions(self, rows: np.ndarray, items: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(row · n_items + neighbour, decay^step · similarity)`` of every neighbour of every recent item."""
         weights = self.decay ** steps.astype(np.float64)
         begin, end = self.indptr[items], self.indptr[items + 1]
         counts = end - begin
         entries = np.repeat(end - counts.cumsum(), counts) + np.arange(counts.sum())
         flat = np.repeat(rows, counts) * self.n_items + self.neighbors[entries]
-        contributions = np.repeat(weights, counts) * self.similarities[entries]
-        # bincount sums duplicate (row, item) cells: an item near two recent items adds up both similarities.
-        scores = np.bincount(flat, weights=contributions, minlength=len(histories) * self.n_items)
-        return scores.reshape(len(histories), self.n_items)
+        return flat, np.repeat(weights, counts) * self.similarities[entries]
+
+
+def _flatten(recent: Sequence[Sequence[int]], n_recent: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(batch rows, items, steps back)`` of each user's first ``n_recent`` recent rows."""
+    kept = [list(rows)[:n_recent] for rows in recent]
+    lengths = np.fromiter((len(rows) for rows in kept), dtype=np.int64, count=len(kept))
+    rows = np.repeat(np.arange(len(kept), dtype=np.int64), lengths)
+    items = np.fromiter((row for user in kept for row in user), dtype=np.int64, count=int(lengths.sum()))
+    steps = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return rows, items, steps
 
 
 def _co_occurrences(users: np.ndarray, items: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,7 +13,8 @@ One call, :func:`evaluate`, answers "does the model beat the state of the art, a
   code path of the worker (ANN retrieval, ranker, filters), and the user's last published list is scored.
   The gap between the two is what approximation and business rules cost.
 
-Models: ``model`` (the sequence ranker, what the worker ranks with), ``retrieval`` (the interest vector
+Models: ``model`` (what the worker ranks with: the sequence ranker's logits plus the artifact's
+``blend_weight`` times the item-kNN score), ``ranker`` (the sequence ranker alone), ``retrieval`` (the interest vector
 ``v · E``, what the worker retrieves with), ``retrieve_rerank`` (the worker's two stages with exact search),
 and the baselines ``popularity`` and ``item_knn``. Everything is batched over users and vectorised over
 items; on Amazon Beauty (22k users × 12k items) the offline part takes seconds per model on two cores.
@@ -57,7 +58,11 @@ SERVED_BATCH_EVENTS = 4_096  # events per pipeline micro-batch in the served rep
 PROTOCOL = (
     "leave-one-out per user over interactions (consecutive events on one item are one interaction): the last "
     "interaction is the test target, every event before it is the history; users with fewer than 3 interactions "
-    "are dropped; events on items outside the model's vocabulary are ignored. full: the target is ranked against "
+    "are dropped; events on items outside the model's vocabulary are ignored. A user whose real test target (the"
+    " item of the user's last event in the log) is outside the vocabulary counts as a miss for every model under "
+    "every protocol and in the served replay (full rank = n_items, sampled rank = last); these users are counted"
+    " in unknown_target_users, and users left with fewer than 3 interactions on known items in "
+    "dropped_users_few_known_interactions. full: the target is ranked against "
     "the whole catalogue with the user's history items excluded (never the target itself); rank = number of items"
     " scoring strictly higher, plus a uniformly random share of the items scoring exactly the same (seeded; "
     "sparse scorers such as item-kNN tie on most items). sampled_uniform_99: against 99 negatives drawn without "
@@ -137,6 +142,26 @@ class RetrievalScorer:
         return self.queries(histories) @ self.embeddings.T
 
 
+@dataclass(frozen=True)
+class BlendedScorer:
+    """``ranker + weight · item_knn``: the score the worker ranks its candidates by (``stream/pipeline.py``).
+
+    Ranking is per user, so adding to the raw logits equals adding to their log-softmax. The offline row uses
+    the evaluation's own item-kNN (fit before the test target, like the served one; the served one keeps only
+    each item's top neighbours).
+    """
+
+    ranker: Scorer
+    item_knn: Scorer
+    weight: float
+
+    def score_users(self, histories: Histories) -> np.ndarray:
+        scores = self.ranker.score_users(histories)
+        if self.weight > 0:
+            scores = scores + np.float32(self.weight) * self.item_knn.score_users(histories).astype(np.float32)
+        return scores
+
+
 def retrieve_rerank_ranks(
     retrieval_scores: np.ndarray,
     ranker_scores: np.ndarray,
@@ -178,6 +203,15 @@ def summarize(ranks: np.ndarray, cutoffs: Sequence[int] = CUTOFFS, with_mrr: boo
     if with_mrr:
         out["MRR"] = round(mrr(ranks), 6)
     return out
+
+
+def unknown_target_users(log: EventLog, split: LeaveOneOutSplit, row_of: Mapping[str, int]) -> np.ndarray:
+    """bool [U]: the users of ``split`` whose real test target, the item of their last event in ``log``, is
+    outside the vocabulary ``row_of``. The split drops such events, so its test target for these users is an
+    earlier interaction on a known item: evaluating that instead would silently swap the hardest targets for
+    easier ones."""
+    last_item = dict(zip(log.user_ids.tolist(), log.item_ids.tolist(), strict=True))  # a user's last event wins
+    return np.fromiter((last_item[user] not in row_of for user in split.users), dtype=bool, count=split.n_users)
 
 
 def sample_negatives(
@@ -375,9 +409,18 @@ def evaluate(
     split = leave_one_out(log, artifacts.row_of)
     if split.n_users == 0:
         raise ValueError("no user has the 3 interactions leave-one-out needs")
+    unknown = unknown_target_users(log, split, artifacts.row_of)
+    every_item = dict.fromkeys(log.item_ids.tolist(), 0)
+    n_users_in_log = leave_one_out(log, {item: row for row, item in enumerate(every_item)}).n_users
+    if unknown.any() or n_users_in_log > split.n_users:
+        logger.warning(
+            "%d of %d users have a test target outside the model's vocabulary (counted as misses); %d more users"
+            " have fewer than 3 interactions on known items (dropped)",
+            int(unknown.sum()), split.n_users, n_users_in_log - split.n_users,
+        )  # fmt: skip
     settings = settings or Settings()
     models = _models(split, artifacts, settings)
-    offline, retrieval_queries = _offline(split, artifacts, models, seed)
+    offline, retrieval_queries = _offline(split, artifacts, models, seed, unknown)
     offline_seconds = time.perf_counter() - started
     logger.info("offline evaluation of %d users took %.1f s", split.n_users, offline_seconds)
 
@@ -389,6 +432,8 @@ def evaluate(
         "n_users": split.n_users,
         "n_items": n_items,
         "n_events": split.n_events,
+        "unknown_target_users": int(unknown.sum()),
+        "dropped_users_few_known_interactions": n_users_in_log - split.n_users,
         "results": offline,
     }
     recall_k = min(ANN_RECALL_K, n_items)
@@ -399,7 +444,7 @@ def evaluate(
             update={"top_k": SERVED_TOP_K, "min_event_ts": -math.inf, "max_clock_skew_s": math.inf}
         )
         report["served"], served_queries = served_metrics(
-            split, artifacts, replay_settings, seed=seed, max_users=served_max_users
+            split, artifacts, replay_settings, seed=seed, max_users=served_max_users, unknown_targets=unknown
         )
         queries, source = served_queries, "served interest vectors (pipeline state after the replay)"
     else:
@@ -423,10 +468,12 @@ class _Models:
     item_knn: ItemKNNModel
     popularity: PopularityModel
     n_candidates: int  # retrieval candidates the worker re-ranks (for ``retrieve_rerank``)
+    blend_weight: float = 0.0  # the artifact's weight of the item-kNN in the served score
 
     def scorers(self) -> dict[str, Scorer]:
         return {
-            "model": self.ranker,
+            "model": BlendedScorer(self.ranker, self.item_knn, self.blend_weight),
+            "ranker": self.ranker,
             "retrieval": self.retrieval,
             "item_knn": self.item_knn,
             "popularity": self.popularity,
@@ -449,13 +496,15 @@ def _models(split: LeaveOneOutSplit, artifacts: ModelArtifacts, settings: Settin
         item_knn=ItemKNNModel.fit(split, n_items),
         popularity=PopularityModel.fit(split, n_items),
         n_candidates=int(train_config.get("n_candidates", settings.n_candidates)),
+        blend_weight=artifacts.blend_weight,
     )
 
 
 def _offline(
-    split: LeaveOneOutSplit, artifacts: ModelArtifacts, models: _Models, seed: int
+    split: LeaveOneOutSplit, artifacts: ModelArtifacts, models: _Models, seed: int, unknown: np.ndarray | None = None
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Every model's results under every protocol; also the retrieval queries ``[U, dim]``."""
+    """Every model's results under every protocol; also the retrieval queries ``[U, dim]``. Users flagged in
+    ``unknown`` (bool [U], see :func:`unknown_target_users`) are a miss for every model and protocol."""
     n_items = len(artifacts.item_ids)
     targets = split.targets("test")
     interacted = np.split(split.items, split.offsets[1:-1])  # every item of each user, target included
@@ -500,7 +549,12 @@ def _offline(
     self_information = -np.log2(np.maximum(users_holding, 1) / split.n_users)
     results: dict[str, Any] = {}
     for name, by_protocol in ranks.items():
-        results[name] = {protocol: summarize(np.concatenate(parts)) for protocol, parts in by_protocol.items()}
+        results[name] = {}
+        for protocol, parts in by_protocol.items():
+            protocol_ranks = np.concatenate(parts)
+            if unknown is not None:
+                protocol_ranks[unknown] = n_items if protocol == "full" else N_NEGATIVES
+            results[name][protocol] = summarize(protocol_ranks)
         if name in lists:
             top = np.concatenate(lists[name])
             results[name] |= {
@@ -551,9 +605,12 @@ def served_metrics(
     seed: int = 0,
     max_users: int | None = None,
     batch_events: int = SERVED_BATCH_EVENTS,
+    unknown_targets: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Replay every (or a seeded sample of ``max_users``) user's history through a real :class:`Pipeline` and
     score the user's last published list against the test target.
+
+    Users flagged in ``unknown_targets`` (bool [U], see :func:`unknown_target_users`) are misses.
 
     Returns the metrics and the users' final interest vectors (the served retrieval queries) ``[U, dim]``.
     """
@@ -608,7 +665,10 @@ def served_metrics(
     replay_seconds = time.perf_counter() - prepared
 
     top_k = settings.top_k
-    target_ids = [item_ids[row] for row in split.targets("test")[users]]
+    target_rows = split.targets("test")[users]
+    if unknown_targets is not None:
+        target_rows = np.where(unknown_targets[users], -1, target_rows)  # the real target is no listed item
+    target_ids = [item_ids[row] if row >= 0 else None for row in target_rows.tolist()]
     ranks = np.full(len(users), top_k, dtype=np.int64)  # not in the list: a miss at every cut-off <= top_k
     personalized = 0
     for row, (user, target) in enumerate(zip(user_ids, target_ids, strict=True)):
@@ -626,7 +686,6 @@ def served_metrics(
         state = pipeline.store.get(0, user)
         if state is not None and state.vector is not None:
             vectors[row] = state.vector
-    target_rows = split.targets("test")[users]
     metrics: dict[str, Any] = summarize(ranks, [k for k in CUTOFFS if k <= top_k], with_mrr=False)
     metrics["candidate_sources"] = candidate_source_recall(user_ids, target_rows, last_candidates, top_k)
     metrics[f"MRR@{top_k}"] = round(float(np.mean(np.where(ranks < top_k, 1.0 / (ranks + 1.0), 0.0))), 6)
@@ -635,6 +694,7 @@ def served_metrics(
         "top_k": top_k,
         "users": len(users),
         "users_sampled": bool(len(users) < split.n_users),
+        "unknown_target_users": int(np.count_nonzero(target_rows < 0)),
         "users_with_recommendation": len(last),
         "personalized_share": round(personalized / len(users), 6),
         "events_replayed": len(records),
@@ -687,6 +747,12 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"{report['dataset']}: {report['n_users']} users, {report['n_items']} items, model {report['model_version']}"
     ]
     notes.append("full = whole catalogue, history excluded; uni/pop = 99 negatives sampled uniformly/by popularity")
+    if report.get("unknown_target_users") or report.get("dropped_users_few_known_interactions"):
+        notes.append(
+            f"{report.get('unknown_target_users', 0)} users' test target is outside the model's vocabulary: a miss "
+            f"for every row; {report.get('dropped_users_few_known_interactions', 0)} users dropped (fewer than 3 "
+            "interactions on known items)"
+        )
     recall = next((key for key in report if key.startswith("ann_recall@")), None)
     if recall:
         notes.append(f"{recall} = {report[recall]:.4f} ({report['ann_recall_queries']})")

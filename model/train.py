@@ -22,7 +22,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,13 +43,23 @@ from model.artifacts import (
     FORMAT_VERSION,
     INDEX_FILE,
     ITEM_IDS_FILE,
+    ITEM_KNN_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    load_artifacts,
+    save_item_knn,
     sha256_file,
     write_latest,
 )
-from model.baselines import Histories, interaction_counts
-from model.evaluate import RankerScorer, RetrievalScorer, interest_vectors, retrieve_rerank_ranks
+from model.baselines import Histories, ItemKNNModel, Scorer, interaction_counts
+from model.evaluate import (
+    RankerScorer,
+    RetrievalScorer,
+    full_ranks,
+    interest_vectors,
+    retrieve_rerank_ranks,
+    summarize,
+)
 from model.event_log import EventLog
 from model.metrics import hit_rate, mrr, ndcg, rank_of_target
 from model.ranker import PAD, RankerConfig, SequenceRanker
@@ -102,6 +112,12 @@ class TrainConfig:
     nprobe: int = DEFAULT_NPROBE
     n_candidates: int = 200  # retrieval candidates re-ranked in the retrieve→rerank test metric
     eval_batch_size: int = 512
+    # Served score = ranker logits + blend_weight · item-kNN score; the weight is picked from this grid by
+    # validation NDCG@10 (item-kNN fit on the validation stage). Empty or (0,) serves the ranker alone.
+    blend_weights: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0, 16.0)
+    item_knn_n_recent: int = 3
+    item_knn_decay: float = 0.6
+    item_knn_max_neighbors: int | None = 200  # per item, in the served item-kNN (bounds its memory)
 
     def __post_init__(self) -> None:
         missing = set(EVENT_TYPES) - set(self.event_weights)
@@ -115,6 +131,17 @@ class TrainConfig:
             raise ValueError("batch_size, max_epochs, patience, min_item_count and eval_batch_size must be >= 1")
         if self.lr <= 0 or self.retrieval_loss_weight < 0:
             raise ValueError("lr must be positive and retrieval_loss_weight non-negative")
+        if any(not 0 <= w < math.inf for w in self.blend_weights):
+            raise ValueError("blend_weights must be non-negative and finite")
+        if self.item_knn_n_recent < 1 or not 0 < self.item_knn_decay <= 1:
+            raise ValueError("item_knn_n_recent must be >= 1 and item_knn_decay in (0, 1]")
+        if self.item_knn_max_neighbors is not None and self.item_knn_max_neighbors < 1:
+            raise ValueError("item_knn_max_neighbors must be >= 1 or None")
+
+    @property
+    def blends(self) -> bool:
+        """Whether training fits an item-kNN to blend into the served ranker scores."""
+        return any(w > 0 for w in self.blend_weights)
 
     def ranker_config(self, n_items: int) -> RankerConfig:
         return RankerConfig(
@@ -208,6 +235,7 @@ def train_artifacts(log: EventLog, out_dir: Path, config: TrainConfig, progress:
     recall_k = min(100, len(item_ids))
     index_recall = exact_recall(index, embeddings, sample, recall_k)
     logger.info("test metrics: %s", {name: m["ndcg@10"] for name, m in test_metrics.items()})
+    item_knn, blend_manifest = fit_blend(RankerScorer(model, config.max_len), split, len(item_ids), config)
 
     fingerprint = log.fingerprint()
     manifest: dict[str, Any] = {
@@ -244,8 +272,115 @@ def train_artifacts(log: EventLog, out_dir: Path, config: TrainConfig, progress:
             "validation": {k: v for k, v in history[best_epoch - 1].items() if k.startswith("val_")},
             "n_candidates": config.n_candidates,
         },
+        **blend_manifest,
     }
-    return _publish(out_dir, fingerprint, model, item_ids, index, history, manifest)
+
+    def write(staging: Path, version: str) -> None:
+        save_file(
+            {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()},
+            str(staging / MODEL_FILE),
+            metadata={"version": version, "format_version": str(FORMAT_VERSION)},
+        )
+        (staging / ITEM_IDS_FILE).write_bytes(orjson.dumps(item_ids))
+        index.save(staging / INDEX_FILE)
+        _plot_curve(history, staging / CURVE_FILE)
+        if item_knn is not None:
+            save_item_knn(item_knn, staging / ITEM_KNN_FILE)
+
+    return _publish(out_dir, fingerprint, write, manifest)
+
+
+# --- blending the item-kNN into the served score ---------------------------------------------------------------
+
+
+def fit_blend(
+    ranker: Scorer, split: LeaveOneOutSplit, n_items: int, config: TrainConfig
+) -> tuple[ItemKNNModel | None, dict[str, Any]]:
+    """Pick the weight of the item-kNN in the served score and fit the item-kNN to serve.
+
+    The weight maximises validation NDCG@10 (full ranking, history excluded) of ``ranker + λ · item_knn`` with
+    the item-kNN fit on the validation stage, so the test target never informs it. The served item-kNN is then
+    fit on everything before the test target, at most ``item_knn_max_neighbors`` neighbours per item. Returns
+    ``(None, {})`` when ``config`` does not blend; otherwise the model and the manifest keys to record.
+    """
+    if not config.blends:
+        return None, {}
+    knn_params = {"n_recent": config.item_knn_n_recent, "decay": config.item_knn_decay}
+    weights = sorted(set(float(w) for w in config.blend_weights) | {0.0})
+    validation = ItemKNNModel.fit(split, n_items, "valid", **knn_params)
+    targets = split.targets("valid")
+    rng = np.random.default_rng(config.seed)
+    ranks: dict[float, list[np.ndarray]] = {w: [] for w in weights}
+    step = max(1, min(config.eval_batch_size, EVAL_MAX_SCORES // n_items))
+    for begin in range(0, split.n_users, step):
+        users = slice(begin, begin + step)
+        histories = Histories.of_users(split, users, "valid")
+        exclude = histories.item_sets()
+        ranker_scores = ranker.score_users(histories)
+        knn_scores = validation.score_users(histories).astype(np.float32)
+        for w in weights:
+            ranks[w].append(full_ranks(ranker_scores + np.float32(w) * knn_scores, targets[users], exclude, rng)[0])
+    ndcgs = {w: summarize(np.concatenate(parts))["NDCG@10"] for w, parts in ranks.items()}
+    best = max(weights, key=lambda w: (ndcgs[w], -w))  # the smallest weight among equals
+    logger.info("item-kNN blend: validation NDCG@10 per weight %s; serving weight %s", ndcgs, best)
+    served = ItemKNNModel.fit(split, n_items, "test", **knn_params, max_neighbors=config.item_knn_max_neighbors)
+    manifest = {
+        "item_knn": {
+            **knn_params,
+            "max_neighbors": config.item_knn_max_neighbors,
+            "file": ITEM_KNN_FILE,
+            "entries": len(served.neighbors),
+            "fit_on": "every user's history before the test target",
+        },
+        "blend_weight": best,
+        "blend_validation": {
+            "protocol": "validation NDCG@10 of ranker logits + weight · item-kNN (fit on the validation stage)",
+            "ndcg@10": {str(w): ndcgs[w] for w in weights},
+        },
+    }
+    return served, manifest
+
+
+def attach_item_knn(artifact_dir: Path, log: EventLog, config: TrainConfig | None = None) -> Path:
+    """Publish a new version of an existing artifact with the item-kNN blend :func:`fit_blend` would add.
+
+    ``artifact_dir`` is a version directory or a root with ``LATEST``; the new version is written next to the
+    source version (its other files copied unchanged) and ``LATEST`` switched to it. ``log`` must be the data
+    the source version was trained on. ``config`` defaults to the source's recorded training configuration.
+    """
+    artifacts = load_artifacts(artifact_dir)
+    recorded = dict(artifacts.manifest.get("train_config", {}))
+    if config is None:
+        known = {name for name in TrainConfig.__dataclass_fields__}
+        kept = {key: value for key, value in recorded.items() if key in known}
+        if "blend_weights" in kept:
+            kept["blend_weights"] = tuple(kept["blend_weights"])
+        config = TrainConfig(**kept)
+    split = leave_one_out(log, artifacts.row_of)
+    torch.set_num_threads(config.torch_threads or 2)
+    ranker = RankerScorer(artifacts.ranker, artifacts.ranker.config.max_len)
+    item_knn, blend_manifest = fit_blend(ranker, split, len(artifacts.item_ids), config)
+    source = artifacts.directory
+    copied = [name for name in artifacts.manifest["files"] if name != ITEM_KNN_FILE]
+
+    def write(staging: Path, version: str) -> None:
+        for name in copied:
+            shutil.copyfile(source / name, staging / name)
+        if item_knn is not None:
+            save_item_knn(item_knn, staging / ITEM_KNN_FILE)
+
+    manifest = {
+        key: value
+        for key, value in artifacts.manifest.items()
+        if key not in {"version", "created_at", "files", "item_knn", "blend_weight", "blend_validation"}
+    }
+    manifest["train_config"] = {
+        **recorded,
+        **{k: v for k, v in asdict(config).items() if k.startswith(("blend", "item_knn"))},
+    }
+    manifest["derived_from"] = artifacts.version
+    manifest |= blend_manifest
+    return _publish(source.parent, str(manifest.get("data_fingerprint", "unknown")), write, manifest)
 
 
 def build_vocabulary(log: EventLog, min_item_count: int = 1) -> list[str]:
@@ -495,18 +630,11 @@ def _summarize(ranks: np.ndarray) -> dict[str, float]:
 # --- publishing --------------------------------------------------------------------------------------------------
 
 
-def _publish(
-    out_dir: Path,
-    fingerprint: str,
-    model: SequenceRanker,
-    item_ids: list[str],
-    index: ItemIndex,
-    history: list[dict[str, float]],
-    manifest: dict[str, Any],
-) -> Path:
+def _publish(out_dir: Path, fingerprint: str, write: Callable[[Path, str], None], manifest: dict[str, Any]) -> Path:
     """Write the version directory under a temporary name, rename it into place, then switch ``LATEST``.
 
-    A reader therefore sees either no directory or a complete one, and ``LATEST`` never names a partial one.
+    ``write(staging, version)`` fills the directory with every file but the manifest. A reader therefore sees
+    either no directory or a complete one, and ``LATEST`` never names a partial one.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     created = datetime.now(UTC)
@@ -514,14 +642,7 @@ def _publish(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".partial", dir=out_dir))
     try:
         staging.chmod(0o755)
-        save_file(
-            {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()},
-            str(staging / MODEL_FILE),
-            metadata={"version": version, "format_version": str(FORMAT_VERSION)},
-        )
-        (staging / ITEM_IDS_FILE).write_bytes(orjson.dumps(item_ids))
-        index.save(staging / INDEX_FILE)
-        _plot_curve(history, staging / CURVE_FILE)
+        write(staging, version)
         for path in staging.iterdir():
             path.chmod(0o644)  # safetensors writes 0600; a worker may run as another user
         files = {path.name: sha256_file(path) for path in sorted(staging.iterdir())}

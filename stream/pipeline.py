@@ -278,21 +278,37 @@ class Pipeline:
                 {row for item in excluded[t.event.user_id] if (row := row_of.get(item)) is not None} for t in warm
             ]
             candidates = retrieve_candidates(self.artifacts.index, queries, excluded_rows, self.settings.n_candidates)
+            sources: dict[str, list[np.ndarray]] = {"ann": candidates}
             if self.settings.covisitation_candidates:
-                covisited = [self._covisited(t, excluded) for t, excluded in zip(warm, excluded_rows, strict=True)]
-                if self.candidate_observer is not None:
-                    for t, ann, covis in zip(warm, candidates, covisited, strict=True):
-                        self.candidate_observer(t.event.user_id, {"ann": ann, "covisitation": covis})
-                candidates = [
-                    np.concatenate([ann, covis[~np.isin(covis, ann)]])
-                    for ann, covis in zip(candidates, covisited, strict=True)
+                sources["covisitation"] = [
+                    self._covisited(t, excluded) for t, excluded in zip(warm, excluded_rows, strict=True)
                 ]
-            elif self.candidate_observer is not None:
-                for t, ann in zip(warm, candidates, strict=True):
-                    self.candidate_observer(t.event.user_id, {"ann": ann})
+            item_knn = self.artifacts.item_knn if self.artifacts.blend_weight > 0 else None
+            if item_knn is not None:
+                recent = [self._recent_interactions(t.state, item_knn.n_recent) for t in warm]
+                if self.settings.item_knn_candidates:
+                    n = self.settings.item_knn_candidates
+                    sources["item_knn"] = [
+                        item_knn.top_neighbors(rows, n, excluded)
+                        for rows, excluded in zip(recent, excluded_rows, strict=True)
+                    ]
+            if self.candidate_observer is not None:
+                for i, t in enumerate(warm):
+                    self.candidate_observer(t.event.user_id, {name: rows[i] for name, rows in sources.items()})
+            for name, extra in sources.items():
+                if name != "ann":
+                    candidates = [
+                        np.concatenate([rows, more[~np.isin(more, rows)]])
+                        for rows, more in zip(candidates, extra, strict=True)
+                    ]
         with self._stage("rank", timings):
             histories = [self.interest.history_rows(t.state) for t in warm]
             scores = rank_candidates(self.artifacts.ranker, histories, candidates, self.artifacts.ranker.config.max_len)
+            if item_knn is not None:
+                # What training chose and evaluation measures: ranker logits + blend_weight · item-kNN score.
+                weight = np.float32(self.artifacts.blend_weight)
+                knn_scores = item_knn.score_candidates(recent, candidates)
+                scores = [ranker + weight * knn for ranker, knn in zip(scores, knn_scores, strict=True)]
         ranked = {}
         for t, rows, row_scores in zip(warm, candidates, scores, strict=True):
             order = np.argsort(-row_scores, kind="stable")
@@ -306,6 +322,15 @@ class Pipeline:
         recent = self.interest.latest_rows(trigger.state, self.covisitation.window)
         rows, _ = self.covisitation.candidates(recent, self.settings.covisitation_candidates, excluded)
         return rows
+
+    def _recent_interactions(self, state: UserState, n: int) -> list[int]:
+        """Rows of the user's ``n`` latest interactions, most recent first: consecutive events on one item
+        count once, as in the item-kNN's training (``model/baselines.py``), and unknown items are skipped."""
+        rows = self.interest.latest_rows(state, n)
+        if len(set(rows)) < len(rows):  # a repeated item: the n latest interactions may reach further back
+            rows = self.interest.latest_rows(state, len(state.recent))
+        runs = [row for i, row in enumerate(rows) if i + 1 == len(rows) or rows[i + 1] != row]
+        return runs[::-1][:n]
 
     @staticmethod
     def _excluded(trigger: _Trigger) -> dict[str, None]:

@@ -129,6 +129,13 @@ class Settings(BaseSettings):
         description="Candidates added from co-visitation (items touched right after the user's last few items, "
         "learned from the stream) next to the ANN ones; 0 turns this source off.",
     )
+    item_knn_candidates: int = Field(
+        100,
+        ge=0,
+        description="Candidates added from the model's item-kNN (items most co-occurring with the user's last "
+        "few items in the training data) when the model blends it into the ranker's scores; 0 turns this "
+        "source off.",
+    )
     covisitation_window: int = Field(
         3, ge=1, description="How many of the user's latest items vote for co-visitation candidates."
     )

@@ -12,6 +12,7 @@ import torch
 
 from model.artifacts import (
     INDEX_FILE,
+    ITEM_KNN_FILE,
     LATEST_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -19,6 +20,7 @@ from model.artifacts import (
     ModelArtifacts,
     load_artifacts,
     resolve_artifact_dir,
+    save_item_knn,
     sha256_file,
     write_latest,
 )
@@ -140,3 +142,45 @@ def test_write_latest_replaces_the_pointer_atomically(tmp_path: Path) -> None:
     write_latest(tmp_path, "v2")
     assert (tmp_path / LATEST_FILE).read_text().strip() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST_FILE]  # no temporary file left behind
+
+
+def test_the_blended_item_knn_is_loaded_with_its_weight(trained_artifacts: Path) -> None:
+    artifacts = load_artifacts(trained_artifacts)
+    manifest = artifacts.manifest
+    assert ITEM_KNN_FILE in manifest["files"]
+    knn = artifacts.item_knn
+    assert knn is not None and knn.n_items == len(artifacts.item_ids)
+    assert (knn.n_recent, knn.decay) == (manifest["item_knn"]["n_recent"], manifest["item_knn"]["decay"])
+    assert artifacts.blend_weight == manifest["blend_weight"] >= 0
+    counts = np.diff(knn.indptr)
+    assert counts.max() <= manifest["item_knn"]["max_neighbors"]
+    assert knn.neighbors.dtype == np.int32 and knn.similarities.dtype == np.float32
+
+
+def test_an_artifact_without_item_knn_still_loads(copy: Path) -> None:
+    manifest = orjson.loads((copy / MANIFEST_FILE).read_bytes())
+    (copy / ITEM_KNN_FILE).unlink()
+    files = {name: digest for name, digest in manifest["files"].items() if name != ITEM_KNN_FILE}
+    for key in ("item_knn", "blend_weight"):
+        manifest.pop(key, None)
+    (copy / MANIFEST_FILE).write_bytes(orjson.dumps({**manifest, "files": files}))
+    artifacts = load_artifacts(copy)
+    assert artifacts.item_knn is None and artifacts.blend_weight == 0.0
+
+
+def test_an_item_knn_of_the_wrong_shape_is_refused(copy: Path) -> None:
+    artifacts = load_artifacts(copy)
+    knn = artifacts.item_knn
+    assert knn is not None
+    shorter = type(knn)(knn.indptr[:-1], knn.neighbors[: knn.indptr[-2]], knn.similarities[: knn.indptr[-2]])
+    save_item_knn(shorter, copy / ITEM_KNN_FILE)
+    manifest = orjson.loads((copy / MANIFEST_FILE).read_bytes())
+    edit_manifest(copy, files={**manifest["files"], ITEM_KNN_FILE: sha256_file(copy / ITEM_KNN_FILE)})
+    with pytest.raises(ArtifactError, match="indptr"):
+        load_artifacts(copy)
+
+
+def test_a_missing_item_knn_is_refused(copy: Path) -> None:
+    (copy / ITEM_KNN_FILE).unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_artifacts(copy)

@@ -25,11 +25,12 @@ from model.evaluate import (
     served_metrics,
     summarize,
     top_items,
+    unknown_target_users,
 )
 from model.event_log import EventLog
 from model.splits import leave_one_out
 from stream.cli import app
-from stream.events import Event
+from stream.events import Event, EventType
 from stream.settings import Settings
 
 MODELS = ("model", "retrieval", "item_knn", "popularity")
@@ -224,6 +225,52 @@ def test_offline_only_evaluation_still_measures_the_index(log: EventLog, artifac
     assert "served" not in offline
     assert 0.0 <= offline["ann_recall@200"] <= 1.0
     assert "offline" in offline["ann_recall_queries"]
+
+
+def _with_unknown_last_item(events: list[Event], users: set[str]) -> list[Event]:
+    """``events`` plus, for each of ``users``, one last view of an item no model has seen."""
+    last_ts: dict[str, float] = {}
+    for event in events:
+        last_ts[event.user_id] = max(last_ts.get(event.user_id, -math.inf), event.ts)
+    return [*events, *(Event(user, "never-seen-item", EventType.VIEW, last_ts[user] + 1.0) for user in sorted(users))]
+
+
+def test_unknown_target_users_flags_a_last_event_outside_the_vocabulary() -> None:
+    log = EventLog.from_events(
+        [
+            *(Event("a", item, EventType.VIEW, float(t)) for t, item in enumerate(["x", "y", "z", "rare"])),
+            *(Event("b", item, EventType.VIEW, float(t)) for t, item in enumerate(["x", "rare", "y", "z"])),
+        ]
+    )
+    row_of = {"x": 0, "y": 1, "z": 2}
+    split = leave_one_out(log, row_of)
+    assert split.users.tolist() == ["a", "b"]
+    assert split.targets("test").tolist() == [2, 2]  # a's real target "rare" was silently replaced by "z"
+    assert unknown_target_users(log, split, row_of).tolist() == [True, False]
+
+
+def test_targets_outside_the_vocabulary_are_misses_for_every_model(
+    shop: tuple[list[Event], list[dict]], log: EventLog, artifacts: ModelArtifacts, report: dict[str, Any]
+) -> None:
+    """The same users for every row: a real target the model cannot know is a miss, not a swapped target."""
+    assert report["unknown_target_users"] == 0 and report["dropped_users_few_known_interactions"] == 0
+    users = set(leave_one_out(log, artifacts.row_of).users.tolist())
+    unknown_log = EventLog.from_events(_with_unknown_last_item(shop[0], users), name="test-shop")
+    unknown = evaluate(unknown_log, artifacts, seed=0, served=True, served_max_users=40)
+    assert unknown["n_users"] == report["n_users"] and unknown["unknown_target_users"] == report["n_users"]
+    for name, result in unknown["results"].items():
+        for protocol in PROTOCOLS if name != "retrieve_rerank" else ("full",):
+            assert result[protocol]["HR@20"] == result[protocol]["NDCG@20"] == 0.0, (name, protocol)
+            assert report["results"][name][protocol]["HR@20"] > 0.0  # the swapped-in targets would have scored
+    assert unknown["served"]["HR@20"] == 0.0 and unknown["served"]["unknown_target_users"] == 40
+    assert unknown["served"]["candidate_sources"]["recall"]["union"] == 0.0
+    assert "outside the model's vocabulary" in format_table(unknown)
+
+    half = set(sorted(users)[::2])
+    partial = evaluate(EventLog.from_events(_with_unknown_last_item(shop[0], half)), artifacts, served=False)
+    assert partial["n_users"] == report["n_users"] and partial["unknown_target_users"] == len(half)
+    for name, result in partial["results"].items():
+        assert result["full"]["HR@20"] <= report["results"][name]["full"]["HR@20"]
 
 
 def test_format_table_lists_every_model_and_the_served_path(report: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import orjson
 import pytest
 
 from model.artifacts import ModelArtifacts, load_artifacts
+from model.baselines import ItemKNNModel
 from stream.events import SourceRecord
 from stream.pipeline import REASON_HEADER, Pipeline
 from stream.settings import Settings
@@ -146,7 +148,9 @@ def test_co_visitation_learned_from_the_stream_adds_candidates(artifacts) -> Non
     a, b = artifacts.item_ids[10], artifacts.item_ids[11]
 
     def served_after_a(covisitation: int) -> dict:
-        pipeline = Pipeline(Settings(top_k=10, n_candidates=1, covisitation_candidates=covisitation), artifacts)
+        # The stream's co-visitation alone: without the model's item-kNN source and blend.
+        plain = replace(artifacts, item_knn=None, blend_weight=0.0)
+        pipeline = Pipeline(Settings(top_k=10, n_candidates=1, covisitation_candidates=covisitation), plain)
         records = Records()
         for n in range(20):  # other shoppers go from a to b
             pipeline.process([records.event(f"s{n}", a, "view", ts=NOW - 60)], now=NOW)
@@ -157,3 +161,28 @@ def test_co_visitation_learned_from_the_stream_adds_candidates(artifacts) -> Non
     assert b in {i["item_id"] for i in with_source["items"] if i["reason"] == "personalized"}
     without = served_after_a(covisitation=0)
     assert sum(i["reason"] == "personalized" for i in without["items"]) == 1  # only the single ANN candidate
+
+
+def test_the_item_knn_blend_lifts_an_item_co_occurring_with_the_last_one(artifacts) -> None:
+    n_items = len(artifacts.item_ids)
+    plain = replace(artifacts, item_knn=None, blend_weight=0.0)
+
+    def served(model: ModelArtifacts) -> list[str]:
+        pipeline = Pipeline(Settings(top_k=10, n_candidates=20, covisitation_candidates=0), model)
+        records = Records()
+        pipeline.process([records.event("u1", artifacts.item_ids[5], "view", ts=NOW - 2)], now=NOW)
+        rec = recommendations(pipeline.process([records.event("u1", artifacts.item_ids[7], "view")], now=NOW))
+        return [i["item_id"] for i in rec["u1"]["items"] if i["reason"] == "personalized"]
+
+    without = served(plain)
+    # An item the ranker alone does not put first, strongly co-occurring with the user's last item (row 7).
+    lifted = next(row for row in range(n_items) if row not in (5, 7) and artifacts.item_ids[row] != without[0])
+    indptr = np.zeros(n_items + 1, dtype=np.int64)
+    indptr[8:] = 1  # row 7 holds the one entry
+    knn = ItemKNNModel(indptr, np.array([lifted], dtype=np.int32), np.array([1.0], dtype=np.float32))
+    with_blend = served(replace(artifacts, item_knn=knn, blend_weight=100.0))
+    assert with_blend[0] == artifacts.item_ids[lifted]
+    before = without.index(artifacts.item_ids[lifted]) if artifacts.item_ids[lifted] in without else len(without)
+    assert before > 0
+    # A zero weight serves the ranker alone, item-kNN file or not.
+    assert served(replace(artifacts, item_knn=knn, blend_weight=0.0)) == without

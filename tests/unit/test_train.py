@@ -11,13 +11,24 @@ import orjson
 import pytest
 import torch
 
-from model.artifacts import CURVE_FILE, INDEX_FILE, ITEM_IDS_FILE, LATEST_FILE, MANIFEST_FILE, MODEL_FILE
+from model.artifacts import (
+    CURVE_FILE,
+    INDEX_FILE,
+    ITEM_IDS_FILE,
+    ITEM_KNN_FILE,
+    LATEST_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    load_artifacts,
+)
 from model.event_log import EventLog
 from model.splits import leave_one_out
 from model.train import (
     TrainConfig,
     _interest_vectors,
+    attach_item_knn,
     build_vocabulary,
+    fit_blend,
     interest_queries,
     train_artifacts,
     train_from_settings,
@@ -79,7 +90,7 @@ def test_artifact_directory_and_manifest(trained: Path, log: EventLog) -> None:
     root = trained.parent
     assert (root / LATEST_FILE).read_text().strip() == trained.name
     assert {p.name for p in trained.iterdir()} == {
-        MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE, CURVE_FILE, MANIFEST_FILE,
+        MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE, CURVE_FILE, MANIFEST_FILE, ITEM_KNN_FILE,
     }  # fmt: skip
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging or temporary files left
     assert (trained / CURVE_FILE).read_bytes().startswith(b"\x89PNG")
@@ -105,7 +116,12 @@ def test_artifact_directory_and_manifest(trained: Path, log: EventLog) -> None:
     assert manifest["index"]["kind"] == "flat" and manifest["index"]["recall@100"] == pytest.approx(1.0)
     for name in ("ranker", "retrieval", "popularity"):
         assert {"hr@10", "ndcg@10"} <= set(manifest["metrics"]["test"][name])
-    assert set(manifest["files"]) == {MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE, CURVE_FILE}
+    assert set(manifest["files"]) == {MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE, CURVE_FILE, ITEM_KNN_FILE}
+    # The item-kNN blend weight is the grid's best by validation NDCG@10.
+    by_weight = manifest["blend_validation"]["ndcg@10"]
+    assert set(by_weight) == {str(float(w)) for w in CONFIG.blend_weights}
+    assert by_weight[str(manifest["blend_weight"])] == max(by_weight.values())
+    assert manifest["item_knn"] == manifest["item_knn"] | {"n_recent": 3, "decay": 0.6, "max_neighbors": 200}
     history = manifest["training"]["history"]
     assert 1 <= manifest["training"]["best_epoch"] <= len(history) <= CONFIG.max_epochs
 
@@ -175,3 +191,23 @@ def test_config_and_data_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="3 interactions"):
         train_artifacts(too_short, tmp_path, CONFIG, progress=False)
     assert build_vocabulary(structured_log(n_users=5), min_item_count=10_000) == []
+
+
+def test_blending_can_be_turned_off(log: EventLog) -> None:
+    split = leave_one_out(log, {item: row for row, item in enumerate(build_vocabulary(log))})
+    for weights in ((), (0.0,)):
+        assert fit_blend(None, split, 120, replace(CONFIG, blend_weights=weights)) == (None, {})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="blend_weights"):
+        replace(CONFIG, blend_weights=(-1.0,))
+
+
+def test_attach_item_knn_publishes_a_new_version_of_an_old_artifact(trained: Path, log: EventLog) -> None:
+    attached = attach_item_knn(trained, log)
+    assert attached.parent == trained.parent and attached != trained
+    assert (trained.parent / LATEST_FILE).read_text().strip() == attached.name
+    old, new = manifest_of(trained), manifest_of(attached)
+    assert new["derived_from"] == trained.name
+    assert new["blend_weight"] == old["blend_weight"] and new["blend_validation"] == old["blend_validation"]
+    assert {name: digest for name, digest in new["files"].items() if name != MANIFEST_FILE} == old["files"]
+    artifacts = load_artifacts(attached)
+    assert artifacts.item_knn is not None and artifacts.blend_weight == old["blend_weight"]
