@@ -56,7 +56,6 @@ from model.evaluate import (
     RankerScorer,
     RetrievalScorer,
     full_ranks,
-    interest_vectors,
     retrieve_rerank_ranks,
     summarize,
 )
@@ -575,9 +574,6 @@ def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 # --- evaluation --------------------------------------------------------------------------------------------------
-
-# The evaluation helpers live in model/evaluate.py now; the old private name stays importable for its callers.
-_interest_vectors = interest_vectors
 
 
 def _evaluate(

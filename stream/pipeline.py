@@ -277,15 +277,18 @@ class Pipeline:
             excluded_rows = [
                 {row for item in excluded[t.event.user_id] if (row := row_of.get(item)) is not None} for t in warm
             ]
+            # Known-item history of each user, oldest first: read once, used by every source and the ranker.
+            histories = [self.interest.history_rows(t.state) for t in warm]
             candidates = retrieve_candidates(self.artifacts.index, queries, excluded_rows, self.settings.n_candidates)
             sources: dict[str, list[np.ndarray]] = {"ann": candidates}
             if self.settings.covisitation_candidates:
                 sources["covisitation"] = [
-                    self._covisited(t, excluded) for t, excluded in zip(warm, excluded_rows, strict=True)
+                    self._covisited(history, excluded)
+                    for history, excluded in zip(histories, excluded_rows, strict=True)
                 ]
             item_knn = self.artifacts.item_knn if self.artifacts.blend_weight > 0 else None
             if item_knn is not None:
-                recent = [self._recent_interactions(t.state, item_knn.n_recent) for t in warm]
+                recent = [self._recent_interactions(history, item_knn.n_recent) for history in histories]
                 if self.settings.item_knn_candidates:
                     n = self.settings.item_knn_candidates
                     sources["item_knn"] = [
@@ -302,7 +305,6 @@ class Pipeline:
                         for rows, more in zip(candidates, extra, strict=True)
                     ]
         with self._stage("rank", timings):
-            histories = [self.interest.history_rows(t.state) for t in warm]
             scores = rank_candidates(self.artifacts.ranker, histories, candidates, self.artifacts.ranker.config.max_len)
             if item_knn is not None:
                 # What training chose and evaluation measures: ranker logits + blend_weight · item-kNN score.
@@ -317,19 +319,16 @@ class Pipeline:
             ]
         return ranked
 
-    def _covisited(self, trigger: _Trigger, excluded: set[int]) -> np.ndarray:
+    def _covisited(self, history: list[int], excluded: set[int]) -> np.ndarray:
         """Co-visitation candidates of the user's latest items, best first (the ranker orders the union)."""
-        recent = self.interest.latest_rows(trigger.state, self.covisitation.window)
-        rows, _ = self.covisitation.candidates(recent, self.settings.covisitation_candidates, excluded)
+        rows, _ = self.covisitation.candidates(history, self.settings.covisitation_candidates, excluded)
         return rows
 
-    def _recent_interactions(self, state: UserState, n: int) -> list[int]:
+    @staticmethod
+    def _recent_interactions(history: list[int], n: int) -> list[int]:
         """Rows of the user's ``n`` latest interactions, most recent first: consecutive events on one item
-        count once, as in the item-kNN's training (``model/baselines.py``), and unknown items are skipped."""
-        rows = self.interest.latest_rows(state, n)
-        if len(set(rows)) < len(rows):  # a repeated item: the n latest interactions may reach further back
-            rows = self.interest.latest_rows(state, len(state.recent))
-        runs = [row for i, row in enumerate(rows) if i + 1 == len(rows) or rows[i + 1] != row]
+        count once, as in the item-kNN's training (``model/baselines.py``)."""
+        runs = [row for i, row in enumerate(history) if i + 1 == len(history) or history[i + 1] != row]
         return runs[::-1][:n]
 
     @staticmethod

@@ -119,8 +119,7 @@ class InterestModel:
 
     def history_rows(self, state: UserState) -> list[int]:
         """Model rows of the recent items the model knows, oldest first (the ranker's input)."""
-        rows = (self.row_of.get(item.item_id) for item in state.recent)
-        return [row for row in rows if row is not None]
+        return self.latest_rows(state, len(state.recent))
 
 
 class UserStateStore:

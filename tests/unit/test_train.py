@@ -21,11 +21,11 @@ from model.artifacts import (
     MODEL_FILE,
     load_artifacts,
 )
+from model.evaluate import interest_vectors
 from model.event_log import EventLog
 from model.splits import leave_one_out
 from model.train import (
     TrainConfig,
-    _interest_vectors,
     attach_item_knn,
     build_vocabulary,
     fit_blend,
@@ -162,7 +162,7 @@ def test_training_query_is_the_workers_interest_vector(log: EventLog) -> None:
     np.testing.assert_allclose(queries, np.stack(expected), rtol=1e-4, atol=1e-5)
 
     # The evaluation path (whole history, numpy) agrees too.
-    offline = _interest_vectors(
+    offline = interest_vectors(
         split, split.offsets[:-1], split.offsets[1:], table, config.type_weights(), config.half_life_s
     )
     np.testing.assert_allclose(offline[user], expected[-1], rtol=1e-4, atol=1e-5)
