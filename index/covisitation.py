@@ -35,6 +35,21 @@ class CoVisitation:
     def n_items(self) -> int:
         return len(self._counts)
 
+    def grow(self, n_items: int) -> None:
+        """Make room for rows up to ``n_items - 1`` (items added to the index live)."""
+        missing = n_items - len(self._counts)
+        if missing > 0:
+            self._counts.extend({} for _ in range(missing))
+            self._item_totals = np.concatenate([self._item_totals, np.zeros(missing)])
+
+    def strength(self, source: int, target: int) -> float:
+        """Cosine-normalised co-visitation of two rows (0 when never seen together)."""
+        if source >= len(self._counts) or target >= len(self._counts):
+            return 0.0
+        count = self._counts[source].get(target, 0.0)
+        totals = self._item_totals[source] * self._item_totals[target]
+        return float(count / np.sqrt(totals)) if count and totals > 0 else 0.0
+
     def add(self, previous_rows: Sequence[int], row: int) -> None:
         """Record that ``row`` was touched after ``previous_rows`` (oldest first; the last ``window`` count)."""
         self._item_totals[row] += 1.0

@@ -16,11 +16,18 @@ Kinds:
 * ``auto`` — ``flat`` under :data:`AUTO_FLAT_MAX_ITEMS` items, ``hnsw`` otherwise. Below a few thousand items an
   exact scan of a micro-batch costs well under a millisecond on one core (5,000 x 64 floats is 1.3 MB, which
   stays in cache), so an approximate index would only lose recall and add build time for no latency gain.
+
+Live catalogue changes never rebuild the index: new items are appended with :meth:`ItemIndex.add`, and items that
+go out of stock or are delisted are hidden with :meth:`ItemIndex.set_available`. HNSW graphs cannot delete
+vectors (``remove_ids`` is unsupported), so availability is a tombstone bitmap that every kind applies at search
+time through a FAISS ``IDSelectorBitmap``; a row hidden that way is still a graph node that searches walk through,
+it just never enters the results.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, cast
 
@@ -67,13 +74,26 @@ def _as_matrix(array: np.ndarray, dim: int | None = None) -> np.ndarray:
 
 
 class ItemIndex:
-    """An inner-product index over item rows ``0..n-1``: search returns rows of the embedding table."""
+    """An inner-product index over item rows ``0..n-1``: search returns rows of the embedding table.
+
+    Rows can be appended (:meth:`add`) and hidden or shown again (:meth:`set_available`) while serving. None of
+    this is locked: callers serialise searches and updates (the worker applies catalogue updates between
+    micro-batches, never during a search), which keeps the hot path free of synchronisation.
+    """
 
     def __init__(self, index: faiss.Index, kind: IndexKind) -> None:
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError("ItemIndex needs an inner-product FAISS index")
         self._index = index
         self._kind: IndexKind = kind
+        self._available = np.ones(int(index.ntotal), dtype=bool)
+        self._n_unavailable = 0
+        # The filtered-search objects, built lazily and kept until the mask, the row count or the search breadth
+        # changes. FAISS reads the bitmap through a raw pointer, so the packed buffer and the selector must stay
+        # referenced here for as long as any search may use them.
+        self._bitmap: np.ndarray | None = None
+        self._selector: faiss.IDSelectorBitmap | None = None
+        self._params: faiss.SearchParameters | None = None
 
     # --- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -116,14 +136,18 @@ class ItemIndex:
 
         Returns ``(scores float32 [B, k], rows int64 [B, k])``; where fewer than ``k`` items are found (``k``
         larger than the catalogue, or an ANN search that ran out of candidates) the row is -1 and the score
-        ``-inf``.
+        ``-inf``. Unavailable rows are never returned; while any exist the search filters them inside FAISS, so
+        ``k`` available rows still come back whenever the index can find them.
         """
         if k < 1:
             raise ValueError("k must be at least 1")
         matrix = _as_matrix(queries, self.dim)
         if len(matrix) == 0:
             return np.empty((0, k), dtype=np.float32), np.empty((0, k), dtype=np.int64)
-        scores, rows = self._index.search(matrix, k)
+        if self._n_unavailable == 0:
+            scores, rows = self._index.search(matrix, k)
+        else:
+            scores, rows = self._index.search(matrix, k, params=self._filtered_search_params())
         rows = rows.astype(np.int64, copy=False)
         scores[rows < 0] = -np.inf
         return scores, rows
@@ -137,6 +161,7 @@ class ItemIndex:
         elif self._kind == "ivf":
             ivf = cast(faiss.IndexIVF, self._index)
             ivf.nprobe = min(nprobe, ivf.nlist)
+        self._params = None  # the filtered path copies these values into its own parameters object
 
     @property
     def search_params(self) -> dict[str, int]:
@@ -149,14 +174,113 @@ class ItemIndex:
             return {"nlist": int(ivf.nlist), "nprobe": int(ivf.nprobe)}
         return {}
 
+    def clone(self) -> ItemIndex:
+        """An independent copy (vectors, search breadth and availability) that live updates can change without
+        touching this one, e.g. the index of loaded artifacts that a worker serves and extends."""
+        copy = ItemIndex(faiss.clone_index(self._index), self._kind)
+        copy._available = self._available.copy()
+        copy._n_unavailable = self._n_unavailable
+        return copy
+
+    # --- live updates ----------------------------------------------------------------------------------
+    def add(self, vectors: np.ndarray) -> np.ndarray:
+        """Append ``vectors`` (``[m, dim]``) as rows ``n .. n+m-1`` without a rebuild; returns those rows (int64).
+
+        New items reach retrieval as soon as the catalogue publishes them instead of waiting for the next
+        training run. An IVF index assigns them to its existing cells (it was trained at build time), and an
+        HNSW index links them into its graph. Added rows are available.
+        """
+        matrix = _as_matrix(vectors, self.dim)
+        start = len(self)
+        if len(matrix) == 0:
+            return np.empty(0, dtype=np.int64)
+        self._index.add(matrix)
+        self._available = np.concatenate([self._available, np.ones(len(matrix), dtype=bool)])
+        self._invalidate_selector()  # the bitmap must cover the new rows or the selector would hide them
+        return np.arange(start, start + len(matrix), dtype=np.int64)
+
+    def set_available(self, rows: Sequence[int] | np.ndarray, available: bool) -> None:
+        """Show (``available=True``) or hide rows from every later :meth:`search`; raises IndexError if out of range.
+
+        Hiding is a tombstone, not a deletion: the vector stays in the index, so restocking an item is one call
+        and costs nothing. The cached selector is dropped only when the mask actually changes.
+        """
+        ids = self._checked_rows(rows)
+        if len(ids) == 0 or bool(np.all(self._available[ids] == available)):
+            return
+        self._available[ids] = available
+        self._n_unavailable = int(len(self._available) - np.count_nonzero(self._available))
+        self._invalidate_selector()
+
+    def is_available(self, row: int) -> bool:
+        """Whether ``row`` may be returned by :meth:`search`; raises IndexError if out of range."""
+        return bool(self._available[self._checked_rows([row])[0]])
+
+    @property
+    def n_unavailable(self) -> int:
+        """How many rows are hidden; zero means searches take the unfiltered fast path."""
+        return self._n_unavailable
+
+    def _checked_rows(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``rows`` as an int64 vector, refused if any is outside ``0..n-1`` (a negative row would wrap around).
+
+        A boolean mask is refused too: cast to integers it would silently name rows 0 and 1.
+        """
+        given = np.asarray(rows).reshape(-1)
+        if given.size and given.dtype.kind not in "iu":
+            raise TypeError(f"rows must be integers, got dtype {given.dtype}")
+        ids = given.astype(np.int64, copy=False)
+        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= len(self._available)):
+            raise IndexError(f"rows must lie in 0..{len(self._available) - 1}")
+        return ids
+
+    def _invalidate_selector(self) -> None:
+        """Forget the filtered-search objects so the next filtered search rebuilds them from the current mask."""
+        self._bitmap = None
+        self._selector = None
+        self._params = None
+
+    def _filtered_search_params(self) -> faiss.SearchParameters:
+        """Search parameters that admit only available rows, with this index's current efSearch / nprobe.
+
+        FAISS takes efSearch / nprobe from the parameters object whenever one is passed, falling back to its own
+        defaults (efSearch 16, nprobe 1), not to the index's settings, so they are copied over here. IVF also
+        refuses a plain ``SearchParameters``, hence one subclass per kind.
+        """
+        if self._selector is None:
+            # Bit i of byte i // 8, least significant first: FAISS's IDSelectorBitmap layout.
+            self._bitmap = np.packbits(self._available, bitorder="little")
+            self._selector = faiss.IDSelectorBitmap(self._bitmap)
+            self._params = None
+        if self._params is None:
+            self._params = self._make_params(self._selector)
+        return self._params
+
+    def _make_params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
+        """The kind's parameters object carrying ``selector`` and the breadth set by :meth:`set_search_params`."""
+        if self._kind == "hnsw":
+            ef_search = int(cast(faiss.IndexHNSW, self._index).hnsw.efSearch)
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=ef_search)
+        if self._kind == "ivf":
+            nprobe = int(cast(faiss.IndexIVF, self._index).nprobe)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        return faiss.SearchParameters(sel=selector)
+
     # --- persistence -----------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        """Write the index in FAISS's own binary format (not a pickle)."""
+        """Write the index in FAISS's own binary format (not a pickle).
+
+        Only the vectors are written, not availability: which items are in stock comes from the live catalogue
+        when the worker starts, and a saved mask would be stale by the time a model version is served.
+        """
         faiss.write_index(self._index, str(path))
 
     @classmethod
     def load(cls, path: Path) -> ItemIndex:
-        """Read an index written by :meth:`save`; the kind is recovered from the FAISS index type."""
+        """Read an index written by :meth:`save`; the kind is recovered from the FAISS index type.
+
+        Every row starts available; the caller applies the live catalogue's availability afterwards.
+        """
         if not Path(path).is_file():
             raise FileNotFoundError(f"no index file at {path}")
         index = faiss.read_index(str(path))  # returns the concrete subclass, e.g. IndexHNSWFlat

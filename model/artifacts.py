@@ -8,6 +8,10 @@ Layout of ``<root>/<version>/`` (a version is never modified once written; a new
 * ``training_curve.png`` — loss and validation NDCG per epoch;
 * ``item_knn.safetensors`` (optional) — the item-kNN whose score the worker blends into the ranker's,
   ``ranker + blend_weight · item_knn`` (manifest keys ``item_knn`` and ``blend_weight``; absent: ranker only);
+* ``segments.safetensors`` (optional) — K-means centroids of user interest vectors (segments) and of item
+  embeddings, with every item's cluster (``model/segments.py``; manifest key ``segments``);
+* ``content_projection.safetensors`` (optional) — the map from a catalog item's text embedding into ``E``, for items
+  added after training (``model/content.py``; manifest key ``content``: the text encoder and the fit's quality);
 * ``manifest.json`` — shapes, configuration, offline metrics and the SHA-256 of every other file.
 
 ``<root>/LATEST`` holds the name of the version to serve. Loading verifies everything it can before a worker
@@ -20,9 +24,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -34,7 +39,11 @@ from safetensors.torch import load_file
 
 from index.item_index import ItemIndex
 from model.baselines import ItemKNNModel
+from model.content import ContentProjection
 from model.ranker import RankerConfig, SequenceRanker
+from model.segments import Segments
+
+T = TypeVar("T")
 
 FORMAT_VERSION = 1
 """Version of this layout; bumped on any incompatible change so old workers refuse new artifacts."""
@@ -44,6 +53,8 @@ ITEM_IDS_FILE = "item_ids.json"
 INDEX_FILE = "index.faiss"
 CURVE_FILE = "training_curve.png"
 ITEM_KNN_FILE = "item_knn.safetensors"
+SEGMENTS_FILE = "segments.safetensors"
+CONTENT_FILE = "content_projection.safetensors"
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "LATEST"
 REQUIRED_FILES = (MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE)
@@ -66,6 +77,8 @@ class ModelArtifacts:
     index: ItemIndex
     item_knn: ItemKNNModel | None = None  # blended into the ranker's scores when blend_weight > 0
     blend_weight: float = 0.0
+    segments: Segments | None = None  # user segments and item clusters; None for versions written without
+    content: ContentProjection | None = None  # text → E for new items; None when trained without a catalog
 
     @property
     def version(self) -> str:
@@ -127,6 +140,10 @@ def load_artifacts(path: Path) -> ModelArtifacts:
         raise ArtifactError(f"{INDEX_FILE} is a {index.kind} index, the manifest says {expected_kind}")
 
     item_knn, blend_weight = _load_item_knn(directory, manifest, n_items)
+    segments = _load_optional(directory, manifest, SEGMENTS_FILE, lambda path: Segments.load(path, n_items, dim))
+    content = _load_optional(directory, manifest, CONTENT_FILE, ContentProjection.load)
+    if content is not None and content.dim != dim:
+        raise ArtifactError(f"{CONTENT_FILE} projects to dimension {content.dim}, the model's is {dim}")
     return ModelArtifacts(
         directory=directory,
         manifest=manifest,
@@ -137,7 +154,19 @@ def load_artifacts(path: Path) -> ModelArtifacts:
         index=index,
         item_knn=item_knn,
         blend_weight=blend_weight,
+        segments=segments,
+        content=content,
     )
+
+
+def _load_optional(directory: Path, manifest: dict[str, Any], name: str, load: Callable[[Path], T]) -> T | None:
+    """An optional file: absent from the manifest means the version was written without it."""
+    if name not in manifest["files"]:
+        return None
+    try:
+        return load(directory / name)
+    except (ValueError, OSError, SafetensorError) as exc:
+        raise ArtifactError(f"cannot read {directory / name}: {exc}") from exc
 
 
 def save_item_knn(model: ItemKNNModel, path: Path) -> None:

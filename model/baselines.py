@@ -212,6 +212,12 @@ class ItemKNNModel:
             scores[hit] = sums[found[hit]]
         return np.split(scores, np.cumsum(lengths)[:-1]) if len(candidates) else []
 
+    def similarity(self, row: int, other: int) -> float:
+        """``sim(row, other)`` from the sparse table (0 when the pair never co-occurred)."""
+        begin, end = int(self.indptr[row]), int(self.indptr[row + 1])
+        hits = np.flatnonzero(self.neighbors[begin:end] == other)
+        return float(self.similarities[begin + hits[0]]) if len(hits) else 0.0
+
     def top_neighbors(self, recent: Sequence[int], n: int, excluded: set[int]) -> np.ndarray:
         """The ``n`` best-scored rows for one user whose latest interaction rows are ``recent`` (most recent
         first), without ``excluded`` rows; best first, ties by row."""

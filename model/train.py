@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from index.item_index import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, IndexKindOrAuto, ItemIndex, exact_recall
 from model.artifacts import (
+    CONTENT_FILE,
     CURVE_FILE,
     FORMAT_VERSION,
     INDEX_FILE,
@@ -46,12 +47,14 @@ from model.artifacts import (
     ITEM_KNN_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    SEGMENTS_FILE,
     load_artifacts,
     save_item_knn,
     sha256_file,
     write_latest,
 )
 from model.baselines import Histories, ItemKNNModel, Scorer, interaction_counts
+from model.content import ContentProjection, item_text, load_encoder
 from model.evaluate import (
     RankerScorer,
     RetrievalScorer,
@@ -62,6 +65,7 @@ from model.evaluate import (
 from model.event_log import EventLog
 from model.metrics import hit_rate, mrr, ndcg, rank_of_target
 from model.ranker import PAD, RankerConfig, SequenceRanker
+from model.segments import Segments, fit_segments
 from model.splits import LeaveOneOutSplit, Stage, leave_one_out
 from stream.events import EVENT_TYPES
 from stream.settings import Settings
@@ -117,6 +121,10 @@ class TrainConfig:
     item_knn_n_recent: int = 3
     item_knn_decay: float = 0.6
     item_knn_max_neighbors: int | None = 200  # per item, in the served item-kNN (bounds its memory)
+    n_segments: int = 16  # K-means segments of user interest vectors (trending per segment); 0: none
+    n_item_clusters: int = 0  # K-means clusters of items (category stand-ins); 0: about sqrt(n_items / 2)
+    content_encoder: str = "auto"  # text model of new items: auto (MiniLM if installed), minilm, hashed
+    content_ridge: float = 1.0  # ridge penalty of the text → item-embedding projection
 
     def __post_init__(self) -> None:
         missing = set(EVENT_TYPES) - set(self.event_weights)
@@ -169,6 +177,7 @@ def train_from_settings(
     dim: int | None = None,
     seed: int | None = None,
     progress: bool = True,
+    catalog: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Train with the serving settings (event weights, half-life, history length, index search breadth)."""
     overrides: dict[str, Any] = {
@@ -185,13 +194,21 @@ def train_from_settings(
         overrides["dim"] = dim
     if seed is not None:
         overrides["seed"] = seed
-    return train_artifacts(log, Path(out_dir), TrainConfig(**overrides), progress=progress)
+    return train_artifacts(log, Path(out_dir), TrainConfig(**overrides), progress=progress, catalog=catalog)
 
 
-def train_artifacts(log: EventLog, out_dir: Path, config: TrainConfig, progress: bool = True) -> Path:
+def train_artifacts(
+    log: EventLog,
+    out_dir: Path,
+    config: TrainConfig,
+    progress: bool = True,
+    catalog: Sequence[Mapping[str, Any]] | None = None,
+) -> Path:
     """Train on ``log`` and write a new artifact version under ``out_dir``; returns its directory.
 
-    ``out_dir/LATEST`` is switched to the new version only once the directory is complete.
+    ``catalog`` (records with ``item_id``, ``title``, ``category``, ``attributes``) lets the worker embed items
+    added after training: a projection from their text into the item table is fitted on the trained items the
+    catalog describes. ``out_dir/LATEST`` is switched to the new version only once the directory is complete.
     """
     started = time.perf_counter()
     torch.set_num_threads(config.torch_threads or 2)
@@ -235,6 +252,8 @@ def train_artifacts(log: EventLog, out_dir: Path, config: TrainConfig, progress:
     index_recall = exact_recall(index, embeddings, sample, recall_k)
     logger.info("test metrics: %s", {name: m["ndcg@10"] for name, m in test_metrics.items()})
     item_knn, blend_manifest = fit_blend(RankerScorer(model, config.max_len), split, len(item_ids), config)
+    segments, segments_manifest = _fit_segments(queries, embeddings, config)
+    content, content_manifest = fit_content_projection(catalog, item_ids, embeddings, config)
 
     fingerprint = log.fingerprint()
     manifest: dict[str, Any] = {
@@ -272,6 +291,8 @@ def train_artifacts(log: EventLog, out_dir: Path, config: TrainConfig, progress:
             "n_candidates": config.n_candidates,
         },
         **blend_manifest,
+        **segments_manifest,
+        **content_manifest,
     }
 
     def write(staging: Path, version: str) -> None:
@@ -285,8 +306,68 @@ def train_artifacts(log: EventLog, out_dir: Path, config: TrainConfig, progress:
         _plot_curve(history, staging / CURVE_FILE)
         if item_knn is not None:
             save_item_knn(item_knn, staging / ITEM_KNN_FILE)
+        if segments is not None:
+            segments.save(staging / SEGMENTS_FILE)
+        if content is not None:
+            content.save(staging / CONTENT_FILE)
 
     return _publish(out_dir, fingerprint, write, manifest)
+
+
+# --- segments and content embeddings -------------------------------------------------------------------------
+
+
+def _fit_segments(
+    user_vectors: np.ndarray, item_embeddings: np.ndarray, config: TrainConfig
+) -> tuple[Segments | None, dict[str, Any]]:
+    """K-means segments of the users' interest vectors and clusters of the items (``model/segments.py``)."""
+    if config.n_segments < 1:
+        return None, {}
+    n_clusters = config.n_item_clusters or max(1, min(256, round(math.sqrt(len(item_embeddings) / 2))))
+    started = time.perf_counter()
+    segments = fit_segments(user_vectors, item_embeddings, config.n_segments, n_clusters, seed=config.seed)
+    users = np.bincount(segments.assign_users(user_vectors), minlength=segments.n_segments)
+    manifest = {
+        "segments": {
+            "file": SEGMENTS_FILE,
+            "n_segments": segments.n_segments,
+            "n_item_clusters": segments.n_item_clusters,
+            "users_per_segment": users.tolist(),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    }
+    return segments, manifest
+
+
+def fit_content_projection(
+    catalog: Sequence[Mapping[str, Any]] | None, item_ids: Sequence[str], embeddings: np.ndarray, config: TrainConfig
+) -> tuple[ContentProjection | None, dict[str, Any]]:
+    """The text → item-embedding map for items added after training, fitted on trained items with a record."""
+    if not catalog:
+        return None, {}
+    row_of = {item: row for row, item in enumerate(item_ids)}
+    described = [(row_of[str(r["item_id"])], r) for r in catalog if str(r.get("item_id")) in row_of]
+    if len(described) < 2:
+        logger.warning("the catalog describes %d trained items: no content projection", len(described))
+        return None, {}
+    started = time.perf_counter()
+    encoder = load_encoder(config.content_encoder)
+    rows = np.array([row for row, _ in described])
+    text = encoder.encode([item_text(record) for _, record in described])
+    projection = ContentProjection.fit(
+        text, embeddings[rows], encoder.name, ridge=config.content_ridge, seed=config.seed
+    )
+    logger.info("content projection (%s) on %d items: %s", encoder.name, len(rows), projection.quality)
+    manifest = {
+        "content": {
+            "file": CONTENT_FILE,
+            "encoder": encoder.name,
+            "items": len(rows),
+            "quality": projection.quality,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    }
+    return projection, manifest
 
 
 # --- blending the item-kNN into the served score ---------------------------------------------------------------

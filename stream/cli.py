@@ -117,6 +117,20 @@ def simulate(
     typer.echo(f"wrote {events_path} and {catalog_path}")
 
 
+@app.command("catalog")
+def publish_catalog_command(
+    items: Annotated[Path, typer.Option(help="Catalog JSONL: one item record per line.")],
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Publish catalog records to the items topic (key = item id), as a shop's catalog service would."""
+    from stream.replay import publish_catalog
+
+    _logging(log_level)
+    settings = _settings()
+    sent = publish_catalog(items, settings.bootstrap_servers, settings.items_topic)
+    typer.echo(f"published {sent} catalog records to {settings.items_topic}")
+
+
 @app.command()
 def train(
     events: Annotated[Path, typer.Option(help="Event log: JSONL, Beauty.txt, Taobao CSV or Diginetica sessions.")],
@@ -125,16 +139,22 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Most training epochs (early stopping may end sooner).")] = None,
     dim: Annotated[int | None, typer.Option(help="Embedding dimension.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(help="Catalog JSONL (item_id, title, category, attributes): lets workers embed new items."),
+    ] = None,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Train item embeddings and the sequence ranker; write a versioned artifact directory."""
     from model.datasets import load_events
     from model.train import train_from_settings
+    from stream.replay import read_catalog_jsonl
 
     _logging(log_level)
     log = load_events(events, fmt)
     typer.echo(f"loaded {len(log)} events from {events}")
-    directory = train_from_settings(log, out, _settings(), epochs=epochs, dim=dim, seed=seed)
+    records = read_catalog_jsonl(catalog) if catalog is not None else None
+    directory = train_from_settings(log, out, _settings(), epochs=epochs, dim=dim, seed=seed, catalog=records)
     typer.echo(f"wrote {directory}")
 
 

@@ -24,6 +24,7 @@ from kafka import KafkaConsumer
 
 from stream.broker import EmbeddedBroker, free_port
 from stream.settings import Settings
+from stream.topics import ensure_topics
 
 TRAIN_USERS, TRAIN_ITEMS, TRAIN_EVENTS, SEED = 2000, 1000, 100_000, 7
 DEMO_EPOCHS = 15  # enough to beat popularity clearly on the simulated shop; keeps the first run near a minute
@@ -33,6 +34,7 @@ def _prepare(workdir: Path) -> tuple[Path, Path]:
     """Training data, artifacts and live events; reused when already present."""
     from model.datasets import load_events, write_events_jsonl
     from model.train import train_from_settings
+    from stream.replay import read_catalog_jsonl
     from stream.simulate import simulate_shop, write_catalog_jsonl
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +49,8 @@ def _prepare(workdir: Path) -> tuple[Path, Path]:
         write_catalog_jsonl(catalog, workdir / "items.jsonl")
     if not (artifacts / "LATEST").exists():
         print("training the model (one-off; later runs reuse it) ...")
-        train_from_settings(load_events(train_path), artifacts, Settings(), epochs=DEMO_EPOCHS)
+        catalog = read_catalog_jsonl(workdir / "items.jsonl")
+        train_from_settings(load_events(train_path), artifacts, Settings(), epochs=DEMO_EPOCHS, catalog=catalog)
     return artifacts, live_path
 
 
@@ -70,7 +73,7 @@ def _print_recommendations(bootstrap: str, topic: str, stop: threading.Event, la
                 latencies.append(latency_ms)
                 shown += 1
                 if shown <= 20 or shown % 100 == 0:
-                    top = ", ".join(f"{i['item_id']}({i['reason']})" for i in rec["items"][:4])
+                    top = ", ".join(f"{i['item_id']}({i['reason_code']})" for i in rec["items"][:3])
                     print(
                         f"#{shown:5d} user {rec['user_id']:>6} {rec['trigger']['event_type']:>5} "
                         f"{rec['trigger']['item_id']:>6} → {top} … [{latency_ms:.1f} ms]"
@@ -97,10 +100,13 @@ def _wait_until_ready(metrics_url: str, worker: subprocess.Popen, timeout_s: flo
 
 
 def run_demo(workdir: Path, n_live_events: int, rate: float, metrics_port: int, keep_running: bool) -> None:
-    from stream.replay import replay
+    from stream.replay import publish_catalog, replay
 
     artifacts, live_path = _prepare(workdir)
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        ensure_topics(Settings(bootstrap_servers=broker.bootstrap))
+        published = publish_catalog(workdir / "items.jsonl", broker.bootstrap, Settings().items_topic)
+        print(f"published the catalog: {published} items")
         env = {
             **os.environ,
             "STREAMREC_BOOTSTRAP_SERVERS": broker.bootstrap,

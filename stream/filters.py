@@ -1,7 +1,8 @@
-"""Stage 6 — filter and diversify: turn ranked candidates into the final K items.
+"""Stage 6a — filter: the candidates a user may be shown, in ranked order, with duplicates removed.
 
-Rules here are the last line of defence: whatever a candidate source proposed, an excluded item (a purchase,
-the item the user just touched) never reaches the output, and no item appears twice.
+Rules here are the last line of defence: whatever a candidate source proposed, an item a rule blocks (a purchase,
+the item the user just touched, an unavailable or denied item) never reaches the output, and no item appears
+twice. Diversity (``stream/diversify.py``) and exploration (``stream/explore.py``) then choose from this pool.
 """
 
 from __future__ import annotations
@@ -9,29 +10,38 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from stream.rules import Request, RuleSet
 
-@dataclass(slots=True, frozen=True)
+
+@dataclass(slots=True)
 class ScoredItem:
+    """A candidate on its way to the output, with where it came from (for explanations and metrics).
+
+    ``source`` is the candidate source (``ann``, ``covisitation``, ``item_knn``, ``trending``, ``trending_in``,
+    ``trending_segment``) or ``explore``; ``context`` the category or segment of a trending source; ``row`` the
+    item's row in the item table (-1 when the model does not know it).
+    """
+
     item_id: str
     score: float
-    reason: str
+    source: str
+    row: int = -1
+    context: str | None = None
+    explore: bool = False
+    reason: str = ""
+    reason_code: str = ""
 
 
-def select_top_k(
-    ranked: Iterable[ScoredItem],
-    excluded: set[str] | dict[str, None],
-    k: int,
-    fallback: Iterable[ScoredItem] = (),
-) -> list[ScoredItem]:
-    """The first ``k`` allowed items of ``ranked`` (best first), topped up from ``fallback`` if short."""
-    chosen: list[ScoredItem] = []
+def allowed_pool(candidates: Iterable[ScoredItem], request: Request, rules: RuleSet, size: int) -> list[ScoredItem]:
+    """The first ``size`` candidates (best first) that no rule blocks, each item once."""
+    pool: list[ScoredItem] = []
     seen: set[str] = set()
-    for source in (ranked, fallback):
-        for item in source:
-            if len(chosen) == k:
-                return chosen
-            if item.item_id in excluded or item.item_id in seen:
-                continue
-            seen.add(item.item_id)
-            chosen.append(item)
-    return chosen
+    for item in candidates:
+        if len(pool) == size:
+            break
+        if item.item_id in seen:
+            continue
+        seen.add(item.item_id)
+        if rules.allows(item.item_id, request):
+            pool.append(item)
+    return pool

@@ -21,6 +21,10 @@ LATENCY_BUCKETS = (
 STAGES = ("decode", "validate", "state", "retrieve", "rank", "filter", "publish", "produce", "commit")
 
 
+class Explained(Protocol):
+    reason_code: str
+
+
 class Published(Protocol):
     kind: str
     event_ts: float
@@ -96,6 +100,55 @@ class WorkerMetrics:
         )
         self.model_info = Info("streamrec_model", "The model version being served.", registry=registry)
         self.index_items = Gauge("streamrec_index_items", "Items in the ANN index being served.", registry=registry)
+        self.index_unavailable_items = Gauge(
+            "streamrec_index_unavailable_items",
+            "Index rows hidden from search: unavailable items and replaced live rows (tombstones).",
+            registry=registry,
+        )
+        self.live_items = Gauge(
+            "streamrec_live_items",
+            "Catalog items added to the index from their content since the model loaded.",
+            registry=registry,
+        )
+        self.catalog_items = Gauge("streamrec_catalog_items", "Items held in the live catalog.", registry=registry)
+        self.catalog_updates = Counter(
+            "streamrec_catalog_updates_total",
+            "Catalog records applied, by what they changed (new, content, availability, other, stale, removed).",
+            ["change"],
+            registry=registry,
+        )
+        self.catalog_rejected = Counter(
+            "streamrec_catalog_rejected_total",
+            "Catalog records that failed validation, by reason (logged with their offset; they stay in the topic).",
+            ["reason"],
+            registry=registry,
+        )
+        self.catalog_update_seconds = Histogram(
+            "streamrec_catalog_update_seconds",
+            "From reading catalog records to their being served (embedding new items included).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.items_filtered = Counter(
+            "streamrec_items_filtered_total",
+            "Candidates removed by each business rule.",
+            ["rule"],
+            registry=registry,
+        )
+        self.items_recommended = Counter(
+            "streamrec_items_recommended_total",
+            "Items published, by the explanation's kind (similar_to_recent, bought_together, trending_in, "
+            "trending_in_segment, trending, explore).",
+            ["reason"],
+            registry=registry,
+        )
+        self.segment_recommendations = Counter(
+            "streamrec_segment_recommendations_total",
+            "Recommendations per user segment (only when the segment count is within segment_label_limit).",
+            ["segment"],
+            registry=registry,
+        )
+        self.segment_label_limit = 64
         # Zero-valued series exist from the start, so dashboards and rate() see every label.
         for event_type in EVENT_TYPES:
             self.events_consumed.labels(event_type)
@@ -107,6 +160,13 @@ class WorkerMetrics:
             self.event_to_recommendation.labels(clock)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
+
+    def observe_items(self, items: Iterable[Explained], segment: int | None, n_segments: int = 0) -> None:
+        """Count published items by explanation kind, and the recommendation by segment when bounded."""
+        for item in items:
+            self.items_recommended.labels(item.reason_code.split(":", 1)[0]).inc()
+        if segment is not None and 0 < n_segments <= self.segment_label_limit:
+            self.segment_recommendations.labels(str(segment)).inc()
 
     def observe_published(self, published: Iterable[Published], acknowledged_at: float) -> None:
         """Count recommendations the broker acknowledged and record their event-to-recommendation latency."""

@@ -1,8 +1,14 @@
-"""The path of every event: decode → validate → update user state → retrieve → rank → filter → publish.
+"""The path of every event: decode → validate → update user state → retrieve → rank → filter/diversify → publish.
 
 :class:`Pipeline` knows nothing of Kafka. A runtime (``stream/runtime``) feeds it micro-batches of raw
 records and sends the messages it returns; tests call :meth:`Pipeline.process` directly. Per batch there is one
-ANN search and one ranker forward, whatever the number of users in it.
+ANN search and one ranker forward, whatever the number of users in it. The live catalog reaches it through
+:meth:`Pipeline.apply_catalog`, between batches.
+
+Per user, the filter stage blends the personalised ranking with context trending (``stream/cold_start.py``),
+keeps what the business rules allow (``stream/rules.py``, ``stream/filters.py``), diversifies
+(``stream/diversify.py``), fills exploration slots (``stream/explore.py``) and explains every item
+(``stream/explain.py``).
 """
 
 from __future__ import annotations
@@ -11,27 +17,43 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from index.covisitation import CoVisitation
+from stream.catalog import Catalog, CatalogChange, CatalogItem
+from stream.cold_start import blend, personal_weight, trending_candidates
 from stream.decode import decode
+from stream.diversify import diversify
 from stream.events import Event, SourceRecord
-from stream.filters import ScoredItem, select_top_k
+from stream.explain import Explainer
+from stream.explore import Explorer
+from stream.filters import ScoredItem, allowed_pool
+from stream.item_table import NO_CLUSTER, ItemTable
 from stream.metrics import WorkerMetrics
 from stream.publish import recommendation_message
 from stream.rank import rank_candidates
 from stream.rejection import InvalidEvent
 from stream.retrieve import retrieve_candidates
+from stream.rules import (
+    DenyList,
+    ExcludeBought,
+    ExcludeCurrentItem,
+    ExcludeIgnored,
+    ExcludeUnavailable,
+    Request,
+    RuleSet,
+)
 from stream.settings import Settings
-from stream.trending import TrendingCounter
+from stream.trending import TrendingBoard
 from stream.user_state import InterestModel, UserState, UserStateStore, encode_state
 from stream.validate import ValidationRules, validate
 
 if TYPE_CHECKING:
     from model.artifacts import ModelArtifacts
+    from model.content import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +105,7 @@ class _Trigger:
     event: Event
     received_at: float
     state: UserState
+    segment: int | None = None
 
 
 class Pipeline:
@@ -91,7 +114,7 @@ class Pipeline:
     def __init__(self, settings: Settings, artifacts: ModelArtifacts, metrics: WorkerMetrics | None = None):
         self.settings = settings
         self.metrics = metrics
-        self.rules = ValidationRules(
+        self.validation_rules = ValidationRules(
             max_id_length=settings.max_id_length,
             min_event_ts=settings.min_event_ts,
             max_clock_skew_s=settings.max_clock_skew_s,
@@ -101,17 +124,38 @@ class Pipeline:
         #: Called with (user id, {source: candidate rows}) for every personalized user; evaluation uses it to
         #: measure how often each candidate source reaches the test target. None on the hot path.
         self.candidate_observer: Callable[[str, dict[str, np.ndarray]], None] | None = None
-        self.trending = TrendingCounter(settings.trending_half_life_s)
+        # The catalog, trending and exposure come from the stream, so they outlive a model swap.
+        self.catalog = Catalog()
+        self.trending = TrendingBoard(settings.trending_half_life_s)
+        self.explorer = Explorer(settings.exploration_share, settings.exploration_max_impressions, settings.random_seed)
+        self.rules = RuleSet(self._rules(settings))
+        if metrics:
+            metrics.segment_label_limit = settings.segment_label_limit
+        self._text_vectors: dict[str, tuple[tuple, np.ndarray]] = {}  # item -> (content, text vector)
+        self._encoder: TextEncoder | None = None
         self.use_model(artifacts)
+
+    def _rules(self, settings: Settings) -> list:
+        rules: list = [ExcludeBought(), ExcludeCurrentItem(), ExcludeUnavailable(self.catalog)]
+        if settings.deny_items or settings.tenant_deny_items:
+            rules.append(DenyList(settings.deny_items, settings.tenant_deny_items))
+        if settings.max_impressions_without_engagement:
+            rules.append(ExcludeIgnored(settings.max_impressions_without_engagement))
+        return rules
 
     # --- model --------------------------------------------------------------------------------------------
     def use_model(self, artifacts: ModelArtifacts) -> None:
-        """Serve ``artifacts`` from the next batch on. User vectors are rebuilt lazily on their next event."""
-        artifacts.index.set_search_params(self.settings.hnsw_ef_search, self.settings.ivf_nprobe)
+        """Serve ``artifacts`` from the next batch on. User vectors are rebuilt lazily on their next event.
+
+        Catalog items the new model was not trained on are embedded from their content again, so items added
+        live stay recommendable across a swap.
+        """
         self.artifacts = artifacts
+        self.items = ItemTable(artifacts, self.settings.max_live_items)
+        self.items.index.set_search_params(self.settings.hnsw_ef_search, self.settings.ivf_nprobe)
         self.interest = InterestModel(
-            embeddings=artifacts.item_embeddings,
-            row_of=artifacts.row_of,
+            embeddings=self.items.embeddings,
+            row_of=self.items.row_of,
             event_weights=dict(self.settings.event_weights),
             half_life_s=self.settings.interest_half_life_s,
             max_recent_items=self.settings.max_recent_items,
@@ -120,9 +164,125 @@ class Pipeline:
         )
         # Co-visitation is counted in the model's rows, so a new model starts it afresh from the stream.
         self.covisitation = CoVisitation(len(artifacts.item_ids), window=self.settings.covisitation_window)
+        self.explainer = Explainer(self.items, self._co_occurrence, self.catalog.title_of)
+        self._encoder = self._content_encoder(artifacts)
+        if len(self.catalog):
+            self.apply_catalog(list(self.catalog), self.text_vectors(list(self.catalog)), replay=True)
         if self.metrics:
             self.metrics.model_info.info({"version": artifacts.version})
-            self.metrics.index_items.set(len(artifacts.index))
+            self._record_index_metrics()
+
+    def _content_encoder(self, artifacts: ModelArtifacts) -> TextEncoder | None:
+        if artifacts.content is None:
+            return None
+        from model.content import load_encoder
+
+        if self._encoder is not None and self._encoder.name == artifacts.content.encoder_name:
+            return self._encoder
+        self._text_vectors.clear()
+        return load_encoder(artifacts.content.encoder_name)
+
+    # --- live catalog ---------------------------------------------------------------------------------------
+    def text_vectors(self, items: Sequence[CatalogItem]) -> dict[str, np.ndarray]:
+        """Text embeddings of the items that :meth:`apply_catalog` will need to index from their content.
+
+        The slow part of a catalog update, so runtimes call it outside the batch lock (it touches no state the
+        hot path reads). Items the model was trained on, and items whose content is unchanged since they were
+        last embedded, need none.
+        """
+        from model.content import item_text
+
+        encoder = self._encoder
+        if encoder is None:
+            return {}
+        wanted = {
+            item.item_id: item for item in items if not self.items.is_trained(item.item_id) and not self._cached(item)
+        }
+        if not wanted:
+            return {}
+        vectors = encoder.encode([item_text(item.content()) for item in wanted.values()])
+        return dict(zip(wanted, vectors, strict=True))
+
+    def _cached(self, item: CatalogItem) -> bool:
+        held = self._text_vectors.get(item.item_id)
+        return held is not None and held[0] == _content_key(item)
+
+    def apply_catalog(
+        self, items: Sequence[CatalogItem], text_vectors: dict[str, np.ndarray], *, replay: bool = False
+    ) -> dict[str, int]:
+        """Apply catalog records (oldest first): availability at once, new items indexed from their content.
+
+        ``text_vectors`` comes from :meth:`text_vectors`; an item missing from it is embedded here. ``replay``
+        re-indexes the held catalog into a newly loaded model. Returns the count of each kind of change.
+        """
+        counts: dict[str, int] = {}
+        projection = self.artifacts.content
+        grown = False
+        for item in items:
+            change = CatalogChange.NEW if replay else self.catalog.upsert(item)
+            counts[change.value] = counts.get(change.value, 0) + 1
+            if change is CatalogChange.STALE:
+                continue
+            if (
+                change in (CatalogChange.NEW, CatalogChange.CONTENT)
+                and projection is not None
+                and not self.items.is_trained(item.item_id)
+            ):
+                vector = text_vectors.get(item.item_id)
+                if vector is None and not self._cached(item):
+                    vector = self.text_vectors([item]).get(item.item_id)
+                if vector is not None:
+                    self._text_vectors[item.item_id] = (_content_key(item), vector)
+                cached = self._text_vectors.get(item.item_id)
+                if cached is not None and (change is CatalogChange.CONTENT or item.item_id not in self.items.row_of):
+                    row = self.items.add(item.item_id, projection.project(cached[1][None, :])[0])
+                    grown = grown or row is not None
+            self.items.set_available(item.item_id, item.available)
+        if grown:
+            self.interest = replace(self.interest, embeddings=self.items.embeddings)
+            self.covisitation.grow(len(self.items))
+        if self.metrics:
+            for change, count in counts.items():
+                self.metrics.catalog_updates.labels(change).inc(count)
+            self.metrics.catalog_items.set(len(self.catalog))
+            self._record_index_metrics()
+        return counts
+
+    def remove_catalog_item(self, item_id: str) -> None:
+        """A tombstone on the catalog topic: the item is never recommended again."""
+        if self.catalog.remove(item_id) is CatalogChange.REMOVED:
+            self.items.set_available(item_id, False)
+            if self.metrics:
+                self.metrics.catalog_updates.labels(CatalogChange.REMOVED.value).inc()
+                self._record_index_metrics()
+
+    def _record_index_metrics(self) -> None:
+        assert self.metrics is not None
+        self.metrics.index_items.set(len(self.items.index))
+        self.metrics.index_unavailable_items.set(self.items.index.n_unavailable)
+        self.metrics.live_items.set(self.items.n_live)
+
+    def category_of(self, item_id: str) -> str | None:
+        """The catalog's category, else the item's cluster (a stand-in when the catalog has no categories)."""
+        category = self.catalog.category_of(item_id)
+        if category is not None:
+            return category
+        row = self.items.row_of.get(item_id)
+        if row is None:
+            return None
+        cluster = self.items.cluster_of(row)
+        return None if cluster == NO_CLUSTER else f"cluster-{cluster}"
+
+    @property
+    def _n_segments(self) -> int:
+        segments = self.artifacts.segments
+        return 0 if segments is None else segments.n_segments
+
+    def segment_of(self, state: UserState) -> int | None:
+        segments = self.artifacts.segments
+        if segments is None or state.vector is None:
+            return None
+        return int(segments.assign_users(state.vector[None, :])[0])
 
     # --- state restore (called by runtimes on partition assignment) -----------------------------------------
     def restore_state(self, partition: int, states: Sequence[UserState]) -> None:
@@ -161,6 +321,10 @@ class Pipeline:
 
         with self._stage("state", timings):
             triggers = self._update_state(accepted)
+
+        recommendations, published = self._recommend(list(triggers.values()), timings)
+        with self._stage("state", timings):
+            # After the recommendations: the state records what was just shown to each user.
             state_updates = [
                 OutgoingMessage(
                     self.settings.state_topic,
@@ -170,8 +334,6 @@ class Pipeline:
                 )
                 for user_id, trigger in triggers.items()
             ]
-
-        recommendations, published = self._recommend(list(triggers.values()), timings)
         if self.metrics:
             self.metrics.messages_consumed.inc(len(records))
             self.metrics.batch_events.observe(len(records))
@@ -191,7 +353,7 @@ class Pipeline:
         self, record: SourceRecord, payload: dict, now: float, dead_letters: list[OutgoingMessage]
     ) -> Event | None:
         try:
-            event = validate(payload, record.key, self.rules, now)
+            event = validate(payload, record.key, self.validation_rules, now)
         except InvalidEvent as rejection:
             dead_letters.append(self._dead_letter(record, rejection))
             return None
@@ -221,9 +383,17 @@ class Pipeline:
                 row = self.interest.row_of.get(event.item_id)
                 if row is not None and self.settings.covisitation_candidates:
                     self.covisitation.add(self.interest.latest_rows(state, self.covisitation.window), row)
+                if state.record_engaged(event.item_id):
+                    self.explorer.exposure.engaged(event.item_id)
                 self.interest.apply(state, event)
                 state.last_partition, state.last_offset = record.partition, record.offset
-                self.trending.add(event.item_id, weights[event.event_type.value], event.ts)
+                self.trending.add(
+                    event.item_id,
+                    weights[event.event_type.value],
+                    event.ts,
+                    self.category_of(event.item_id),
+                    self.segment_of(state),
+                )
             # A user's later events in the batch supersede earlier ones: one recommendation per user per batch.
             triggers.pop(event.user_id, None)
             triggers[event.user_id] = _Trigger(record.partition, event, record.received_at, state)
@@ -233,27 +403,28 @@ class Pipeline:
         self, triggers: list[_Trigger], timings: dict[str, float]
     ) -> tuple[list[OutgoingMessage], list[PublishedRecommendation]]:
         settings = self.settings
-        excluded = {t.event.user_id: self._excluded(t) for t in triggers}
+        requests = {t.event.user_id: Request.of(t.state, t.event) for t in triggers}
         warm = [t for t in triggers if not t.state.is_cold]
         ranked: dict[str, list[ScoredItem]] = {}
+        known_events: dict[str, int] = {}
         if warm:
             try:
-                ranked = self._personalized(warm, excluded, timings)
+                ranked, known_events = self._personalized(warm, requests, timings)
             except Exception:  # degrade to trending rather than lose the batch
                 log.exception("retrieval or ranking failed; serving trending items for %d users", len(warm))
                 if self.metrics:
                     self.metrics.pipeline_errors.labels("rank").inc()
 
         with self._stage("filter", timings):
-            most_excluded = max((len(items) for items in excluded.values()), default=0)
-            fallback = [
-                ScoredItem(item_id, score, "trending")
-                for item_id, score in self.trending.top(settings.top_k + most_excluded)
-            ]
             chosen = {
-                user_id: select_top_k(ranked.get(user_id, ()), excluded[user_id], settings.top_k, fallback)
-                for user_id in excluded
+                t.event.user_id: self._choose(
+                    t, requests[t.event.user_id], ranked.get(t.event.user_id, []), known_events.get(t.event.user_id, 0)
+                )
+                for t in triggers
             }
+            if self.metrics:
+                for rule, count in self.rules.take_counts().items():
+                    self.metrics.items_filtered.labels(rule).inc(count)
 
         with self._stage("publish", timings):
             generated_at = time.time()
@@ -261,25 +432,113 @@ class Pipeline:
             version = self.artifacts.version
             for t in triggers:
                 user_id = t.event.user_id
-                value = recommendation_message(user_id, chosen[user_id], version, t.event, generated_at)
+                items = chosen[user_id]
+                value = recommendation_message(user_id, items, version, t.event, generated_at, t.segment)
                 messages.append(OutgoingMessage(settings.recommendations_topic, user_id.encode(), value))
                 kind = "personalized" if user_id in ranked else "trending"
                 published.append(PublishedRecommendation(kind, t.event.ts, t.received_at))
+                t.state.record_shown([item.item_id for item in items])
+                for item in items:
+                    self.explorer.exposure.shown(item.item_id)
+                if self.metrics:
+                    self.metrics.observe_items(items, t.segment, self._n_segments)
         return messages, published
 
+    def _choose(self, trigger: _Trigger, request: Request, ranked: list[ScoredItem], known: int) -> list[ScoredItem]:
+        """The final list of one user: blend, rules, diversity and category caps, exploration, explanations."""
+        settings = self.settings
+        k = settings.top_k
+        pool_size = max(3 * k, 50)
+        head = pool_size + len(trigger.state.bought) + 1  # enough to fill the pool after the rules
+        trigger.segment = self.segment_of(trigger.state)
+        trending = trending_candidates(self.trending, self._recent_categories(trigger.state), trigger.segment, head)
+        weight = personal_weight(known, settings.cold_start_prior_events)
+        candidates = blend(ranked[:head], trending, weight)
+        pool = allowed_pool(candidates, request, self.rules, pool_size)
+        if len(pool) < pool_size and len(candidates) < head + len(trending):
+            # Heavy filtering emptied the head: let the rest of the personalised list and the whole shop's
+            # trending refill the pool.
+            extra = [*ranked[head:], *(ScoredItem(i, s, "trending") for i, s in self.trending.top(head))]
+            taken = {item.item_id for item in pool}
+            pool += allowed_pool(
+                (c for c in extra if c.item_id not in taken), request, self.rules, pool_size - len(pool)
+            )
+        n_explore = self.explorer.n_slots(min(k, len(pool)))
+        exploit_k = min(k, len(pool)) - n_explore
+        order = self._diversify(pool, exploit_k)
+        if len(order) < exploit_k and settings.max_per_category:
+            # The cap left slots empty: widen the pool with the rest of the ranking and trending once.
+            taken = {item.item_id for item in pool}
+            rest = (c for c in [*ranked[head:], *trending, *candidates] if c.item_id not in taken)
+            pool += allowed_pool(rest, request, self.rules, 4 * pool_size)
+            order = self._diversify(pool, exploit_k)
+        exploited = [pool[i] for i in order]
+        picked = set(order)
+        unexploited = [item for i, item in enumerate(pool) if i not in picked]
+        if n_explore:
+            # New items the retrieval found for this user may rank below the pool: their scores rest on content
+            # alone. Exploration considers them wherever they rank.
+            held = {item.item_id for item in pool}
+            unexploited += allowed_pool(
+                (c for c in ranked if c.row >= self.items.n_trained and c.item_id not in held),
+                request,
+                self.rules,
+                pool_size,
+            )
+        explored = self.explorer.pick(unexploited, n_explore, first=lambda item: item.row >= self.items.n_trained)
+        final = self.explorer.place(exploited, explored)
+        self.explainer.explain(final, trigger.state.recent)
+        return final
+
+    def _diversify(self, pool: list[ScoredItem], k: int) -> list[int]:
+        settings = self.settings
+        needs_categories = settings.max_per_category > 0 or settings.diversity_weight > 0
+        return diversify(
+            np.array([item.score for item in pool]),
+            self._unit_vectors(pool) if settings.diversity_weight > 0 else np.zeros((len(pool), 1), np.float32),
+            [self.category_of(item.item_id) for item in pool] if needs_categories else [None] * len(pool),
+            k,
+            settings.diversity_weight,
+            settings.max_per_category,
+        )
+
+    def _unit_vectors(self, pool: list[ScoredItem]) -> np.ndarray:
+        vectors = np.zeros((len(pool), self.items.dim), dtype=np.float32)
+        rows = [
+            (i, item.row if item.row >= 0 else self.items.row_of.get(item.item_id, -1)) for i, item in enumerate(pool)
+        ]
+        known = [(i, row) for i, row in rows if row >= 0]
+        if known:
+            index, table_rows = zip(*known, strict=True)
+            picked = self.items.embeddings[list(table_rows)]
+            norms = np.linalg.norm(picked, axis=1, keepdims=True)
+            vectors[list(index)] = picked / np.maximum(norms, 1e-12)
+        return vectors
+
+    def _recent_categories(self, state: UserState, n: int = 3) -> list[str]:
+        """Distinct categories of the user's latest items, most recent first."""
+        categories: list[str] = []
+        for item in reversed(state.recent):
+            category = self.category_of(item.item_id)
+            if category is not None and category not in categories:
+                categories.append(category)
+                if len(categories) == n:
+                    break
+        return categories
+
     def _personalized(
-        self, warm: list[_Trigger], excluded: dict[str, dict[str, None]], timings: dict[str, float]
-    ) -> dict[str, list[ScoredItem]]:
-        row_of = self.artifacts.row_of
-        item_ids = self.artifacts.item_ids
+        self, warm: list[_Trigger], requests: dict[str, Request], timings: dict[str, float]
+    ) -> tuple[dict[str, list[ScoredItem]], dict[str, int]]:
+        items = self.items
+        n_trained = items.n_trained
         with self._stage("retrieve", timings):
             queries = np.stack([t.state.vector for t in warm]).astype(np.float32, copy=False)
-            excluded_rows = [
-                {row for item in excluded[t.event.user_id] if (row := row_of.get(item)) is not None} for t in warm
-            ]
+            excluded_rows = [self._excluded_rows(requests[t.event.user_id]) for t in warm]
             # Known-item history of each user, oldest first: read once, used by every source and the ranker.
             histories = [self.interest.history_rows(t.state) for t in warm]
-            candidates = retrieve_candidates(self.artifacts.index, queries, excluded_rows, self.settings.n_candidates)
+            # The ranker and the item-kNN know only the trained rows; live items enter them as candidates.
+            trained_histories = [[row for row in h if row < n_trained] for h in histories]
+            candidates = retrieve_candidates(items.index, queries, excluded_rows, self.settings.n_candidates)
             sources: dict[str, list[np.ndarray]] = {"ann": candidates}
             if self.settings.covisitation_candidates:
                 sources["covisitation"] = [
@@ -288,7 +547,7 @@ class Pipeline:
                 ]
             item_knn = self.artifacts.item_knn if self.artifacts.blend_weight > 0 else None
             if item_knn is not None:
-                recent = [self._recent_interactions(history, item_knn.n_recent) for history in histories]
+                recent = [self._recent_interactions(history, item_knn.n_recent) for history in trained_histories]
                 if self.settings.item_knn_candidates:
                     n = self.settings.item_knn_candidates
                     sources["item_knn"] = [
@@ -298,31 +557,63 @@ class Pipeline:
             if self.candidate_observer is not None:
                 for i, t in enumerate(warm):
                     self.candidate_observer(t.event.user_id, {name: rows[i] for name, rows in sources.items()})
-            for name, extra in sources.items():
+            origin = [np.zeros(len(rows), dtype=np.int8) for rows in candidates]
+            for code, (name, extra) in enumerate(sources.items()):
                 if name != "ann":
-                    candidates = [
-                        np.concatenate([rows, more[~np.isin(more, rows)]])
-                        for rows, more in zip(candidates, extra, strict=True)
-                    ]
+                    merged = []
+                    for i, (rows, more) in enumerate(zip(candidates, extra, strict=True)):
+                        new = more[~np.isin(more, rows)]
+                        # An item a collaborative source proposed is explained by it, even if the ANN found it too.
+                        origin[i][np.isin(rows, more)] = code
+                        origin[i] = np.concatenate([origin[i], np.full(len(new), code, dtype=np.int8)])
+                        merged.append(np.concatenate([rows, new]))
+                    candidates = merged
+            source_names = list(sources)
         with self._stage("rank", timings):
-            scores = rank_candidates(self.artifacts.ranker, histories, candidates, self.artifacts.ranker.config.max_len)
+            scores = rank_candidates(
+                self.artifacts.ranker,
+                trained_histories,
+                candidates,
+                self.artifacts.ranker.config.max_len,
+                items.embeddings,
+            )
             if item_knn is not None:
                 # What training chose and evaluation measures: ranker logits + blend_weight · item-kNN score.
                 weight = np.float32(self.artifacts.blend_weight)
-                knn_scores = item_knn.score_candidates(recent, candidates)
-                scores = [ranker + weight * knn for ranker, knn in zip(scores, knn_scores, strict=True)]
+                trained_candidates = [np.where(rows < n_trained, rows, 0) for rows in candidates]
+                knn_scores = item_knn.score_candidates(recent, trained_candidates)
+                scores = [
+                    ranker + weight * np.where(rows < n_trained, knn, 0.0).astype(np.float32)
+                    for ranker, knn, rows in zip(scores, knn_scores, candidates, strict=True)
+                ]
         ranked = {}
-        for t, rows, row_scores in zip(warm, candidates, scores, strict=True):
+        item_ids = items.item_ids
+        for t, rows, row_scores, codes in zip(warm, candidates, scores, origin, strict=True):
             order = np.argsort(-row_scores, kind="stable")
             ranked[t.event.user_id] = [
-                ScoredItem(item_ids[rows[i]], float(row_scores[i]), "personalized") for i in order
+                ScoredItem(item_ids[rows[i]], float(row_scores[i]), source_names[codes[i]], int(rows[i])) for i in order
             ]
-        return ranked
+        known = {t.event.user_id: len(history) for t, history in zip(warm, histories, strict=True)}
+        return ranked, known
+
+    def _excluded_rows(self, request: Request) -> set[int]:
+        """Rows retrieval may skip at once: purchases, the current item, and the request's own exclusions."""
+        row_of = self.items.row_of
+        excluded = [*request.state.bought, request.trigger.item_id, *request.exclude_items]
+        return {row for item in excluded if (row := row_of.get(item)) is not None}
 
     def _covisited(self, history: list[int], excluded: set[int]) -> np.ndarray:
         """Co-visitation candidates of the user's latest items, best first (the ranker orders the union)."""
         rows, _ = self.covisitation.candidates(history, self.settings.covisitation_candidates, excluded)
         return rows
+
+    def _co_occurrence(self, anchor: int, row: int) -> float:
+        """How strongly the collaborative sources tie two rows (for explanations)."""
+        strength = self.covisitation.strength(anchor, row)
+        item_knn = self.artifacts.item_knn
+        if item_knn is not None and anchor < item_knn.n_items and row < item_knn.n_items:
+            strength += item_knn.similarity(anchor, row)
+        return strength
 
     @staticmethod
     def _recent_interactions(history: list[int], n: int) -> list[int]:
@@ -331,11 +622,6 @@ class Pipeline:
         runs = [row for i, row in enumerate(history) if i + 1 == len(history) or history[i + 1] != row]
         return runs[::-1][:n]
 
-    @staticmethod
-    def _excluded(trigger: _Trigger) -> dict[str, None]:
-        """Items this user must not be shown: purchases and the item just interacted with."""
-        return {**trigger.state.bought, trigger.event.item_id: None}
-
     @contextmanager
     def _stage(self, name: str, timings: dict[str, float]) -> Iterator[None]:
         start = time.perf_counter()
@@ -343,3 +629,7 @@ class Pipeline:
             yield
         finally:
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def _content_key(item: CatalogItem) -> tuple:
+    return (item.title, item.category, item.attributes)

@@ -16,6 +16,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "invalid_timestamp",
     "timestamp_out_of_range",
     "key_mismatch",
+    "invalid_value",
     "processing_error",
 )
 

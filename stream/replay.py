@@ -184,3 +184,38 @@ def replay(
         raise RuntimeError(f"{errors.count} of {sent} messages were not delivered to {topic}: {errors.first!r}")
     log.info("replayed %d events from %s to %s", sent, events_path, topic)
     return sent
+
+
+def publish_catalog(catalog_path: Path, bootstrap: str, topic: str = "items") -> int:
+    """Send catalog records (JSONL, one item per line) to the compacted catalog topic keyed by item id."""
+    catalog_path = Path(catalog_path)
+    if not catalog_path.is_file():
+        raise ValueError(f"catalog file not found: {catalog_path}")
+    producer = KafkaProducer(
+        bootstrap_servers=[server.strip() for server in bootstrap.split(",") if server.strip()],
+        linger_ms=5,
+        acks="all",
+    )
+    errors = _DeliveryErrors()
+    sent = 0
+    try:
+        for line in _raw_lines(catalog_path):
+            try:
+                item_id = orjson.loads(line).get("item_id")
+            except (orjson.JSONDecodeError, AttributeError):
+                item_id = None
+            key = None if item_id is None or isinstance(item_id, bool) else str(item_id).encode()
+            producer.send(topic, key=key, value=line).add_errback(errors)
+            sent += 1
+        producer.flush()
+    finally:
+        producer.close()
+    if errors.count:
+        raise RuntimeError(f"{errors.count} of {sent} catalog records were not delivered to {topic}: {errors.first!r}")
+    log.info("published %d catalog records from %s to %s", sent, catalog_path, topic)
+    return sent
+
+
+def read_catalog_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Catalog records of a JSONL file (for training's content projection)."""
+    return [record for line in _raw_lines(Path(path)) if isinstance(record := orjson.loads(line), dict)]

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         description="Topic receiving every rejected input message: original bytes plus a machine-readable "
         "reason in the headers `streamrec.reason` and `streamrec.detail`.",
     )
+    items_topic: str = Field(
+        "items",
+        description="Catalog topic (key = item id, compacted): `{item_id, title, category, price, available, ts, "
+        "attributes}`. Every worker reads all of it; new items become recommendable and unavailable ones are "
+        "dropped between two batches.",
+    )
     state_topic: str = Field(
         "streamrec.user-state",
         description="Changelog topic of user state (key = user id, same partition as the input). Create it "
@@ -143,6 +149,67 @@ class Settings(BaseSettings):
     ivf_nprobe: int = Field(16, ge=1, description="IVF lists probed per query (IVF indexes only).")
     torch_threads: int = Field(
         1, ge=1, description="Intra-op threads of the ranker. One per worker process scales best per core."
+    )
+
+    # --- Catalog, cold start, rules, diversity, exploration -------------------------------------------------
+    max_live_items: int = Field(
+        100_000,
+        ge=0,
+        description="Most catalog items a worker adds to its index from their content between two trainings "
+        "(each costs one embedding row); later new items are served only through trending until retraining.",
+    )
+    cold_start_prior_events: float = Field(
+        2.0,
+        ge=0,
+        description="Blend of trending into personalised results: a user with n events on known items gets the "
+        "personalised list weighted n / (n + this) and context trending the rest (rank fusion). 0 turns the "
+        "blend off (personalised as soon as one known item is touched).",
+    )
+    diversity_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="MMR trade-off λ: each slot maximises (1 − λ)·relevance − λ·(similarity to items already "
+        "chosen). 0 keeps the ranked order; see the README for the measured cost in hit rate.",
+    )
+    max_per_category: int = Field(
+        0,
+        ge=0,
+        description="Most items of one category in a list (0: no cap); item clusters stand in for "
+        "categories the catalog does not give.",
+    )
+    max_impressions_without_engagement: int = Field(
+        0,
+        ge=0,
+        description="Stop recommending an item to a user after it was in this many of their published lists "
+        "without the user touching it (0: off). Counts published lists, so enable it when every list is shown.",
+    )
+    deny_items: list[str] = Field(
+        default_factory=list, description="Items never recommended to anyone (JSON list in the environment)."
+    )
+    tenant_deny_items: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Items never recommended within a tenant: `{tenant: [item, ...]}`; the tenant is the event's "
+        "`context.tenant`. An event's `context.exclude_items` adds per-request exclusions.",
+    )
+    exploration_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Share of each list's slots given to exploration: under-exposed items chosen by Thompson "
+        "sampling, marked `explore: true` in the output.",
+    )
+    exploration_max_impressions: int = Field(
+        100, ge=1, description="Items shown at least this often by this worker are no longer explored."
+    )
+    segment_label_limit: int = Field(
+        64,
+        ge=0,
+        description="Segment ids label the per-segment metrics only when the model has at most this many "
+        "segments, keeping Prometheus series bounded.",
+    )
+    random_seed: int | None = Field(
+        None, description="Seed of exploration's random draws (None: fresh each start); fixed in tests."
     )
 
     # --- Worker ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ def required_topics(settings: Settings) -> dict[str, dict[str, str]]:
         settings.recommendations_topic: {},
         settings.dead_letter_topic: {},
         settings.state_topic: {"cleanup.policy": "compact"},
+        settings.items_topic: {"cleanup.policy": "compact"},
     }
 
 

@@ -7,6 +7,9 @@ factor would overflow float64.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import Any
+
 import numpy as np
 
 _RESCALE_AFTER_HALF_LIVES = 200.0  # 2**200 is far inside float64 range
@@ -60,3 +63,47 @@ class TrendingCounter:
         result = [(self._item_ids[i], float(scores[i] / top_score)) for i in best]
         self._top_cache = (self._version, result)
         return result
+
+
+class TrendingBoard:
+    """Trending at three scopes: the whole shop, each category, and each user segment.
+
+    A cold-start user is served what rises in the categories they just touched and among users like them, not
+    only what the whole shop buys. Scopes are created on first use; :attr:`max_scopes` bounds their number so a
+    producer sending a new category on every event cannot exhaust memory (further scopes are not tracked).
+    """
+
+    def __init__(self, half_life_s: float, max_scopes: int = 100_000) -> None:
+        self.half_life_s = half_life_s
+        self.max_scopes = max_scopes
+        self.overall = TrendingCounter(half_life_s)
+        self.by_category: dict[str, TrendingCounter] = {}
+        self.by_segment: dict[int, TrendingCounter] = {}
+
+    def add(self, item_id: str, weight: float, ts: float, category: str | None, segment: int | None) -> None:
+        self.overall.add(item_id, weight, ts)
+        if category is not None:
+            counter = self._scope(self.by_category, category)
+            if counter is not None:
+                counter.add(item_id, weight, ts)
+        if segment is not None:
+            counter = self._scope(self.by_segment, segment)
+            if counter is not None:
+                counter.add(item_id, weight, ts)
+
+    def top(self, n: int) -> list[tuple[str, float]]:
+        return self.overall.top(n)
+
+    def top_in_category(self, category: str, n: int) -> list[tuple[str, float]]:
+        counter = self.by_category.get(category)
+        return [] if counter is None else counter.top(n)
+
+    def top_in_segment(self, segment: int, n: int) -> list[tuple[str, float]]:
+        counter = self.by_segment.get(segment)
+        return [] if counter is None else counter.top(n)
+
+    def _scope(self, scopes: dict[Any, TrendingCounter], key: Hashable) -> TrendingCounter | None:
+        counter = scopes.get(key)
+        if counter is None and len(self.by_category) + len(self.by_segment) < self.max_scopes:
+            counter = scopes[key] = TrendingCounter(self.half_life_s, initial_capacity=64)
+        return counter

@@ -19,6 +19,7 @@ import orjson
 from stream.events import Event, EventType
 
 STATE_FORMAT = 1
+MAX_SHOWN_ITEMS = 200
 
 
 @dataclass(slots=True)
@@ -42,6 +43,19 @@ class UserState:
     # Input position of the last event applied. A redelivered event (at-least-once) is not applied twice.
     last_partition: int = -1
     last_offset: int = -1
+    # Items recommended to the user and not touched since, with how often: the "ignored" rule and the
+    # engagement statistics of exploration read it. Bounded to the most recently shown items.
+    shown: dict[str, int] = field(default_factory=dict)
+
+    def record_shown(self, item_ids: list[str], max_items: int = MAX_SHOWN_ITEMS) -> None:
+        for item_id in item_ids:
+            self.shown[item_id] = self.shown.pop(item_id, 0) + 1
+        while len(self.shown) > max_items:
+            del self.shown[next(iter(self.shown))]
+
+    def record_engaged(self, item_id: str) -> bool:
+        """Forget the impressions of an item the user touched; True when it had been recommended to them."""
+        return self.shown.pop(item_id, None) is not None
 
     def already_applied(self, partition: int, offset: int) -> bool:
         return partition == self.last_partition and offset <= self.last_offset
@@ -159,6 +173,7 @@ def encode_state(state: UserState) -> bytes:
             "n_events": state.n_events,
             "last_partition": state.last_partition,
             "last_offset": state.last_offset,
+            "shown": state.shown,
         }
     )
 
@@ -182,4 +197,5 @@ def decode_state(payload: bytes, max_recent_items: int) -> UserState:
         n_events=int(data["n_events"]),
         last_partition=int(data["last_partition"]),
         last_offset=int(data["last_offset"]),
+        shown={str(item): int(count) for item, count in data.get("shown", {}).items()},  # absent in older states
     )

@@ -1,8 +1,9 @@
 """Starting a worker: load the model, serve ``/metrics``, run the chosen runtime until SIGTERM or SIGINT.
 
-A worker also watches the artifact directory: when ``streamrec train`` writes a new version and moves
-``LATEST`` to it, the worker loads and checks it in the background and swaps it in between two batches, so a
-model update needs no restart and loses no event.
+A worker holds the whole catalog, read from the ``items`` topic before the first event is processed and
+followed from then on (``stream/runtime/catalog_feed.py``). It also watches the artifact directory: when
+``streamrec train`` writes a new version and moves ``LATEST`` to it, the worker loads and checks it in the
+background and swaps it in between two batches, so a model update needs no restart and loses no event.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import torch
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
@@ -20,6 +23,7 @@ from model.artifacts import ArtifactError, ModelArtifacts, load_artifacts, resol
 from stream.metrics import WorkerMetrics
 from stream.pipeline import Pipeline
 from stream.runtime.base import BatchRuntime
+from stream.runtime.catalog_feed import CatalogFeed
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
@@ -95,10 +99,23 @@ async def _serve(settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics)
     watcher = None
     if settings.model_poll_interval_s > 0:
         watcher = asyncio.create_task(watch_model(settings, pipeline, worker.batch_lock, stop))
+    catalog = CatalogFeed(settings, pipeline, worker.batch_lock)
+    catalog_task = asyncio.create_task(catalog.run(stop))
     try:
-        await worker.run(stop)
+        # Events wait for the catalog: availability must be known before the first recommendation.
+        await _first_of(catalog.caught_up.wait(), stop.wait())
+        if not stop.is_set():
+            await worker.run(stop)
     finally:
         stop.set()
+        await catalog_task
         if watcher is not None:
             await watcher
     log.info("worker stopped")
+
+
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()

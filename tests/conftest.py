@@ -30,5 +30,8 @@ def trained_artifacts(shop: tuple[list[Event], list[dict]], tmp_path_factory: py
     from model.train import TrainConfig, train_artifacts
 
     out = tmp_path_factory.mktemp("artifacts")
-    config = TrainConfig(dim=32, max_len=20, layers=1, heads=2, max_epochs=8, patience=3, seed=3)
-    return train_artifacts(EventLog.from_events(shop[0], name="test-shop"), out, config, progress=False)
+    config = TrainConfig(
+        dim=32, max_len=20, layers=1, heads=2, max_epochs=8, patience=3, seed=3, n_segments=8, content_encoder="hashed"
+    )
+    log = EventLog.from_events(shop[0], name="test-shop")
+    return train_artifacts(log, out, config, progress=False, catalog=shop[1])

@@ -63,6 +63,7 @@ class TopicNames:
     recommendations: str
     dead_letters: str
     state: str
+    items: str
     group: str
 
     def env(self) -> dict[str, str]:
@@ -71,6 +72,7 @@ class TopicNames:
             "STREAMREC_RECOMMENDATIONS_TOPIC": self.recommendations,
             "STREAMREC_DEAD_LETTER_TOPIC": self.dead_letters,
             "STREAMREC_STATE_TOPIC": self.state,
+            "STREAMREC_ITEMS_TOPIC": self.items,
             "STREAMREC_CONSUMER_GROUP": self.group,
         }
 
@@ -78,7 +80,14 @@ class TopicNames:
 @pytest.fixture
 def topics() -> TopicNames:
     suffix = uuid.uuid4().hex[:8]
-    return TopicNames(f"events-{suffix}", f"recs-{suffix}", f"dlq-{suffix}", f"state-{suffix}", f"streamrec-{suffix}")
+    return TopicNames(
+        f"events-{suffix}",
+        f"recs-{suffix}",
+        f"dlq-{suffix}",
+        f"state-{suffix}",
+        f"items-{suffix}",
+        f"streamrec-{suffix}",
+    )
 
 
 @pytest.fixture

@@ -1,24 +1,73 @@
-from stream.filters import ScoredItem, select_top_k
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+from stream.events import Event, EventType
+from stream.filters import ScoredItem, allowed_pool
+from stream.rules import DenyList, ExcludeBought, ExcludeCurrentItem, Request, RuleSet
+from stream.user_state import UserState
 
 
-def items(*ids: str, reason: str = "personalized") -> list[ScoredItem]:
-    return [ScoredItem(i, 1.0 / (n + 1), reason) for n, i in enumerate(ids)]
+def items(*ids: str, source: str = "ann") -> list[ScoredItem]:
+    return [ScoredItem(item_id, 1.0 / (n + 1), source) for n, item_id in enumerate(ids)]
 
 
-def test_excluded_and_duplicate_items_never_pass() -> None:
-    chosen = select_top_k(items("a", "b", "a", "c", "d"), {"b": None}, k=3)
-    assert [i.item_id for i in chosen] == ["a", "c", "d"]
+def request(current: str = "now", bought: tuple[str, ...] = ()) -> Request:
+    state = UserState(user_id="u", recent=deque(maxlen=50))
+    state.bought.update(dict.fromkeys(bought))
+    return Request.of(state, Event(user_id="u", item_id=current, event_type=EventType.VIEW, ts=0.0))
 
 
-def test_short_lists_are_topped_up_from_fallback_without_repeats() -> None:
-    chosen = select_top_k(items("a"), {"x": None}, k=4, fallback=items("x", "a", "t1", "t2", "t3", reason="trending"))
-    assert [(i.item_id, i.reason) for i in chosen] == [
-        ("a", "personalized"),
-        ("t1", "trending"),
-        ("t2", "trending"),
-        ("t3", "trending"),
-    ]
+RULES = [ExcludeBought(), ExcludeCurrentItem(), DenyList(items=["denied"])]
 
 
-def test_returns_fewer_than_k_when_nothing_else_is_allowed() -> None:
-    assert [i.item_id for i in select_top_k(items("a", "b"), {"a": None}, k=5)] == ["b"]
+def ids(pool: list[ScoredItem]) -> list[str]:
+    return [item.item_id for item in pool]
+
+
+def test_scored_item_defaults_mark_an_unknown_exploited_item_without_explanation() -> None:
+    item = ScoredItem("a", 0.5, "trending")
+    assert (item.row, item.context, item.explore, item.reason, item.reason_code) == (-1, None, False, "", "")
+
+
+def test_blocked_items_never_enter_the_pool_and_order_is_kept() -> None:
+    pool = allowed_pool(
+        items("a", "now", "b", "denied", "bought", "c"), request(bought=("bought",)), RuleSet(RULES), size=10
+    )
+    assert ids(pool) == ["a", "b", "c"]
+
+
+def test_duplicates_are_kept_once_at_their_best_position() -> None:
+    candidates = items("a", "b", "a", "c", "b")
+    pool = allowed_pool(candidates, request(), RuleSet(RULES), size=10)
+    assert ids(pool) == ["a", "b", "c"]
+    assert pool[0] is candidates[0]  # the first (best) occurrence, with its own score and source
+
+
+def test_pool_stops_at_size_and_blocked_items_do_not_use_up_slots() -> None:
+    pool = allowed_pool(items("now", "a", "denied", "b", "c", "d"), request(), RuleSet(RULES), size=3)
+    assert ids(pool) == ["a", "b", "c"]
+
+
+def test_pool_is_shorter_than_size_when_few_items_are_allowed() -> None:
+    assert ids(allowed_pool(items("a", "now", "a"), request(), RuleSet(RULES), size=5)) == ["a"]
+    assert allowed_pool(items("a", "b"), request(), RuleSet(RULES), size=0) == []
+
+
+def test_pool_reads_a_lazy_iterable_only_as_far_as_needed() -> None:
+    consumed: list[str] = []
+
+    def candidates() -> Iterator[ScoredItem]:
+        for item in items("a", "b", "c", "d"):
+            consumed.append(item.item_id)
+            yield item
+
+    assert ids(allowed_pool(candidates(), request(), RuleSet(RULES), size=2)) == ["a", "b"]
+    assert "d" not in consumed
+
+
+def test_rule_counts_count_each_blocked_item_once_even_when_duplicated() -> None:
+    rules = RuleSet(RULES)
+    allowed_pool(items("now", "now", "denied", "a", "denied"), request(), rules, size=10)
+    assert rules.take_counts() == {"bought": 0, "current_item": 1, "deny_list": 1}

@@ -102,3 +102,117 @@ def test_bad_inputs_are_rejected(data: tuple[np.ndarray, np.ndarray], tmp_path: 
         ItemIndex.build(np.zeros((0, DIM), dtype=np.float32))
     with pytest.raises(FileNotFoundError):
         ItemIndex.load(tmp_path / "missing.faiss")
+
+
+# --- live updates: add and availability -----------------------------------------------------------------
+KINDS = ["flat", "hnsw", "ivf"]
+
+
+@pytest.fixture(scope="module")
+def small() -> np.ndarray:
+    """A catalogue small enough that every kind searches it exhaustively (IVF probes all its cells)."""
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(300, DIM)).astype(np.float32)
+
+
+def _build_small(items: np.ndarray, kind: str) -> ItemIndex:
+    """``kind`` over ``items`` with breadth wide enough that filtered searches are exact on this catalogue."""
+    return ItemIndex.build(items, kind, ivf_nlist=4, nprobe=4, ef_search=256)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_added_vectors_are_found_and_old_results_kept(small: np.ndarray, kind: str) -> None:
+    index = _build_small(small, kind)
+    queries = small[:20]
+    before_scores, before = index.search(queries, 5)
+    rng = np.random.default_rng(2)
+    new = 10.0 * rng.normal(size=(3, DIM)).astype(np.float32)  # long vectors: each is its own best match
+    rows = index.add(new)
+    assert rows.dtype == np.int64 and rows.tolist() == [300, 301, 302] and len(index) == 303
+    assert index.search(new, 1)[1][:, 0].tolist() == rows.tolist()
+    assert all(index.is_available(int(r)) for r in rows)
+    # Queries that score every new row below their old 5th hit keep exactly their old results.
+    unaffected = (queries @ new.T < before_scores[:, [-1]]).all(axis=1)
+    assert unaffected.any()
+    assert np.array_equal(index.search(queries, 5)[1][unaffected], before[unaffected])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unavailable_rows_are_never_returned_and_can_come_back(small: np.ndarray, kind: str) -> None:
+    index = _build_small(small, kind)
+    queries = small[:10]
+    _, rows = index.search(queries, 5)
+    best = rows[:, 0]
+    index.set_available(best, False)
+    assert index.n_unavailable == len(np.unique(best)) and not index.is_available(int(best[0]))
+    scores, filtered = index.search(queries, 5)
+    assert (filtered >= 0).all() and np.isfinite(scores).all()  # still k results
+    assert not np.isin(filtered, best).any()
+    exact = queries @ small.T
+    exact[:, best] = -np.inf
+    assert np.array_equal(filtered, np.argsort(-exact, axis=1, kind="stable")[:, :5])
+    index.set_available(best, True)
+    assert index.n_unavailable == 0 and index.is_available(int(best[0]))
+    assert np.array_equal(index.search(queries, 5)[1], rows)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_only_available_rows_come_back_padded_with_minus_one(small: np.ndarray, kind: str) -> None:
+    index = _build_small(small, kind)
+    keep = [7, 150, 299]
+    index.set_available(np.setdiff1d(np.arange(len(small)), keep), False)
+    assert index.n_unavailable == len(small) - 3
+    scores, rows = index.search(small[:4], 6)
+    assert all(sorted(r[:3].tolist()) == keep for r in rows)
+    assert (rows[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all()
+    added = index.add(small[:1])  # rows added later are available, even under a cached selector
+    assert index.search(small[:1], 1)[1][0, 0] == added[0]
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_search_breadth_still_applies_under_a_filter(small: np.ndarray, kind: str) -> None:
+    index = _build_small(small, kind)
+    index.set_available([0], False)
+    index.search(small[:1], 3)  # builds and caches the filtered parameters
+    index.set_search_params(ef_search=40, nprobe=2)
+    params = index._filtered_search_params()
+    assert (params.efSearch if kind == "hnsw" else params.nprobe) == (40 if kind == "hnsw" else 2)
+
+
+def test_selector_is_cached_until_the_mask_changes(small: np.ndarray) -> None:
+    index = _build_small(small, "flat")
+    index.set_available([3, 4], False)
+    first = index._filtered_search_params()
+    index.set_available([3], False)  # no change
+    assert index._filtered_search_params() is first
+    index.set_available([5], False)
+    assert index._filtered_search_params() is not first
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_updates_are_rejected(small: np.ndarray, kind: str) -> None:
+    index = _build_small(small, kind)
+    with pytest.raises(ValueError):
+        index.add(np.zeros((2, DIM + 1), dtype=np.float32))
+    with pytest.raises(ValueError):
+        index.add(np.zeros(DIM, dtype=np.float32))
+    assert index.add(np.zeros((0, DIM), dtype=np.float32)).shape == (0,) and len(index) == len(small)
+    with pytest.raises(IndexError):
+        index.set_available([len(small)], False)
+    with pytest.raises(IndexError):
+        index.set_available([-1], False)
+    with pytest.raises(IndexError):
+        index.is_available(len(small))
+    with pytest.raises(TypeError):
+        index.set_available(np.ones(len(small), dtype=bool), False)
+    index.set_available([], False)
+    assert index.n_unavailable == 0
+
+
+def test_save_writes_vectors_only_and_load_starts_all_available(small: np.ndarray, tmp_path: Path) -> None:
+    index = _build_small(small, "hnsw")
+    index.add(small[:2])
+    index.set_available([0, 1], False)
+    index.save(tmp_path / "index.faiss")
+    loaded = ItemIndex.load(tmp_path / "index.faiss")
+    assert len(loaded) == len(small) + 2 and loaded.n_unavailable == 0 and loaded.is_available(0)

@@ -16,6 +16,7 @@ from model.artifacts import (
     INDEX_FILE,
     ITEM_IDS_FILE,
     ITEM_KNN_FILE,
+    SEGMENTS_FILE,
     LATEST_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -90,7 +91,7 @@ def test_artifact_directory_and_manifest(trained: Path, log: EventLog) -> None:
     root = trained.parent
     assert (root / LATEST_FILE).read_text().strip() == trained.name
     assert {p.name for p in trained.iterdir()} == {
-        MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE, CURVE_FILE, MANIFEST_FILE, ITEM_KNN_FILE,
+        MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE, CURVE_FILE, MANIFEST_FILE, ITEM_KNN_FILE, SEGMENTS_FILE,
     }  # fmt: skip
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging or temporary files left
     assert (trained / CURVE_FILE).read_bytes().startswith(b"\x89PNG")

@@ -1,6 +1,8 @@
+from __future__ import annotations
+
 import pytest
 
-from stream.trending import TrendingCounter
+from stream.trending import TrendingBoard, TrendingCounter
 
 HOUR = 3600.0
 
@@ -34,3 +36,48 @@ def test_counts_survive_rescaling_over_very_long_streams() -> None:
 
 def test_empty_counter_has_no_trending_items() -> None:
     assert TrendingCounter(half_life_s=HOUR).top(5) == []
+
+
+def test_board_keeps_category_and_segment_counts_apart_from_the_overall_ones() -> None:
+    board = TrendingBoard(half_life_s=HOUR)
+    board.add("a", 5.0, 0.0, category="shoes", segment=1)
+    board.add("b", 3.0, 0.0, category="bags", segment=1)
+    board.add("c", 1.0, 0.0, category="shoes", segment=2)
+    board.add("d", 4.0, 0.0, category=None, segment=None)
+    assert [item for item, _ in board.top(10)] == ["a", "d", "b", "c"]
+    assert board.top_in_category("shoes", 10) == [("a", 1.0), ("c", 0.2)]
+    assert board.top_in_category("bags", 10) == [("b", 1.0)]
+    assert board.top_in_segment(1, 10) == [("a", 1.0), ("b", 0.6)]
+    assert board.top_in_segment(2, 10) == [("c", 1.0)]
+    assert board.top_in_category("shoes", 1) == [("a", 1.0)]
+
+
+def test_board_scopes_decay_like_the_overall_counter() -> None:
+    board = TrendingBoard(half_life_s=HOUR)
+    board.add("old", 8.0, 0.0, category="shoes", segment=1)
+    board.add("new", 3.0, 2 * HOUR, category="shoes", segment=1)
+    for top in (board.top(2), board.top_in_category("shoes", 2), board.top_in_segment(1, 2)):
+        assert [item for item, _ in top] == ["new", "old"]
+        assert top[1][1] == pytest.approx(2 / 3)
+
+
+def test_unknown_scope_has_no_trending_items() -> None:
+    board = TrendingBoard(half_life_s=HOUR)
+    board.add("a", 1.0, 0.0, category="shoes", segment=1)
+    assert board.top_in_category("garden", 5) == []
+    assert board.top_in_segment(99, 5) == []
+
+
+def test_max_scopes_stops_creating_scopes_but_keeps_counting_existing_ones() -> None:
+    board = TrendingBoard(half_life_s=HOUR, max_scopes=2)
+    board.add("a", 1.0, 0.0, category="c1", segment=None)
+    board.add("b", 1.0, 0.0, category=None, segment=1)
+    board.add("x", 9.0, 0.0, category="c2", segment=2)  # both would be new scopes: neither is created
+    board.add("a", 2.0, 0.0, category="c1", segment=1)
+    assert set(board.by_category) == {"c1"}
+    assert set(board.by_segment) == {1}
+    assert board.top_in_category("c2", 5) == []
+    assert board.top_in_segment(2, 5) == []
+    assert board.top_in_segment(1, 5) == [("a", 1.0), ("b", 0.5)]
+    assert board.top_in_category("c1", 5) == [("a", 1.0)]
+    assert board.top(1) == [("x", 1.0)]  # the overall scope still counts everything

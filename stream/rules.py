@@ -1,0 +1,145 @@
+"""Business rules: small, composable checks that keep an item out of one user's recommendations.
+
+Each rule answers one question about one item for one request, so a merchandiser's policy is a list of rules
+(:class:`RuleSet`) that is easy to read, test and extend. List-level limits that depend on what was already chosen
+(category caps) live in the selection stage (``stream/filters.py``), which asks the rule set about every candidate.
+
+Per-request input comes from the triggering event's ``context`` object:
+
+* ``context.tenant`` — the shop or storefront the event belongs to; selects a per-tenant deny list;
+* ``context.exclude_items`` — items this request must not show (e.g. what is already on the page).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from stream.catalog import Catalog
+from stream.events import Event
+from stream.user_state import UserState
+
+MAX_REQUEST_EXCLUSIONS = 1_000
+
+
+@dataclass(slots=True)
+class Request:
+    """One recommendation to build: the user, their state after the trigger event, and request-level inputs."""
+
+    user_id: str
+    state: UserState
+    trigger: Event
+    tenant: str | None = None
+    exclude_items: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(cls, state: UserState, trigger: Event) -> Request:
+        context = trigger.context or {}
+        tenant = context.get("tenant")
+        excluded = context.get("exclude_items")
+        items: frozenset[str] = frozenset()
+        if isinstance(excluded, list):
+            items = frozenset(str(item) for item in excluded[:MAX_REQUEST_EXCLUSIONS] if isinstance(item, str | int))
+        return cls(
+            user_id=trigger.user_id,
+            state=state,
+            trigger=trigger,
+            tenant=str(tenant) if isinstance(tenant, str | int) and not isinstance(tenant, bool) else None,
+            exclude_items=items,
+        )
+
+
+class ItemRule(Protocol):
+    """A rule that may block one item for one request. ``name`` labels the metric of blocked items."""
+
+    name: str
+
+    def blocks(self, item_id: str, request: Request) -> bool: ...
+
+
+class ExcludeBought:
+    """A purchased item is not recommended again (the user state remembers the latest purchases)."""
+
+    name = "bought"
+
+    def blocks(self, item_id: str, request: Request) -> bool:
+        return item_id in request.state.bought
+
+
+class ExcludeCurrentItem:
+    """The item the user is looking at right now is not recommended back to them."""
+
+    name = "current_item"
+
+    def blocks(self, item_id: str, request: Request) -> bool:
+        return item_id == request.trigger.item_id
+
+
+class ExcludeUnavailable:
+    """Items the catalog marks unavailable (or deleted) are never recommended."""
+
+    name = "unavailable"
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def blocks(self, item_id: str, request: Request) -> bool:
+        return not self.catalog.is_available(item_id)
+
+
+class DenyList:
+    """Items no user may see (``deny_items``), items one tenant's users may not see, and the request's own list."""
+
+    name = "deny_list"
+
+    def __init__(self, items: Sequence[str] = (), per_tenant: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.items = frozenset(items)
+        self.per_tenant = {tenant: frozenset(denied) for tenant, denied in (per_tenant or {}).items()}
+
+    def blocks(self, item_id: str, request: Request) -> bool:
+        if item_id in self.items or item_id in request.exclude_items:
+            return True
+        tenant_items = self.per_tenant.get(request.tenant) if request.tenant is not None else None
+        return tenant_items is not None and item_id in tenant_items
+
+
+class ExcludeIgnored:
+    """An item recommended ``max_impressions`` times without the user touching it stops being recommended.
+
+    Impressions are counted per user from the published recommendations and reset when the user interacts
+    with the item (``UserState.shown``).
+    """
+
+    name = "ignored"
+
+    def __init__(self, max_impressions: int) -> None:
+        if max_impressions < 1:
+            raise ValueError("max_impressions must be at least 1")
+        self.max_impressions = max_impressions
+
+    def blocks(self, item_id: str, request: Request) -> bool:
+        return request.state.shown.get(item_id, 0) >= self.max_impressions
+
+
+class RuleSet:
+    """Rules applied in order; the first that blocks an item names the reason. Counts what each rule blocked."""
+
+    def __init__(self, rules: Sequence[ItemRule]) -> None:
+        self.rules = list(rules)
+        self.blocked: dict[str, int] = {rule.name: 0 for rule in self.rules}
+
+    def blocking_rule(self, item_id: str, request: Request) -> str | None:
+        for rule in self.rules:
+            if rule.blocks(item_id, request):
+                self.blocked[rule.name] += 1
+                return rule.name
+        return None
+
+    def allows(self, item_id: str, request: Request) -> bool:
+        return self.blocking_rule(item_id, request) is None
+
+    def take_counts(self) -> dict[str, int]:
+        """Items blocked per rule since the last call (for the metrics), resetting the counts."""
+        counts, self.blocked = self.blocked, {rule.name: 0 for rule in self.rules}
+        return counts

@@ -1,0 +1,119 @@
+"""Following the catalog topic: every worker reads all of ``items`` from the beginning and then keeps up.
+
+This is a global table, not a consumer-group subscription: any worker may recommend any item, so each needs the
+whole catalog. The topic is compacted (the latest record per item survives), so reading it from the start on
+every launch costs one record per item. The worker starts consuming events only once the feed has caught up
+with the high watermark read at start-up, so a restarted worker never recommends an item it has not yet seen
+withdrawn.
+
+Records are applied between two event batches (under the runtime's batch lock). Text embeddings of new items,
+the slow part, are computed before taking the lock. A record that fails validation is counted in
+``streamrec_catalog_rejected_total`` and logged with its offset; it stays in the topic for the shop to fix, and
+is not dead-lettered, since every worker reads every catalog record and would each report it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from stream.catalog import CatalogItem, parse_catalog_item
+from stream.pipeline import Pipeline
+from stream.rejection import InvalidEvent
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CATALOG_FETCH_RECORDS = 2_000
+
+
+class CatalogFeed:
+    """Applies the catalog topic to a pipeline; :attr:`caught_up` is set once the start-up backlog is applied."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, lock: asyncio.Lock) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.lock = lock
+        self.caught_up = asyncio.Event()
+        self.records_applied = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id="streamrec-catalog",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=max(5, settings.batch_max_wait_ms),
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            partitions = await self._partitions(consumer, stop)
+            await consumer.seek_to_beginning(*partitions)
+            backlog = set(partitions)
+            while not stop.is_set():
+                try:
+                    fetched = await consumer.getmany(timeout_ms=200, max_records=CATALOG_FETCH_RECORDS)
+                except KafkaError as exc:
+                    log.warning("reading %s failed (%s); retrying", settings.items_topic, exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                if fetched:
+                    await self._apply([record for records in fetched.values() for record in records])
+                if backlog:
+                    for tp in list(backlog):
+                        highwater = consumer.highwater(tp)
+                        if highwater is not None and await consumer.position(tp) >= highwater:
+                            backlog.discard(tp)
+                    if not backlog:
+                        log.info("catalog loaded: %d items", len(self.pipeline.catalog))
+                        self.caught_up.set()
+        finally:
+            self.caught_up.set()  # never leave the worker waiting on a feed that has stopped
+            await consumer.stop()
+
+    async def _partitions(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> list[TopicPartition]:
+        topic = self.settings.items_topic
+        while not stop.is_set():
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions:
+                tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+                consumer.assign(tps)
+                return tps
+            await consumer.force_metadata_update()
+            await asyncio.sleep(0.2)
+        return []
+
+    async def _apply(self, records: list) -> None:
+        started = time.perf_counter()
+        metrics = self.pipeline.metrics
+        items: list[CatalogItem] = []
+        removed: list[str] = []
+        for record in records:
+            if record.value is None and record.key is not None:
+                removed.append(record.key.decode("utf-8", "replace"))
+                continue
+            try:
+                items.append(
+                    parse_catalog_item(
+                        record.value, record.key, self.pipeline.validation_rules, self.settings.max_payload_bytes
+                    )
+                )
+            except InvalidEvent as rejection:
+                log.warning(
+                    "rejected catalog record %s/%d@%d: %s", record.topic, record.partition, record.offset, rejection
+                )
+                if metrics:
+                    metrics.catalog_rejected.labels(rejection.reason).inc()
+        vectors = await asyncio.to_thread(self.pipeline.text_vectors, items) if items else {}
+        async with self.lock:
+            self.pipeline.apply_catalog(items, vectors)
+            for item_id in removed:
+                self.pipeline.remove_catalog_item(item_id)
+        self.records_applied += len(records)
+        if metrics:
+            metrics.catalog_update_seconds.observe(time.perf_counter() - started)
