@@ -21,6 +21,8 @@ pytestmark = pytest.mark.integration
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "stream" / "schemas"
 K = 20
+PERSONAL = {"ann", "covisitation", "item_knn"}  # candidate sources of the personalised ranking
+TRENDING = {"trending", "trending_in", "trending_segment"}
 
 
 def _category_items(catalog_categories: dict[str, str], known: set[str], rank: int = 0) -> tuple[str, list[str]]:
@@ -117,7 +119,10 @@ def test_recommendations_follow_the_user_and_bad_input_is_dead_lettered(
     assert len(recommended) == K == len(set(recommended))
     assert after_buy["trigger"] == {"event_id": f"{user}-buy", "item_id": bought, "event_type": "buy", "ts": now + 7}
     assert bought not in recommended
-    assert all(item["reason"] == "personalized" for item in after_buy["items"])
+    # Seven events: the personalised ranking leads; context trending may fill a few lower slots (the blend).
+    assert after_buy["items"][0]["source"] in PERSONAL
+    assert sum(item["source"] in PERSONAL for item in after_buy["items"]) >= K // 2
+    assert all(item["reason"] and item["reason_code"] for item in after_buy["items"])
     assert after_buy["model_version"] == trained_artifacts.name
 
     # Each user's interest vector moved toward the region of what they touched: in the model's embedding space,
@@ -136,7 +141,7 @@ def test_recommendations_follow_the_user_and_bad_input_is_dead_lettered(
 
     # A user with no known history gets real-time trending items, which exist because of the journey above.
     assert len(cold["items"]) > 0
-    assert {item["reason"] for item in cold["items"]} == {"trending"}
+    assert {item["source"] for item in cold["items"]} <= TRENDING
     assert "never-seen-item" not in {item["item_id"] for item in cold["items"]}
 
     # Every bad message reached the dead-letter topic unchanged, with a machine-readable reason.
@@ -188,7 +193,7 @@ def test_state_and_uncommitted_events_survive_a_killed_worker(
 
     assert favourite not in {item["item_id"] for item in after["items"]}  # the purchase was restored
     assert second.metric_value("streamrec_users_restored_total") >= 1
-    assert {item["reason"] for item in after["items"]} == {"personalized"}
+    assert after["items"][0]["source"] in PERSONAL  # the restored history still drives the list
 
 
 def test_faust_runtime_serves_the_same_pipeline(

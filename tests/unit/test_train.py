@@ -16,10 +16,10 @@ from model.artifacts import (
     INDEX_FILE,
     ITEM_IDS_FILE,
     ITEM_KNN_FILE,
-    SEGMENTS_FILE,
     LATEST_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    SEGMENTS_FILE,
     load_artifacts,
 )
 from model.evaluate import interest_vectors
@@ -117,7 +117,9 @@ def test_artifact_directory_and_manifest(trained: Path, log: EventLog) -> None:
     assert manifest["index"]["kind"] == "flat" and manifest["index"]["recall@100"] == pytest.approx(1.0)
     for name in ("ranker", "retrieval", "popularity"):
         assert {"hr@10", "ndcg@10"} <= set(manifest["metrics"]["test"][name])
-    assert set(manifest["files"]) == {MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE, CURVE_FILE, ITEM_KNN_FILE}
+    assert set(manifest["files"]) == {MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE, CURVE_FILE, ITEM_KNN_FILE, SEGMENTS_FILE}
+    assert sum(manifest["segments"]["users_per_segment"]) == manifest["data"]["users"]
+    assert "content" not in manifest  # trained without a catalog: new items cannot be embedded
     # The item-kNN blend weight is the grid's best by validation NDCG@10.
     by_weight = manifest["blend_validation"]["ndcg@10"]
     assert set(by_weight) == {str(float(w)) for w in CONFIG.blend_weights}
@@ -212,3 +214,21 @@ def test_attach_item_knn_publishes_a_new_version_of_an_old_artifact(trained: Pat
     assert {name: digest for name, digest in new["files"].items() if name != MANIFEST_FILE} == old["files"]
     artifacts = load_artifacts(attached)
     assert artifacts.item_knn is not None and artifacts.blend_weight == old["blend_weight"]
+
+
+def test_a_catalog_gives_the_artifacts_a_content_projection(trained_artifacts: Path, shop) -> None:
+    """The session model was trained with the simulated shop's catalog (tests/conftest.py)."""
+    from model.artifacts import load_artifacts
+    from model.content import item_text, load_encoder
+
+    artifacts = load_artifacts(trained_artifacts)
+    assert artifacts.content is not None and artifacts.segments is not None
+    assert artifacts.manifest["content"]["encoder"] == artifacts.content.encoder_name == "hashed-512"
+    assert artifacts.manifest["content"]["items"] == len(shop[1])
+    # The projection places an item's text nearer to its own learned embedding than the average item is.
+    encoder = load_encoder(artifacts.content.encoder_name)
+    projected = artifacts.content.project(encoder.encode([item_text(record) for record in shop[1]]))
+    learned = artifacts.item_embeddings[[artifacts.row_of[record["item_id"]] for record in shop[1]]]
+    unit = learned / np.linalg.norm(learned, axis=1, keepdims=True)
+    own = np.einsum("id,id->i", projected, unit)
+    assert own.mean() > (projected @ unit.T).mean() + 0.1
