@@ -42,13 +42,19 @@ class CoVisitation:
             self._counts.extend({} for _ in range(missing))
             self._item_totals = np.concatenate([self._item_totals, np.zeros(missing)])
 
-    def strength(self, source: int, target: int) -> float:
-        """Cosine-normalised co-visitation of two rows (0 when never seen together)."""
-        if source >= len(self._counts) or target >= len(self._counts):
-            return 0.0
-        count = self._counts[source].get(target, 0.0)
-        totals = self._item_totals[source] * self._item_totals[target]
-        return float(count / np.sqrt(totals)) if count and totals > 0 else 0.0
+    def strengths(self, sources: Sequence[int], targets: Sequence[int]) -> np.ndarray:
+        """``[sources, targets]`` cosine-normalised co-visitation (0 where never seen together)."""
+        out = np.zeros((len(sources), len(targets)))
+        size = len(self._counts)
+        for i, source in enumerate(sources):
+            if source >= size or self._item_totals[source] == 0:
+                continue
+            counts = self._counts[source]
+            for j, target in enumerate(targets):
+                count = counts.get(target)
+                if count and target < size and self._item_totals[target] > 0:
+                    out[i, j] = count / np.sqrt(self._item_totals[source] * self._item_totals[target])
+        return out
 
     def add(self, previous_rows: Sequence[int], row: int) -> None:
         """Record that ``row`` was touched after ``previous_rows`` (oldest first; the last ``window`` count)."""

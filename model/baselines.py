@@ -212,11 +212,18 @@ class ItemKNNModel:
             scores[hit] = sums[found[hit]]
         return np.split(scores, np.cumsum(lengths)[:-1]) if len(candidates) else []
 
-    def similarity(self, row: int, other: int) -> float:
-        """``sim(row, other)`` from the sparse table (0 when the pair never co-occurred)."""
-        begin, end = int(self.indptr[row]), int(self.indptr[row + 1])
-        hits = np.flatnonzero(self.neighbors[begin:end] == other)
-        return float(self.similarities[begin + hits[0]]) if len(hits) else 0.0
+    def similarities_between(self, rows: Sequence[int], others: Sequence[int]) -> np.ndarray:
+        """``[rows, others]`` stored similarities (0 for pairs that never co-occurred or lie outside the model)."""
+        out = np.zeros((len(rows), len(others)))
+        wanted = np.asarray(others, dtype=np.int64)
+        for i, row in enumerate(rows):
+            if not 0 <= row < self.n_items:
+                continue
+            begin, end = int(self.indptr[row]), int(self.indptr[row + 1])
+            match = self.neighbors[begin:end, None] == wanted[None, :]
+            entry, column = np.nonzero(match)
+            out[i, column] = self.similarities[begin + entry]
+        return out
 
     def top_neighbors(self, recent: Sequence[int], n: int, excluded: set[int]) -> np.ndarray:
         """The ``n`` best-scored rows for one user whose latest interaction rows are ``recent`` (most recent

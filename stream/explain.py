@@ -45,14 +45,14 @@ class ItemRows(Protocol):
 class Explainer:
     """Fills ``reason`` and ``reason_code`` of the items of one list.
 
-    ``co_occurrence(anchor_row, row)`` is the strength with which the collaborative sources link two items;
+    ``co_occurrence(anchor_rows, rows)`` gives ``[anchors, rows]`` strengths of the collaborative sources' links;
     ``title_of`` gives display names (the item id where the catalog has none).
     """
 
     def __init__(
         self,
         items: ItemRows,
-        co_occurrence: Callable[[int, int], float],
+        co_occurrence: Callable[[list[int], list[int]], np.ndarray],
         title_of: Callable[[str], str | None],
     ) -> None:
         self.items = items
@@ -61,15 +61,24 @@ class Explainer:
 
     def explain(self, items: Sequence[ScoredItem], recent: Sequence[RecentItem]) -> None:
         anchors = self._anchors(recent)
+        collaborative = [item.row for item in items if item.source in ("covisitation", "item_knn") and item.row >= 0]
+        links: dict[tuple[int, int], float] = {}  # (anchor row, row) -> strength, computed once per list
+        if anchors and collaborative:
+            strengths = self.co_occurrence([row for row, _ in anchors], collaborative)
+            for i, (anchor, _) in enumerate(anchors):
+                for j, row in enumerate(collaborative):
+                    links[anchor, row] = float(strengths[i, j])
         for item in items:
-            item.reason_code, item.reason = self._explain_one(item, anchors)
+            item.reason_code, item.reason = self._explain_one(item, anchors, links)
 
-    def _explain_one(self, item: ScoredItem, anchors: list[tuple[int, RecentItem]]) -> tuple[str, str]:
+    def _explain_one(
+        self, item: ScoredItem, anchors: list[tuple[int, RecentItem]], links: dict[tuple[int, int], float]
+    ) -> tuple[str, str]:
         anchors = [pair for pair in anchors if pair[0] != item.row]
         if item.explore:
             return "explore", "Something new you might like"
         if item.source in ("covisitation", "item_knn") and anchors and item.row >= 0:
-            anchor = max(anchors, key=lambda pair: self.co_occurrence(pair[0], item.row))[1]
+            anchor = max(anchors, key=lambda pair: links.get((pair[0], item.row), 0.0))[1]
             return f"bought_together:{anchor.item_id}", f"Often chosen with {self._name(anchor.item_id)}"
         if item.source == "ann" and anchors and item.row >= 0:
             rows = np.fromiter((row for row, _ in anchors), dtype=np.int64, count=len(anchors))

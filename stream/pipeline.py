@@ -282,7 +282,8 @@ class Pipeline:
         segments = self.artifacts.segments
         if segments is None or state.vector is None:
             return None
-        return int(segments.assign_users(state.vector[None, :])[0])
+        # Unit-norm centroids: the largest inner product is the nearest by cosine, without normalising the user.
+        return int(np.argmax(segments.user_centroids @ state.vector))
 
     # --- state restore (called by runtimes on partition assignment) -----------------------------------------
     def restore_state(self, partition: int, states: Sequence[UserState]) -> None:
@@ -448,7 +449,7 @@ class Pipeline:
         """The final list of one user: blend, rules, diversity and category caps, exploration, explanations."""
         settings = self.settings
         k = settings.top_k
-        pool_size = max(3 * k, 50)
+        pool_size = self._pool_size()
         head = pool_size + len(trigger.state.bought) + 1  # enough to fill the pool after the rules
         trigger.segment = self.segment_of(trigger.state)
         trending = trending_candidates(self.trending, self._recent_categories(trigger.state), trigger.segment, head)
@@ -489,6 +490,10 @@ class Pipeline:
         final = self.explorer.place(exploited, explored)
         self.explainer.explain(final, trigger.state.recent)
         return final
+
+    def _pool_size(self) -> int:
+        """Allowed candidates that diversity and exploration choose from."""
+        return max(3 * self.settings.top_k, 50)
 
     def _diversify(self, pool: list[ScoredItem], k: int) -> list[int]:
         settings = self.settings
@@ -590,8 +595,16 @@ class Pipeline:
         item_ids = items.item_ids
         for t, rows, row_scores, codes in zip(warm, candidates, scores, origin, strict=True):
             order = np.argsort(-row_scores, kind="stable")
+            # The filter stage reads the head of the ranking (twice the pool, to refill after the rules) and the
+            # live items anywhere in it (exploration): only those become objects.
+            limit = 2 * (self._pool_size() + len(t.state.bought) + 1)
+            tail = order[limit:]
+            keep = np.concatenate([order[:limit], tail[rows[tail] >= n_trained]])
             ranked[t.event.user_id] = [
-                ScoredItem(item_ids[rows[i]], float(row_scores[i]), source_names[codes[i]], int(rows[i])) for i in order
+                ScoredItem(item_ids[row], score, source_names[code], row)
+                for row, score, code in zip(
+                    rows[keep].tolist(), row_scores[keep].tolist(), codes[keep].tolist(), strict=True
+                )
             ]
         known = {t.event.user_id: len(history) for t, history in zip(warm, histories, strict=True)}
         return ranked, known
@@ -607,12 +620,12 @@ class Pipeline:
         rows, _ = self.covisitation.candidates(history, self.settings.covisitation_candidates, excluded)
         return rows
 
-    def _co_occurrence(self, anchor: int, row: int) -> float:
-        """How strongly the collaborative sources tie two rows (for explanations)."""
-        strength = self.covisitation.strength(anchor, row)
+    def _co_occurrence(self, anchors: list[int], rows: list[int]) -> np.ndarray:
+        """``[anchors, rows]``: how strongly the collaborative sources tie each pair (for explanations)."""
+        strength = self.covisitation.strengths(anchors, rows)
         item_knn = self.artifacts.item_knn
-        if item_knn is not None and anchor < item_knn.n_items and row < item_knn.n_items:
-            strength += item_knn.similarity(anchor, row)
+        if item_knn is not None:
+            strength += item_knn.similarities_between(anchors, rows)
         return strength
 
     @staticmethod

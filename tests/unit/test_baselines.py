@@ -170,3 +170,14 @@ def test_popularity_counts_training_interactions_only() -> None:
     valid = PopularityModel.fit(split, len(ITEMS), stage="valid")
     assert dict(zip(ITEMS, valid.counts.tolist(), strict=True))["c"] == 1
     assert dict(zip(ITEMS, valid.counts.tolist(), strict=True))["e"] == 0
+
+
+def test_pair_similarities_come_from_the_sparse_table() -> None:
+    indptr = np.array([0, 2, 3, 3], dtype=np.int64)
+    model = ItemKNNModel(indptr, np.array([1, 2, 0], dtype=np.int32), np.array([0.5, 0.25, 0.75], dtype=np.float32))
+    assert model.similarities_between([0, 1, 2, 7], [2, 0, 1]).tolist() == [
+        [0.25, 0.0, 0.5],
+        [0.0, 0.75, 0.0],
+        [0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0],
+    ]

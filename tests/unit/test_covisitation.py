@@ -47,3 +47,13 @@ def test_rows_stay_bounded_on_an_endless_stream() -> None:
 def test_invalid_parameters_are_refused() -> None:
     with pytest.raises(ValueError):
         CoVisitation(n_items=3, decay=0.0)
+
+
+def test_pair_strengths_match_the_neighbour_similarities() -> None:
+    covisitation = CoVisitation(5, window=2)
+    covisitation.fit_sequences([[0, 1, 2], [0, 1], [3, 4]])
+    strengths = covisitation.strengths([0, 3, 9], [1, 2, 4])
+    similar = covisitation.similar(0)
+    assert strengths[0].tolist() == [similar.get(1, 0.0), similar.get(2, 0.0), 0.0]
+    assert strengths[1, 2] == covisitation.similar(3)[4] > 0
+    assert not strengths[2].any()  # a row outside the table ties to nothing

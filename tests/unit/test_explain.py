@@ -34,7 +34,7 @@ def explainer(co_occurrence: dict[tuple[int, int], float] | None = None) -> Expl
     links = co_occurrence or {}
     return Explainer(
         FakeItems(ROW_OF, EMBEDDINGS),
-        co_occurrence=lambda anchor, row: links.get((anchor, row), 0.0),
+        co_occurrence=lambda anchors, rows: np.array([[links.get((a, r), 0.0) for r in rows] for a in anchors]),
         title_of=TITLES.get,
     )
 
@@ -83,7 +83,11 @@ def test_anchor_is_one_of_the_latest_known_items_only() -> None:
     # ...but falls out once ANCHOR_WINDOW newer known items follow it.
     newer = [(f"n{i}", "view") for i in range(ANCHOR_WINDOW)]
     items = FakeItems({**ROW_OF, **{f"n{i}": 10 + i for i in range(ANCHOR_WINDOW)}}, EMBEDDINGS)
-    explaining = Explainer(items, co_occurrence=lambda anchor, row: links.get((anchor, row), 0.0), title_of=TITLES.get)
+    explaining = Explainer(
+        items,
+        co_occurrence=lambda anchors, rows: np.array([[links.get((a, r), 0.0) for r in rows] for a in anchors]),
+        title_of=TITLES.get,
+    )
     item = ScoredItem("x", 1.0, "covisitation", row=7)
     explaining.explain([item], recent(old_favourite, *newer))
     # No newer anchor co-occurs with the item at all: the tie goes to the most recent one.
