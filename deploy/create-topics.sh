@@ -15,3 +15,6 @@ create recommendations "$PARTITIONS" --config cleanup.policy=compact,delete --co
 create events.dlq 3 --config retention.ms=1209600000
 # Same partition count as `events`: a user's state lives in the partition number of the user's events.
 create streamrec.user-state "$PARTITIONS" --config cleanup.policy=compact --config min.insync.replicas=2
+# The catalog: every worker reads all of it from the beginning at start-up, so keep it compacted (latest record
+# per item); a handful of partitions is plenty.
+create items 6 --config cleanup.policy=compact --config min.insync.replicas=2
