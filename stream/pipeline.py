@@ -458,25 +458,21 @@ class Pipeline:
         pool = allowed_pool(candidates, request, self.rules, pool_size)
         if len(pool) < pool_size and len(candidates) < head + len(trending):
             # Heavy filtering emptied the head: let the rest of the personalised list and the whole shop's
-            # trending refill the pool.
+            # trending refill the pool, below what it holds.
             extra = [*ranked[head:], *(ScoredItem(i, s, "trending") for i, s in self.trending.top(head))]
-            taken = {item.item_id for item in pool}
-            pool += allowed_pool(
-                (c for c in extra if c.item_id not in taken), request, self.rules, pool_size - len(pool)
-            )
-        n_explore = self.explorer.n_slots(min(k, len(pool)))
-        exploit_k = min(k, len(pool)) - n_explore
-        order = self._diversify(pool, exploit_k)
-        if len(order) < exploit_k and settings.max_per_category:
+            pool += self._ranked_after(pool, extra, request, pool_size - len(pool))
+        size = min(k, len(pool))
+        order = self._diversify(pool, size)
+        if len(order) < size and settings.max_per_category:
             # The cap left slots empty: widen the pool with the rest of the ranking and trending once.
-            taken = {item.item_id for item in pool}
-            rest = (c for c in [*ranked[head:], *trending, *candidates] if c.item_id not in taken)
-            pool += allowed_pool(rest, request, self.rules, 4 * pool_size)
-            order = self._diversify(pool, exploit_k)
-        exploited = [pool[i] for i in order]
-        picked = set(order)
-        unexploited = [item for i, item in enumerate(pool) if i not in picked]
+            pool += self._ranked_after(pool, [*ranked[head:], *trending, *candidates], request, 4 * pool_size)
+            order = self._diversify(pool, size)
+        n_explore = self.explorer.n_slots(len(order))
+        exploited = [pool[i] for i in order[: len(order) - n_explore]]
+        explored: list[ScoredItem] = []
         if n_explore:
+            chosen = {item.item_id for item in exploited}
+            unexploited = [item for item in pool if item.item_id not in chosen]
             # New items the retrieval found for this user may rank below the pool: their scores rest on content
             # alone. Exploration considers them wherever they rank.
             held = {item.item_id for item in pool}
@@ -486,10 +482,26 @@ class Pipeline:
                 self.rules,
                 pool_size,
             )
-        explored = self.explorer.pick(unexploited, n_explore, first=lambda item: item.row >= self.items.n_trained)
+            explored = self.explorer.pick(unexploited, n_explore, first=lambda item: item.row >= self.items.n_trained)
+            # Slots exploration could not fill go back to the exploited ranking.
+            exploited += [pool[i] for i in order[len(order) - n_explore :]][: n_explore - len(explored)]
         final = self.explorer.place(exploited, explored)
         self.explainer.explain(final, trigger.state.recent)
         return final
+
+    def _ranked_after(
+        self, pool: list[ScoredItem], extra: list[ScoredItem], request: Request, size: int
+    ) -> list[ScoredItem]:
+        """Up to ``size`` allowed items of ``extra`` not in ``pool``, in their order, scored below the whole pool.
+
+        Refills come from lists on other scales (raw ranker scores, trending counts) than the blended pool: they
+        must not jump ahead of it.
+        """
+        taken = {item.item_id for item in pool}
+        added = allowed_pool((c for c in extra if c.item_id not in taken), request, self.rules, size)
+        floor = min((item.score for item in pool), default=0.0)
+        step = max(abs(floor), 1.0) * 1e-3
+        return [replace(item, score=floor - (n + 1) * step) for n, item in enumerate(added)]
 
     def _pool_size(self) -> int:
         """Allowed candidates that diversity and exploration choose from."""

@@ -12,6 +12,7 @@ import pytest
 
 from model.artifacts import ModelArtifacts, load_artifacts
 from model.baselines import ItemKNNModel
+from stream.catalog import CatalogItem
 from stream.events import SourceRecord
 from stream.pipeline import REASON_HEADER, Pipeline
 from stream.settings import Settings
@@ -206,3 +207,38 @@ def test_the_item_knn_blend_lifts_an_item_co_occurring_with_the_last_one(artifac
     assert before > 0
     # A zero weight serves the ranker alone, item-kNN file or not.
     assert served(replace(artifacts, item_knn=knn, blend_weight=0.0)) == without
+
+
+def test_exploration_never_shortens_a_list(artifacts) -> None:
+    # Half the slots explore, and an item shown once is no longer explored: the pool of explorable items runs
+    # dry within a few events, and the exploited ranking must fill the slots exploration cannot.
+    settings = Settings(top_k=10, exploration_share=0.5, exploration_max_impressions=1, random_seed=0)
+    pipeline = Pipeline(settings, artifacts)
+    records = Records()
+    lengths, explored = [], 0
+    for n in range(16):
+        rec = recommendations(pipeline.process([records.event("u1", artifacts.item_ids[n % 2], "view")], now=NOW))["u1"]
+        lengths.append(len(rec["items"]))
+        explored += sum(item["explore"] for item in rec["items"])
+    assert lengths == [10] * 16
+    assert 0 < explored < 80  # exploration happened, and ran out
+
+
+def test_a_category_cap_refills_from_further_down_without_reordering(artifacts) -> None:
+    def served(categories: dict[str, str], **knobs) -> list[str]:
+        pipeline = Pipeline(Settings(exploration_share=0, **knobs), artifacts)
+        pipeline.apply_catalog([CatalogItem(i, "", c, None, True, NOW) for i, c in categories.items()], {})
+        records = Records()
+        for n in range(4):
+            rec = recommendations(pipeline.process([records.event("u1", artifacts.item_ids[n], "view")], now=NOW))
+        return [item["item_id"] for item in rec["u1"]["items"]]
+
+    everything = {item: "common" for item in artifacts.item_ids}
+    ranking = served(everything, top_k=200)
+    # One category for the whole head of the ranking; later items each in a category of their own, so a cap
+    # of one must refill nine slots from beyond the pool.
+    categories = {**everything, **{item: f"solo-{item}" for item in ranking[60:90]}}
+    capped = served(categories, top_k=10, max_per_category=1)
+    assert len(capped) == 10
+    assert capped[0] == ranking[0]  # refills, scored on other scales, never jump ahead of the pool
+    assert [ranking.index(item) for item in capped[1:]] == sorted(ranking.index(item) for item in capped[1:])
