@@ -38,6 +38,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+# The text model's weight-loading progress bar would interleave with the tables (replay processes load it too).
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -54,6 +57,7 @@ COLD_START_EVENTS = (1, 3, 5)
 DIVERSITY_WEIGHTS = (0.0, 0.1, 0.3, 0.5)
 CATEGORY_CAPS = (0, 2)
 EXPLORATION_SHARES = (0.0, 0.05, 0.1)
+COLD_START_PRIORS = (0.0, 0.5, 1.0, 2.0)
 SEED = 7
 
 
@@ -110,7 +114,9 @@ def train_config_kwargs(spec: DataSpec, quick: bool) -> dict[str, Any]:
     if quick:
         kwargs["content_encoder"] = "hashed"  # loading MiniLM costs seconds in training and in every replay
     if spec.dataset == "taobao":
-        kwargs.update(min_item_count=2, batch_size=128)
+        # Titles are empty: a new item's text is its category id, which a sentence model cannot read better
+        # than feature hashing does.
+        kwargs.update(min_item_count=2, batch_size=128, content_encoder="hashed")
     return kwargs
 
 
@@ -145,7 +151,7 @@ def variants() -> list[Variant]:
         "diversity_weight": DIVERSITY_WEIGHTS,
         "max_per_category": CATEGORY_CAPS,
         "exploration_share": EXPLORATION_SHARES,
-        "cold_start_prior_events": (0.0,),
+        "cold_start_prior_events": COLD_START_PRIORS,
     }
     for knob, values in grid.items():
         for value in values:
@@ -568,6 +574,15 @@ def aggregate(result: dict[str, Any], base: dict[str, Any] | None, dataset: Data
             "hr@20": mean_ci(arrays["hit20"][mask])[0],
             "ndcg@10": mean_ci(arrays["ndcg10"][mask])[0],
         }
+    if "pop_hit10" in arrays:  # the shop's trending list at the same moments, on the same events
+        hr10, hr10_ci = mean_ci(arrays["pop_hit10"][scored])
+        metrics["popularity"] = {
+            "n": int(scored.sum()),
+            "hr@10": hr10,
+            "hr@10_ci95": hr10_ci,
+            "hr@20": mean_ci(arrays["pop_hit20"][scored])[0],
+            "ndcg@10": mean_ci(arrays["pop_ndcg10"][scored])[0],
+        }
     ild = arrays["ild"][~np.isnan(arrays["ild"])]
     metrics["ild@10"] = float(ild.mean()) if len(ild) else None
     metrics["ild_lists"] = len(ild)
@@ -585,7 +600,7 @@ def cold_start(results: dict[str, dict[str, Any]], dataset: Dataset) -> dict[str
     new, ordinal = dataset.new_user[replay], dataset.ordinal[replay]
     base = results["base"]
     columns: dict[str, tuple[dict[str, Any], str]] = {"popularity": (base, "pop_")}
-    for name in ("base", "cold_start_prior_events=0", "exploration_share=0.05"):
+    for name in ("base", *_cold_start_variants(results), "exploration_share=0.05"):
         if name in results:
             columns[name] = (results[name], "")
     rows: dict[str, Any] = {}
@@ -608,6 +623,10 @@ def cold_start(results: dict[str, dict[str, Any]], dataset: Dataset) -> dict[str
             }
         rows[label] = row
     return rows
+
+
+def _cold_start_variants(results: dict[str, dict[str, Any]]) -> list[str]:
+    return sorted(name for name in results if name.startswith("cold_start_prior_events="))
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -633,31 +652,44 @@ def print_report(
 
     cold = report["cold_start"]
     names = [("popularity", "popularity (trending now)"), ("base", base_name)]
-    names += [(n, n) for n in ("cold_start_prior_events=0", "exploration_share=0.05") if n in results]
+    names += [(n, n) for n in (*_cold_start_variants(results), "exploration_share=0.05") if n in results]
     print("\n### a. Cold start: users first seen in the replayed part, scored after their n-th event\n")
-    header = "| after event | users | " + " | ".join(f"{label} HR@10 | HR@20" for _, label in names) + " |"
+    header = "| after event | lists scored | " + " | ".join(f"{label} HR@10 | HR@20" for _, label in names) + " |"
     print(header)
     print("|" + "---|" * (2 + 2 * len(names)))
     for label in (*map(str, COLD_START_EVENTS), "all"):
         row = cold[label]
         users = row["popularity"]["users"]
         cells = " | ".join(f"{fmt(row[n]['hr@10'])} | {fmt(row[n]['hr@20'])}" for n, _ in names)
-        print(f"| {label if label == 'all' else '#' + label} | {users:,} | {cells} |")
+        print(f"| {'every event' if label == 'all' else '#' + label} | {users:,} | {cells} |")
     print(
-        "(95 % CI of an HR@10 cell about ±" + fmt(cold[str(COLD_START_EVENTS[0])]["base"]["hr@10_ci95"], 3) + " at #1)"
+        "(a user counts once in a #n row; 95 % CI of an HR@10 cell about ±"
+        + fmt(cold[str(COLD_START_EVENTS[0])]["base"]["hr@10_ci95"], 3)
+        + " at #1)"
     )
 
     print("\n### b. All replayed recommendations, one knob changed from the base (defaults, exploration 0)\n")
-    print("| replay | HR@10 | HR@20 | NDCG@10 | ΔHR@10 vs base (95 % CI) | ILD@10 | explored items |")
-    print("|---|---|---|---|---|---|---|")
+    print("| replay | HR@10 | HR@20 | NDCG@10 | ΔHR@10 vs base (95 % CI) | ILD@10 | explored items | items per list |")
+    print("|---|---|---|---|---|---|---|---|")
+    pop = report["replays"]["base"]["metrics"].get("popularity")
+    if pop:
+        print(
+            f"| popularity (trending now) | {fmt(pop['hr@10'])} | {fmt(pop['hr@20'])} | {fmt(pop['ndcg@10'])} | "
+            "- | - | - | - |"
+        )
     for name, result in results.items():
         m = report["replays"][name]["metrics"]
         delta = m.get("delta_hit10_vs_base")
         delta_s = f"{delta['mean']:+.4f} ± {delta['ci95']:.4f}" if delta and delta["ci95"] is not None else "-"
         print(
             f"| {base_name if name == 'base' else name} | {fmt(m['all']['hr@10'])} | {fmt(m['all']['hr@20'])} | "
-            f"{fmt(m['all']['ndcg@10'])} | {delta_s} | {fmt(m['ild@10'])} | {result['explored_item_share']:.1%} |"
+            f"{fmt(m['all']['ndcg@10'])} | {delta_s} | {fmt(m['ild@10'])} | {result['explored_item_share']:.1%} | "
+            f"{result['mean_list_length']} |"
         )
+    print(
+        f"(all replayed events whose next event is on another item: n = {base['scored']:,}; the same events in "
+        "every row, so Δ is a paired difference)"
+    )
 
     print("\n### c. Cost: Pipeline.process, single-threaded, events per CPU-second (wall-clock in brackets)\n")
     print(
@@ -686,14 +718,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=("shop", "taobao"), default="shop", help="events to replay")
     parser.add_argument("--quick", action="store_true", help="a much smaller shop and model: a smoke check")
-    parser.add_argument("--users", type=int, help="shop users (default 3,000; quick 300)")
-    parser.add_argument("--items", type=int, help="shop items (default 1,000; quick 200)")
-    parser.add_argument("--events", type=int, help="shop events (default 80,000; quick 8,000)")
+    parser.add_argument("--users", type=int, help="shop users (default 3,000; quick 200)")
+    parser.add_argument("--items", type=int, help="shop items (default 1,000; quick 150)")
+    parser.add_argument("--events", type=int, help="shop events (default 80,000; quick 4,000)")
     parser.add_argument("--max-events", type=int, default=0, help="taobao: first N events only (0: all)")
     parser.add_argument("--seed", type=int, default=SEED, help="shop simulation and training seed")
     parser.add_argument("--jobs", type=int, default=2, help="replays run side by side (one process each)")
     parser.add_argument("--retrain", action="store_true", help="ignore the cached model")
-    parser.add_argument("--output", type=Path, help="JSON results file (default bench/results/stream_quality.json)")
+    parser.add_argument("--output", type=Path, help="JSON results file (default in bench/results/)")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -716,6 +748,8 @@ def main(argv: list[str] | None = None) -> int:
         "new users"
     )
     artifacts, train = prepare_model(spec, dataset, args.quick, args.retrain)
+
+    from stream.settings import Settings
 
     code = code_state()
     todo = variants()
@@ -760,11 +794,12 @@ def main(argv: list[str] | None = None) -> int:
             "catch_up_batch_events": CATCH_UP_BATCH,
             "k": K,
             "base_overrides": base_overrides(),
+            "base_settings": Settings(**base_overrides()).model_dump(mode="json"),
             "grid": {
                 "diversity_weight": DIVERSITY_WEIGHTS,
                 "max_per_category": CATEGORY_CAPS,
                 "exploration_share": EXPLORATION_SHARES,
-                "cold_start_prior_events": (0.0, "default"),
+                "cold_start_prior_events": COLD_START_PRIORS,
             },
         },
         "dataset": data,

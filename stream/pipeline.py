@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MIN_CONTENT_CONFIDENCE = 0.05
 REASON_HEADER = "streamrec.reason"
 DETAIL_HEADER = "streamrec.detail"
 
@@ -235,7 +236,8 @@ class Pipeline:
                     self._text_vectors[item.item_id] = (_content_key(item), vector)
                 cached = self._text_vectors.get(item.item_id)
                 if cached is not None and (change is CatalogChange.CONTENT or item.item_id not in self.items.row_of):
-                    row = self.items.add(item.item_id, projection.project(cached[1][None, :])[0])
+                    vector = projection.project(cached[1][None, :])[0] * self._content_confidence
+                    row = self.items.add(item.item_id, vector)
                     grown = grown or row is not None
             self.items.set_available(item.item_id, item.available)
         if grown:
@@ -247,6 +249,18 @@ class Pipeline:
             self.metrics.catalog_items.set(len(self.catalog))
             self._record_index_metrics()
         return counts
+
+    @property
+    def _content_confidence(self) -> np.float32:
+        """How far to trust a content embedding: the projection's held-out cosine to the learned embeddings.
+
+        The expected inner product of a projected vector with the true embedding shrinks with that cosine, so a
+        text that predicts little (say a bare category id) gives a short vector: such items rank below established
+        ones on inner product and reach shoppers through exploration instead of flooding every list.
+        """
+        projection = self.artifacts.content
+        cosine = None if projection is None else projection.quality.get("holdout_cosine")
+        return np.float32(1.0 if cosine is None else min(1.0, max(MIN_CONTENT_CONFIDENCE, cosine)))
 
     def remove_catalog_item(self, item_id: str) -> None:
         """A tombstone on the catalog topic: the item is never recommended again."""

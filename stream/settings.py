@@ -159,7 +159,7 @@ class Settings(BaseSettings):
         "(each costs one embedding row); later new items are served only through trending until retraining.",
     )
     cold_start_prior_events: float = Field(
-        2.0,
+        0.5,
         ge=0,
         description="Blend of trending into personalised results: a user with n events on known items gets the "
         "personalised list weighted n / (n + this) and context trending the rest (rank fusion). 0 turns the "

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 _RESCALE_AFTER_HALF_LIVES = 200.0  # 2**200 is far inside float64 range
+TOP_CACHE_MIN = 256
 
 
 class TrendingCounter:
@@ -56,13 +57,14 @@ class TrendingCounter:
         if count == 0:
             return []
         scores = self._scores[:count]
-        n_top = min(n, count)
+        # Callers ask for slightly different lengths; computing a generous list once serves them all from cache.
+        n_top = min(max(n, TOP_CACHE_MIN), count)
         best = np.argpartition(-scores, n_top - 1)[:n_top]
         best = best[np.argsort(-scores[best], kind="stable")]
         top_score = scores[best[0]]
         result = [(self._item_ids[i], float(scores[i] / top_score)) for i in best]
         self._top_cache = (self._version, result)
-        return result
+        return result[:n]
 
 
 class TrendingBoard:
