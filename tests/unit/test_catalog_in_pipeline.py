@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -143,3 +144,14 @@ def test_category_caps_and_diversity_change_the_list(artifacts: ModelArtifacts, 
         counts[catalog_categories[item]] = counts.get(catalog_categories[item], 0) + 1
     assert len(capped) == 10 and max(counts.values()) <= 2
     assert served(diversity_weight=0.7) != served()
+
+
+def test_a_content_vector_is_as_long_as_the_projection_is_trustworthy(pipeline: Pipeline, shop) -> None:
+    template = shop[1][7]
+    new = CatalogItem("new-3", template["title"], template["category"], 1.0, True, NOW, tuple(template["attributes"]))
+    pipeline.apply_catalog([new], pipeline.text_vectors([new]))
+    projection = pipeline.artifacts.content
+    cosine = projection.quality["holdout_cosine"]
+    assert 0 < cosine < 1
+    vector = pipeline.items.embeddings[pipeline.items.row_of["new-3"]]
+    assert np.linalg.norm(vector) == pytest.approx(projection.target_norm * cosine, rel=1e-4)
