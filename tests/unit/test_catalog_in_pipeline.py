@@ -155,3 +155,18 @@ def test_a_content_vector_is_as_long_as_the_projection_is_trustworthy(pipeline: 
     assert 0 < cosine < 1
     vector = pipeline.items.embeddings[pipeline.items.row_of["new-3"]]
     assert np.linalg.norm(vector) == pytest.approx(projection.target_norm * cosine, rel=1e-4)
+
+
+def test_item_clusters_stand_in_for_categories_without_a_catalog(artifacts: ModelArtifacts) -> None:
+    pipeline = Pipeline(Settings(top_k=20, exploration_share=0), artifacts)  # no catalog applied
+    item = artifacts.item_ids[4]
+    cluster = artifacts.segments.item_cluster[artifacts.row_of[item]]
+    assert pipeline.category_of(item) == f"cluster-{cluster}"
+    peer = next(i for i in artifacts.item_ids if i != item and pipeline.category_of(i) == f"cluster-{cluster}")
+    stream = Stream(pipeline)
+    for n in range(5):
+        stream.send(f"buyer{n}", peer, "buy")
+    first = stream.send("newcomer", item)
+    codes = {i["item_id"]: i["reason_code"] for i in first["items"]}
+    assert codes.get(peer) == f"trending_in:cluster-{cluster}"
+    assert first["segment"] is not None  # one known item places the user in a segment
