@@ -725,6 +725,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=SEED, help="shop simulation and training seed")
     parser.add_argument("--jobs", type=int, default=2, help="replays run side by side (one process each)")
     parser.add_argument("--retrain", action="store_true", help="ignore the cached model")
+    parser.add_argument(
+        "--knobs",
+        help="comma-separated knobs to vary (default: all of diversity_weight, max_per_category, "
+        "exploration_share, cold_start_prior_events); the base replay always runs",
+    )
     parser.add_argument("--output", type=Path, help="JSON results file (default in bench/results/)")
     args = parser.parse_args(argv)
 
@@ -752,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     from stream.settings import Settings
 
     code = code_state()
-    todo = variants()
+    todo = [v for v in variants() if not args.knobs or v.knob == "base" or v.knob in args.knobs.split(",")]
     jobs = max(1, min(args.jobs, len(todo)))
     print(f"{len(todo)} replays, {jobs} at a time: {', '.join(v.name for v in todo)}", flush=True)
     results: dict[str, dict[str, Any]] = {}
