@@ -267,7 +267,12 @@ def prepare_model(spec: DataSpec, dataset: Dataset, quick: bool, retrain: bool) 
     from model.train import TrainConfig, train_artifacts
 
     kwargs = train_config_kwargs(spec, quick)
-    digest = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:10]
+    # The trainer's code is part of the key: a model cached before model/ or index/ changed would be measured as
+    # if the current code had produced it.
+    hasher = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode())
+    for path in sorted([*REPO.glob("model/*.py"), *REPO.glob("index/*.py")]):
+        hasher.update(path.read_bytes())
+    digest = hasher.hexdigest()[:10]
     directory = CACHE / f"quality-{spec.key()}-{digest}"
     artifacts, info_path = directory / "artifacts", directory / "train_info.json"
     if info_path.exists() and (artifacts / "LATEST").exists() and not retrain:

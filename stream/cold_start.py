@@ -69,11 +69,13 @@ def blend(personal: Sequence[ScoredItem], trending: Sequence[ScoredItem], weight
     """One list from both, by weighted reciprocal-rank fusion; ``weight`` is the personalised list's share.
 
     Each item keeps the provenance of the list that contributed more to it; its score becomes the fused score.
+    The result never shares item objects with ``trending``.
     """
     if weight >= 1.0 or not trending:
         return list(personal)
     if weight <= 0.0 or not personal:
-        return list(trending)
+        # Fresh objects: later stages mark and explain items per user, and trending lists are shared.
+        return [ScoredItem(item.item_id, item.score, item.source, item.row, item.context) for item in trending]
     fused: dict[str, ScoredItem] = {}
     contribution: dict[str, float] = {}
     for share, ranked in ((weight, personal), (1.0 - weight, trending)):

@@ -134,6 +134,7 @@ class Pipeline:
             metrics.segment_label_limit = settings.segment_label_limit
         self._text_vectors: dict[str, tuple[tuple, np.ndarray]] = {}  # item -> (content, text vector)
         self._encoder: TextEncoder | None = None
+        self._trending_lists: dict[tuple, list[ScoredItem]] = {}
         self.use_model(artifacts)
 
     def _rules(self, settings: Settings) -> list:
@@ -431,6 +432,7 @@ class Pipeline:
                     self.metrics.pipeline_errors.labels("rank").inc()
 
         with self._stage("filter", timings):
+            self._trending_lists: dict[tuple, list[ScoredItem]] = {}  # trending does not move within the stage
             chosen = {
                 t.event.user_id: self._choose(
                     t, requests[t.event.user_id], ranked.get(t.event.user_id, []), known_events.get(t.event.user_id, 0)
@@ -466,7 +468,7 @@ class Pipeline:
         pool_size = self._pool_size()
         head = pool_size + len(trigger.state.bought) + 1  # enough to fill the pool after the rules
         trigger.segment = self.segment_of(trigger.state)
-        trending = trending_candidates(self.trending, self._recent_categories(trigger.state), trigger.segment, head)
+        trending = self._trending_for(tuple(self._recent_categories(trigger.state)), trigger.segment, head)
         weight = personal_weight(known, settings.cold_start_prior_events)
         candidates = blend(ranked[:head], trending, weight)
         pool = allowed_pool(candidates, request, self.rules, pool_size)
@@ -502,6 +504,15 @@ class Pipeline:
         final = self.explorer.place(exploited, explored)
         self.explainer.explain(final, trigger.state.recent)
         return final
+
+    def _trending_for(self, categories: tuple[str, ...], segment: int | None, n: int) -> list[ScoredItem]:
+        """The context trending list, shared by the batch's users with the same categories and segment."""
+        key = (categories, segment, n)
+        held = self._trending_lists.get(key)
+        if held is None:
+            held = self._trending_lists[key] = trending_candidates(self.trending, categories, segment, n)
+        # Items are handed on to the blend, which copies them; the list itself is never changed.
+        return held
 
     def _ranked_after(
         self, pool: list[ScoredItem], extra: list[ScoredItem], request: Request, size: int

@@ -157,3 +157,14 @@ def test_without_context_the_whole_shop_trends() -> None:
 def test_trending_candidates_respect_n_and_an_empty_board() -> None:
     assert ids(trending_candidates(board(), ["shoes"], segment=3, n=2)) == ["shoe1", "toy"]
     assert trending_candidates(TrendingBoard(half_life_s=HOUR), ["shoes"], segment=1, n=5) == []
+
+
+def test_blend_never_hands_out_the_shared_trending_items() -> None:
+    shared = [ScoredItem("t1", 1.0, "trending"), ScoredItem("t2", 0.5, "trending")]
+    for personal, weight in (
+        ([], 0.5),
+        ([ScoredItem("p", 1.0, "ann", row=3)], 0.0),
+        ([ScoredItem("p", 1.0, "ann")], 0.5),
+    ):
+        out = blend(personal, shared, weight)
+        assert {id(item) for item in out}.isdisjoint(id(item) for item in shared)
