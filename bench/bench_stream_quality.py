@@ -30,6 +30,7 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,7 +84,7 @@ class DataSpec:
         return f"taobao-{Path(self.taobao_path).stem}-n{self.max_events}-t{self.train_share}"
 
 
-SHOP_DEFAULT = DataSpec("shop", users=3_000, items=1_000, events=80_000)
+SHOP_DEFAULT = DataSpec("shop", users=3_000, items=1_000, events=60_000)
 SHOP_QUICK = DataSpec("shop", users=200, items=150, events=4_000)
 
 
@@ -711,11 +712,12 @@ def print_report(
             f"{cu['stage_ms_per_batch'].get('filter', 0):.1f} |"
         )
     ev, cu = base["evaluated_replay"], base["catch_up"]
+    jobs = report["parameters"]["jobs"]
     print(
         f"\nscored replay: {ev['mean_batch_events']} events per batch on average (at most one per user, so every "
         f"event is answered); catch-up: the warm-up, {CATCH_UP_BATCH} consecutive events per batch "
-        f"({cu['recommendations'] / max(1, cu['batches']):.0f} users per batch). ms/batch are wall-clock. "
-        f"{report['parameters']['jobs']} replays ran side by side."
+        f"({cu['recommendations'] / max(1, cu['batches']):.0f} users per batch). ms/batch are wall-clock; "
+        + (f"{jobs} replays ran side by side." if jobs > 1 else "one replay ran at a time.")
     )
 
 
@@ -725,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a much smaller shop and model: a smoke check")
     parser.add_argument("--users", type=int, help="shop users (default 3,000; quick 200)")
     parser.add_argument("--items", type=int, help="shop items (default 1,000; quick 150)")
-    parser.add_argument("--events", type=int, help="shop events (default 80,000; quick 4,000)")
+    parser.add_argument("--events", type=int, help="shop events (default 60,000; quick 4,000)")
     parser.add_argument("--max-events", type=int, default=0, help="taobao: first N events only (0: all)")
     parser.add_argument("--seed", type=int, default=SEED, help="shop simulation and training seed")
     parser.add_argument("--jobs", type=int, default=2, help="replays run side by side (one process each)")
@@ -766,26 +768,47 @@ def main(argv: list[str] | None = None) -> int:
     jobs = max(1, min(args.jobs, len(todo)))
     print(f"{len(todo)} replays, {jobs} at a time: {', '.join(v.name for v in todo)}", flush=True)
     results: dict[str, dict[str, Any]] = {}
+    failures: dict[str, str] = {}
     replay_started = time.monotonic()
     if jobs == 1:
         init_worker(spec, str(artifacts))
         for variant in todo:
-            results[variant.name] = _report_done(run_variant(variant), replay_started)
+            try:
+                results[variant.name] = _report_done(run_variant(variant), replay_started)
+            except Exception as exc:  # report the other replays even if one fails
+                failures[variant.name] = _report_failure(variant, exc)
     else:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=init_worker, initargs=(spec, str(artifacts))
-        ) as pool:
-            # The category cap re-diversifies a widened pool and was measured the slowest: start it first so that
-            # the other replays fill the second process meanwhile.
-            order = sorted(todo, key=lambda v: v.knob != "max_per_category")
-            futures = {pool.submit(run_variant, variant): variant for variant in order}
-            for future in concurrent.futures.as_completed(futures):
-                result = future.result()
-                results[result["name"]] = _report_done(result, replay_started)
-    results = {v.name: results[v.name] for v in todo}
+        # The category cap re-diversifies a widened pool and was measured the slowest: start it first so that the
+        # other replays fill the second process meanwhile.
+        pending = sorted(todo, key=lambda v: v.knob != "max_per_category")
+        for attempt in range(2):  # a process killed from outside breaks the whole pool: retry its replays once
+            broken: list[Variant] = []
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(
+                jobs, mp_context=context, initializer=init_worker, initargs=(spec, str(artifacts))
+            ) as pool:
+                futures = {pool.submit(run_variant, variant): variant for variant in pending}
+                for future in concurrent.futures.as_completed(futures):
+                    variant = futures[future]
+                    try:
+                        result = future.result()
+                    except concurrent.futures.process.BrokenProcessPool as exc:
+                        if attempt == 0:
+                            broken.append(variant)
+                        else:
+                            failures[variant.name] = _report_failure(variant, exc)
+                        continue
+                    except Exception as exc:  # a crash in one replay keeps the others
+                        failures[variant.name] = _report_failure(variant, exc)
+                        continue
+                    results[result["name"]] = _report_done(result, replay_started)
+            if not broken:
+                break
+            print(f"  a replay process died; running {', '.join(v.name for v in broken)} again", flush=True)
+            pending = broken
+    results = {v.name: results[v.name] for v in todo if v.name in results}
 
-    base = results["base"]
+    base = results.get("base")
     replays = {}
     for name, result in results.items():
         summary = {k: v for k, v in result.items() if k != "arrays"}
@@ -815,15 +838,29 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": data,
         "training": {**train, "artifacts": str(artifacts)},
         "replays": replays,
-        "cold_start": cold_start(results, dataset),
+        "failed_replays": failures,
     }
-    print_report(spec, data, train, results, report)
+    if base is not None:
+        report["cold_start"] = cold_start(results, dataset)
+        print_report(spec, data, train, results, report)
+    else:
+        print("\nthe base replay failed: no tables (every other figure is relative to it)")
     report["total_s"] = round(time.monotonic() - started, 1)
     output = args.output or RESULTS / f"stream_quality{'_quick' if args.quick else ''}-{spec.dataset}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2, default=_json_default))
+    if failures:
+        print(f"\nFAILED replays (tracebacks above): {', '.join(failures)}")
     print(f"\nwrote {output} (total {report['total_s']:.0f} s)")
-    return 0
+    return 1 if failures else 0
+
+
+def _report_failure(variant: Variant, exc: BaseException) -> str:
+    """Print the replay's traceback as it happened (a process pool carries the worker's in ``__cause__``)."""
+    remote = exc.__cause__ if exc.__cause__ is not None else exc
+    text = "".join(traceback.format_exception(remote))
+    print(f"  {variant.name} FAILED:\n{text}", flush=True)
+    return text
 
 
 def _report_done(result: dict[str, Any], started: float) -> dict[str, Any]:

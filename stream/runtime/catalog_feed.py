@@ -29,6 +29,7 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 CATALOG_FETCH_RECORDS = 2_000
+CATALOG_FETCH_WAIT_MS = 500
 
 
 class CatalogFeed:
@@ -47,7 +48,9 @@ class CatalogFeed:
             bootstrap_servers=settings.bootstrap_servers,
             client_id="streamrec-catalog",
             enable_auto_commit=False,
-            fetch_max_wait_ms=max(5, settings.batch_max_wait_ms),
+            # Catalog updates can wait half a second; a short fetch wait here would keep the broker and the event
+            # loop busy with empty fetches that the event consumer's latency pays for.
+            fetch_max_wait_ms=CATALOG_FETCH_WAIT_MS,
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
         await consumer.start()
@@ -57,7 +60,7 @@ class CatalogFeed:
             backlog = set(partitions)
             while not stop.is_set():
                 try:
-                    fetched = await consumer.getmany(timeout_ms=200, max_records=CATALOG_FETCH_RECORDS)
+                    fetched = await consumer.getmany(timeout_ms=CATALOG_FETCH_WAIT_MS, max_records=CATALOG_FETCH_RECORDS)
                 except KafkaError as exc:
                     log.warning("reading %s failed (%s); retrying", settings.items_topic, exc)
                     await asyncio.sleep(1.0)
