@@ -60,7 +60,9 @@ class CatalogFeed:
             backlog = set(partitions)
             while not stop.is_set():
                 try:
-                    fetched = await consumer.getmany(timeout_ms=CATALOG_FETCH_WAIT_MS, max_records=CATALOG_FETCH_RECORDS)
+                    fetched = await consumer.getmany(
+                        timeout_ms=CATALOG_FETCH_WAIT_MS, max_records=CATALOG_FETCH_RECORDS
+                    )
                 except KafkaError as exc:
                     log.warning("reading %s failed (%s); retrying", settings.items_topic, exc)
                     await asyncio.sleep(1.0)
