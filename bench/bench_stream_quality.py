@@ -84,7 +84,7 @@ class DataSpec:
         return f"taobao-{Path(self.taobao_path).stem}-n{self.max_events}-t{self.train_share}"
 
 
-SHOP_DEFAULT = DataSpec("shop", users=3_000, items=1_000, events=60_000)
+SHOP_DEFAULT = DataSpec("shop", users=3_000, items=1_000, events=45_000)
 SHOP_QUICK = DataSpec("shop", users=200, items=150, events=4_000)
 
 
@@ -727,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a much smaller shop and model: a smoke check")
     parser.add_argument("--users", type=int, help="shop users (default 3,000; quick 200)")
     parser.add_argument("--items", type=int, help="shop items (default 1,000; quick 150)")
-    parser.add_argument("--events", type=int, help="shop events (default 60,000; quick 4,000)")
+    parser.add_argument("--events", type=int, help="shop events (default 45,000; quick 4,000)")
     parser.add_argument("--max-events", type=int, default=0, help="taobao: first N events only (0: all)")
     parser.add_argument("--seed", type=int, default=SEED, help="shop simulation and training seed")
     parser.add_argument("--jobs", type=int, default=2, help="replays run side by side (one process each)")
