@@ -63,13 +63,15 @@ def default_ivf_nlist(n_items: int) -> int:
     return max(1, min(round(4 * math.sqrt(n_items)), n_items // IVF_MIN_POINTS_PER_CELL))
 
 
-def _as_matrix(array: np.ndarray, dim: int | None = None) -> np.ndarray:
-    """``array`` as the C-contiguous float32 matrix FAISS requires (copies only when needed)."""
+def as_float32_matrix(array: np.ndarray, dim: int | None = None, name: str | None = None) -> np.ndarray:
+    """``array`` as the C-contiguous float32 matrix FAISS requires (copies only when needed); refused with a
+    ``ValueError`` (naming ``name`` when given) if it is not 2-D or not ``dim`` wide."""
     matrix = np.ascontiguousarray(array, dtype=np.float32)
+    prefix = f"{name}: " if name else ""
     if matrix.ndim != 2:
-        raise ValueError(f"expected a 2-D array, got shape {matrix.shape}")
+        raise ValueError(f"{prefix}expected a 2-D array, got shape {matrix.shape}")
     if dim is not None and matrix.shape[1] != dim:
-        raise ValueError(f"expected vectors of dimension {dim}, got {matrix.shape[1]}")
+        raise ValueError(f"{prefix}expected vectors of dimension {dim}, got {matrix.shape[1]}")
     return matrix
 
 
@@ -108,7 +110,7 @@ class ItemIndex:
         nprobe: int = DEFAULT_NPROBE,
     ) -> ItemIndex:
         """Index ``embeddings`` (float32 ``[n_items, dim]``); row ``i`` of the table is result id ``i``."""
-        vectors = _as_matrix(embeddings)
+        vectors = as_float32_matrix(embeddings)
         n_items, dim = vectors.shape
         if n_items == 0:
             raise ValueError("cannot build an index over an empty embedding table")
@@ -141,7 +143,7 @@ class ItemIndex:
         """
         if k < 1:
             raise ValueError("k must be at least 1")
-        matrix = _as_matrix(queries, self.dim)
+        matrix = as_float32_matrix(queries, self.dim)
         if len(matrix) == 0:
             return np.empty((0, k), dtype=np.float32), np.empty((0, k), dtype=np.int64)
         if self._n_unavailable == 0:
@@ -190,7 +192,7 @@ class ItemIndex:
         training run. An IVF index assigns them to its existing cells (it was trained at build time), and an
         HNSW index links them into its graph. Added rows are available.
         """
-        matrix = _as_matrix(vectors, self.dim)
+        matrix = as_float32_matrix(vectors, self.dim)
         start = len(self)
         if len(matrix) == 0:
             return np.empty(0, dtype=np.int64)
@@ -312,7 +314,7 @@ class ItemIndex:
 
 def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Rows of the exact top-``k`` inner products (``[B, min(k, n)]``, best first) by brute force in numpy."""
-    scores = _as_matrix(queries) @ _as_matrix(embeddings).T
+    scores = as_float32_matrix(queries) @ as_float32_matrix(embeddings).T
     k = min(k, scores.shape[1])
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")

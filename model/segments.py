@@ -28,6 +28,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 
+from index.item_index import as_float32_matrix
+
 UNIT_NORM_TOLERANCE = 1e-3
 """How far from 1 a stored centroid's norm may be; anything further means the file is not what fit wrote."""
 
@@ -55,6 +57,16 @@ class Segments:
     def assign_users(self, vectors: np.ndarray) -> np.ndarray:
         """The segment (int64 ``[B]``) of each user vector ``[B, d]``: the centroid of highest cosine."""
         return _nearest(self.user_centroids, vectors)
+
+    def assign_user(self, vector: np.ndarray) -> int:
+        """:meth:`assign_users` for one vector ``[d]`` without the batch's copies, for the per-event hot path.
+
+        The centroids are unit-norm, so the largest inner product is the highest cosine and the vector need not
+        be normalised; a zero or non-finite vector gets segment 0, as in the batch form.
+        """
+        if not np.isfinite(vector).all():
+            return 0
+        return int(np.argmax(self.user_centroids @ vector))
 
     def assign_items(self, vectors: np.ndarray) -> np.ndarray:
         """The cluster (int64 ``[B]``) of each item embedding ``[B, d]``, e.g. for items added after fitting."""
@@ -119,8 +131,8 @@ def fit_segments(
     ``nredo`` restarts keep the best objective: a single run from random seeds often merges two well-separated
     groups and splits a third, and restarts on a bounded k are cheap.
     """
-    users = _as_matrix(user_vectors, None, "user_vectors")
-    items = _as_matrix(item_embeddings, users.shape[1], "item_embeddings")
+    users = as_float32_matrix(user_vectors, None, "user_vectors")
+    items = as_float32_matrix(item_embeddings, users.shape[1], "item_embeddings")
     if n_segments < 1 or n_item_clusters < 1:
         raise ValueError("n_segments and n_item_clusters must be at least 1")
     if niter < 1 or nredo < 1:
@@ -132,16 +144,6 @@ def fit_segments(
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-def _as_matrix(array: np.ndarray, dim: int | None, name: str) -> np.ndarray:
-    """``array`` as a C-contiguous float32 matrix, refused if it is not 2-D or has the wrong width."""
-    matrix = np.ascontiguousarray(array, dtype=np.float32)
-    if matrix.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array, got shape {matrix.shape}")
-    if dim is not None and matrix.shape[1] != dim:
-        raise ValueError(f"{name}: expected vectors of dimension {dim}, got {matrix.shape[1]}")
-    return matrix
-
-
 def _normalise(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unit rows and the mask of usable rows; zero and non-finite rows become all-zero (no direction)."""
     finite = np.isfinite(matrix).all(axis=1)
@@ -185,7 +187,7 @@ def _nearest(centroids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     A zero row scores 0 against every centroid and ``argmax`` takes the first, so the fallback is deterministic.
     A matrix product is enough: the number of centroids is small and bounded.
     """
-    unit, _ = _normalise(_as_matrix(vectors, centroids.shape[1], "vectors"))
+    unit, _ = _normalise(as_float32_matrix(vectors, centroids.shape[1], "vectors"))
     if len(unit) == 0:
         return np.empty(0, dtype=np.int64)
     return np.argmax(unit @ centroids.T, axis=1).astype(np.int64)

@@ -297,8 +297,7 @@ class Pipeline:
         segments = self.artifacts.segments
         if segments is None or state.vector is None:
             return None
-        # Unit-norm centroids: the largest inner product is the nearest by cosine, without normalising the user.
-        return int(np.argmax(segments.user_centroids @ state.vector))
+        return segments.assign_user(state.vector)
 
     # --- state restore (called by runtimes on partition assignment) -----------------------------------------
     def restore_state(self, partition: int, states: Sequence[UserState]) -> None:

@@ -132,6 +132,15 @@ class _DeliveryErrors:
             self.first = exc
 
 
+def _producer(bootstrap: str) -> KafkaProducer:
+    """A producer that waits for every in-sync replica: a replayed message is delivered or reported, never lost."""
+    return KafkaProducer(
+        bootstrap_servers=[server.strip() for server in bootstrap.split(",") if server.strip()],
+        linger_ms=5,
+        acks="all",
+    )
+
+
 def replay(
     events_path: Path,
     bootstrap: str,
@@ -159,11 +168,7 @@ def replay(
         messages = islice(messages, limit)
         total = min(total, limit)
 
-    producer = KafkaProducer(
-        bootstrap_servers=[server.strip() for server in bootstrap.split(",") if server.strip()],
-        linger_ms=5,
-        acks="all",
-    )
+    producer = _producer(bootstrap)
     errors = _DeliveryErrors()
     sent = 0
     try:
@@ -191,11 +196,7 @@ def publish_catalog(catalog_path: Path, bootstrap: str, topic: str = "items") ->
     catalog_path = Path(catalog_path)
     if not catalog_path.is_file():
         raise ValueError(f"catalog file not found: {catalog_path}")
-    producer = KafkaProducer(
-        bootstrap_servers=[server.strip() for server in bootstrap.split(",") if server.strip()],
-        linger_ms=5,
-        acks="all",
-    )
+    producer = _producer(bootstrap)
     errors = _DeliveryErrors()
     sent = 0
     try:

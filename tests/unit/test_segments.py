@@ -186,3 +186,15 @@ def test_missing_file_and_inconsistent_construction_are_refused(fitted: Segments
         Segments.load(tmp_path / "missing.safetensors", n_items=1, dim=DIM)
     with pytest.raises(ValueError):
         Segments(fitted.user_centroids, fitted.item_centroids[:, :-1], fitted.item_cluster)
+
+
+def test_one_vector_gets_the_segment_of_the_batch_form(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], fitted: Segments
+) -> None:
+    users = data[0]
+    scaled = users * np.linspace(0.1, 10.0, len(users), dtype=np.float32)[:, None]  # length must not matter
+    assert [fitted.assign_user(vector) for vector in scaled] == fitted.assign_users(scaled).tolist()
+    odd = np.zeros(DIM, dtype=np.float32)
+    assert fitted.assign_user(odd) == 0
+    odd[0] = np.inf
+    assert fitted.assign_user(odd) == 0
