@@ -650,6 +650,8 @@ def served_metrics(
     ]
     prepared = time.perf_counter()
 
+    if settings.random_seed is None:
+        settings = settings.model_copy(update={"random_seed": seed})  # exploration draws repeat run to run
     pipeline = Pipeline(settings, artifacts)
     last_candidates: dict[str, dict[str, np.ndarray]] = {}
     pipeline.candidate_observer = last_candidates.__setitem__  # a user's later candidates supersede earlier ones

@@ -209,15 +209,36 @@ def test_served_metrics_come_from_the_pipeline(report: dict[str, Any]) -> None:
 
 
 def test_served_replay_does_not_depend_on_the_batching(log: EventLog, artifacts: ModelArtifacts) -> None:
-    """Batches of whole users give the same final lists as one event per batch, as a live stream would."""
+    """Batches of whole users give the same final lists as one event per batch, as a live stream would.
+
+    Trending, co-visitation and exploration learn from (or draw for) every user's events, so with them on a
+    user's list depends on which other users shared the batch; they are off here to isolate the user's own state.
+    """
     split = leave_one_out(log, artifacts.row_of)
-    settings = Settings(top_k=20, min_event_ts=0.0, max_clock_skew_s=1e12)
+    settings = Settings(
+        top_k=20,
+        min_event_ts=0.0,
+        max_clock_skew_s=1e12,
+        covisitation_candidates=0,
+        cold_start_prior_events=0.0,
+        exploration_share=0.0,
+    )
     batched, batched_vectors = served_metrics(split, artifacts, settings, seed=4, max_users=6)
     one_by_one, vectors = served_metrics(split, artifacts, settings, seed=4, max_users=6, batch_events=1)
     assert batched["users"] == 6 and batched["users_sampled"]
     for key in ("HR@5", "HR@10", "HR@20", "NDCG@20", "MRR@20"):
         assert batched[key] == one_by_one[key]
     np.testing.assert_allclose(batched_vectors, vectors, rtol=1e-5, atol=1e-6)
+
+
+def test_served_replay_repeats_with_exploration_on(log: EventLog, artifacts: ModelArtifacts) -> None:
+    """Exploration draws at random; the replay seeds it, so a manifest's served metrics repeat run to run."""
+    split = leave_one_out(log, artifacts.row_of)
+    settings = Settings(top_k=20, min_event_ts=0.0, max_clock_skew_s=1e12, exploration_share=0.5)
+    first, _ = served_metrics(split, artifacts, settings, seed=4, max_users=12)
+    second, _ = served_metrics(split, artifacts, settings, seed=4, max_users=12)
+    for key in ("HR@5", "HR@10", "HR@20", "NDCG@20", "MRR@20"):
+        assert first[key] == second[key]
 
 
 def test_offline_only_evaluation_still_measures_the_index(log: EventLog, artifacts: ModelArtifacts) -> None:
