@@ -46,14 +46,18 @@ class CoVisitation:
         """``[sources, targets]`` cosine-normalised co-visitation (0 where never seen together)."""
         out = np.zeros((len(sources), len(targets)))
         size = len(self._counts)
+        wanted = np.asarray(targets, dtype=np.int64)
+        inside = (wanted >= 0) & (wanted < size)
+        target_totals = np.where(inside, self._item_totals[np.where(inside, wanted, 0)], 0.0)
         for i, source in enumerate(sources):
-            if source >= size or self._item_totals[source] == 0:
+            if not 0 <= source < size or self._item_totals[source] == 0:
                 continue
             counts = self._counts[source]
-            for j, target in enumerate(targets):
-                count = counts.get(target)
-                if count and target < size and self._item_totals[target] > 0:
-                    out[i, j] = count / np.sqrt(self._item_totals[source] * self._item_totals[target])
+            if not counts:
+                continue
+            together = np.fromiter((counts.get(target, 0.0) for target in targets), dtype=np.float64, count=len(wanted))
+            known = (together > 0) & (target_totals > 0)
+            out[i, known] = together[known] / np.sqrt(self._item_totals[source] * target_totals[known])
         return out
 
     def add(self, previous_rows: Sequence[int], row: int) -> None:

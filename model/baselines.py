@@ -147,6 +147,14 @@ class ItemKNNModel:
     def __post_init__(self) -> None:
         if self.n_recent < 1 or not 0.0 < self.decay <= 1.0:
             raise ValueError("n_recent must be >= 1 and decay in (0, 1]")
+        # Each row's neighbours in ascending order, so a pair is found by binary search (fit already builds
+        # them so; a model built otherwise is put in order once here).
+        owner = np.repeat(np.arange(self.n_items, dtype=np.int64), np.diff(self.indptr))
+        keys = owner * max(self.n_items, 1) + self.neighbors
+        if len(keys) > 1 and not np.all(keys[1:] > keys[:-1]):
+            order = np.lexsort((self.neighbors, owner))
+            object.__setattr__(self, "neighbors", self.neighbors[order])
+            object.__setattr__(self, "similarities", self.similarities[order])
 
     @property
     def n_items(self) -> int:
@@ -215,14 +223,17 @@ class ItemKNNModel:
     def similarities_between(self, rows: Sequence[int], others: Sequence[int]) -> np.ndarray:
         """``[rows, others]`` stored similarities (0 for pairs that never co-occurred or lie outside the model)."""
         out = np.zeros((len(rows), len(others)))
-        wanted = np.asarray(others, dtype=np.int64)
+        wanted = np.asarray(others, dtype=self.neighbors.dtype if len(others) else np.int64)
         for i, row in enumerate(rows):
             if not 0 <= row < self.n_items:
                 continue
             begin, end = int(self.indptr[row]), int(self.indptr[row + 1])
-            match = self.neighbors[begin:end, None] == wanted[None, :]
-            entry, column = np.nonzero(match)
-            out[i, column] = self.similarities[begin + entry]
+            if begin == end:
+                continue
+            neighbors = self.neighbors[begin:end]
+            found = np.minimum(np.searchsorted(neighbors, wanted), end - begin - 1)
+            hit = neighbors[found] == wanted
+            out[i, hit] = self.similarities[begin + found[hit]]
         return out
 
     def top_neighbors(self, recent: Sequence[int], n: int, excluded: set[int]) -> np.ndarray:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from stream.filters import ScoredItem
 from stream.trending import TrendingBoard
 
@@ -41,28 +43,35 @@ def trending_candidates(
     board: TrendingBoard, categories: Sequence[str], segment: int | None, n: int
 ) -> list[ScoredItem]:
     """Up to ``n`` trending items for a user whose latest categories are ``categories`` (most recent first)."""
-    scopes: list[tuple[float, str, str | None, list[tuple[str, float]]]] = []
+    scopes: list[tuple[float, str, str | None, tuple[np.ndarray, np.ndarray]]] = []
     for position, category in enumerate(categories):
-        weight = LATEST_CATEGORY_WEIGHT if position == 0 else EARLIER_CATEGORY_WEIGHT
-        scopes.append((weight, "trending_in", category, board.top_in_category(category, n)))
-    if segment is not None:
-        scopes.append((SEGMENT_WEIGHT, "trending_segment", str(segment), board.top_in_segment(segment, n)))
-    scopes.append((OVERALL_WEIGHT, "trending", None, board.top(n)))
-    merged: dict[str, ScoredItem] = {}
-    strongest: dict[str, float] = {}
-    for weight, source, context, top in scopes:
-        for item_id, relative in top:
-            contribution = weight * relative
-            item = merged.get(item_id)
-            if item is None:
-                merged[item_id] = ScoredItem(item_id, contribution, source, context=context)
-                strongest[item_id] = contribution
-                continue
-            item.score += contribution
-            if contribution > strongest[item_id]:  # the scope that matters most explains the item
-                strongest[item_id] = contribution
-                item.source, item.context = source, context
-    return sorted(merged.values(), key=lambda item: -item.score)[:n]
+        counter = board.by_category.get(category)
+        if counter is not None:
+            weight = LATEST_CATEGORY_WEIGHT if position == 0 else EARLIER_CATEGORY_WEIGHT
+            scopes.append((weight, "trending_in", category, counter.top_keys(n)))
+    if segment is not None and (counter := board.by_segment.get(segment)) is not None:
+        scopes.append((SEGMENT_WEIGHT, "trending_segment", str(segment), counter.top_keys(n)))
+    scopes.append((OVERALL_WEIGHT, "trending", None, board.overall.top_keys(n)))
+    keys = np.concatenate([top[0] for *_, top in scopes])
+    if not len(keys):
+        return []
+    contributions = np.concatenate([weight * top[1] for weight, *_, top in scopes])
+    scope_of = np.repeat(np.arange(len(scopes)), [len(top[0]) for *_, top in scopes])
+    unique, first_seen, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    scores = np.bincount(inverse, weights=contributions)
+    # The scope that contributed most explains the item (the earliest scope on a tie).
+    by_strength = np.lexsort((np.arange(len(keys)), -contributions, inverse))
+    grouped = inverse[by_strength]
+    group_start = np.ones(len(grouped), dtype=bool)
+    group_start[1:] = grouped[1:] != grouped[:-1]
+    explaining_scope = scope_of[by_strength[group_start]]
+    best = np.lexsort((first_seen, -scores))[:n]  # ties keep the order the scopes listed the items in
+    out = []
+    listed = zip(unique[best].tolist(), scores[best].tolist(), explaining_scope[best].tolist(), strict=True)
+    for key, score, scope in listed:
+        _, source, context, _ = scopes[scope]
+        out.append(ScoredItem(board.item_id(key), score, source, context=context))
+    return out
 
 
 def blend(personal: Sequence[ScoredItem], trending: Sequence[ScoredItem], weight: float) -> list[ScoredItem]:

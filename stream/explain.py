@@ -30,6 +30,7 @@ from stream.user_state import RecentItem
 ANCHOR_WINDOW = 5
 """How many of the user's latest known items an explanation may point to."""
 
+COLLABORATIVE_SOURCES = ("covisitation", "item_knn")
 _VERBS = {"view": "viewed", "click": "clicked", "cart": "added to your cart", "buy": "bought"}
 
 
@@ -61,31 +62,50 @@ class Explainer:
 
     def explain(self, items: Sequence[ScoredItem], recent: Sequence[RecentItem]) -> None:
         anchors = self._anchors(recent)
-        collaborative = [item.row for item in items if item.source in ("covisitation", "item_knn") and item.row >= 0]
-        links: dict[tuple[int, int], float] = {}  # (anchor row, row) -> strength, computed once per list
-        if anchors and collaborative:
-            strengths = self.co_occurrence([row for row, _ in anchors], collaborative)
-            for i, (anchor, _) in enumerate(anchors):
-                for j, row in enumerate(collaborative):
-                    links[anchor, row] = float(strengths[i, j])
-        for item in items:
-            item.reason_code, item.reason = self._explain_one(item, anchors, links)
+        anchor_of: dict[int, RecentItem] = {}  # position in ``items`` -> the recent item that explains it
+        if anchors:
+            anchor_rows = np.fromiter((row for row, _ in anchors), dtype=np.int64, count=len(anchors))
+            collaborative = [i for i, item in enumerate(items) if _needs_anchor(item, COLLABORATIVE_SOURCES)]
+            if collaborative:
+                rows = [items[i].row for i in collaborative]
+                strengths = np.asarray(self.co_occurrence(anchor_rows.tolist(), rows), dtype=np.float64)
+                self._pick_anchors(strengths, anchor_rows, np.asarray(rows), collaborative, anchors, anchor_of)
+            similar = [i for i, item in enumerate(items) if _needs_anchor(item, ("ann",))]
+            if similar:
+                rows = np.fromiter((items[i].row for i in similar), dtype=np.int64, count=len(similar))
+                cosines = self._cosines(anchor_rows, rows)
+                self._pick_anchors(cosines, anchor_rows, rows, similar, anchors, anchor_of)
+        for i, item in enumerate(items):
+            item.reason_code, item.reason = self._explain_one(item, anchor_of.get(i))
 
-    def _explain_one(
-        self, item: ScoredItem, anchors: list[tuple[int, RecentItem]], links: dict[tuple[int, int], float]
-    ) -> tuple[str, str]:
-        anchors = [pair for pair in anchors if pair[0] != item.row]
+    @staticmethod
+    def _pick_anchors(
+        affinity: np.ndarray,
+        anchor_rows: np.ndarray,
+        rows: np.ndarray,
+        positions: list[int],
+        anchors: list[tuple[int, RecentItem]],
+        anchor_of: dict[int, RecentItem],
+    ) -> None:
+        """For each column of ``affinity [anchors, items]``, the anchor with the largest value, never the item
+        itself; on a tie the most recent anchor (anchors are most recent first)."""
+        is_self = anchor_rows[:, None] == rows[None, :]
+        affinity = np.where(is_self, -np.inf, affinity)
+        best = np.argmax(affinity, axis=0)
+        usable = ~is_self.all(axis=0)
+        for position, anchor, ok in zip(positions, best.tolist(), usable.tolist(), strict=True):
+            if ok:
+                anchor_of[position] = anchors[anchor][1]
+
+    def _explain_one(self, item: ScoredItem, anchor: RecentItem | None) -> tuple[str, str]:
         if item.explore:
             return "explore", "Something new you might like"
-        if item.source in ("covisitation", "item_knn") and anchors and item.row >= 0:
-            anchor = max(anchors, key=lambda pair: links.get((pair[0], item.row), 0.0))[1]
+        if item.source in COLLABORATIVE_SOURCES and anchor is not None:
             return f"bought_together:{anchor.item_id}", f"Often chosen with {self._name(anchor.item_id)}"
-        if item.source == "ann" and anchors and item.row >= 0:
-            rows = np.fromiter((row for row, _ in anchors), dtype=np.int64, count=len(anchors))
-            anchor = anchors[int(np.argmax(self._cosine(rows, item.row)))][1]
+        if item.source == "ann" and anchor is not None:
             verb = _VERBS.get(anchor.event_type, "viewed")
             return f"similar_to_recent:{anchor.item_id}", f"Similar to {self._name(anchor.item_id)}, which you {verb}"
-        if item.source in ("ann", "covisitation", "item_knn"):
+        if item.source in ("ann", *COLLABORATIVE_SOURCES):
             return "for_you", "Picked for you from your recent activity"
         if item.source == "trending_in" and item.context is not None:
             return f"trending_in:{item.context}", f"Trending in {item.context}"
@@ -106,13 +126,17 @@ class Explainer:
                     break
         return anchors
 
-    def _cosine(self, rows: np.ndarray, row: int) -> np.ndarray:
+    def _cosines(self, anchor_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``[anchors, items]`` cosine similarity of the embeddings."""
         embeddings = self.items.embeddings
-        anchors = embeddings[rows]
-        target = embeddings[row]
-        norms = np.linalg.norm(anchors, axis=1) * max(float(np.linalg.norm(target)), 1e-12)
-        return (anchors @ target) / np.maximum(norms, 1e-12)
+        anchors, targets = embeddings[anchor_rows], embeddings[rows]
+        norms = np.outer(np.linalg.norm(anchors, axis=1), np.maximum(np.linalg.norm(targets, axis=1), 1e-12))
+        return (anchors @ targets.T) / np.maximum(norms, 1e-12)
 
     def _name(self, item_id: str) -> str:
         title = self.title_of(item_id)
         return f"“{title}”" if title else f"item {item_id}"
+
+
+def _needs_anchor(item: ScoredItem, sources: tuple[str, ...]) -> bool:
+    return not item.explore and item.source in sources and item.row >= 0

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_CONTENT_CONFIDENCE = 0.05
+TRENDING_DEPTH_STEP = 32
 REASON_HEADER = "streamrec.reason"
 DETAIL_HEADER = "streamrec.detail"
 
@@ -506,12 +507,15 @@ class Pipeline:
 
     def _trending_for(self, categories: tuple[str, ...], segment: int | None, n: int) -> list[ScoredItem]:
         """The context trending list, shared by the batch's users with the same categories and segment."""
-        key = (categories, segment, n)
+        # Lengths are rounded up so users who bought a little more or less share one list; the rounding depends
+        # on the user alone, never on who else is in the batch.
+        depth = -(-n // TRENDING_DEPTH_STEP) * TRENDING_DEPTH_STEP
+        key = (categories, segment, depth)
         held = self._trending_lists.get(key)
         if held is None:
-            held = self._trending_lists[key] = trending_candidates(self.trending, categories, segment, n)
+            held = self._trending_lists[key] = trending_candidates(self.trending, categories, segment, depth)
         # Items are handed on to the blend, which copies them; the list itself is never changed.
-        return held
+        return held[:n]
 
     def _ranked_after(
         self, pool: list[ScoredItem], extra: list[ScoredItem], request: Request, size: int

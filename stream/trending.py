@@ -8,6 +8,7 @@ factor would overflow float64.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,13 +26,19 @@ class TrendingCounter:
         self._item_ids: list[str] = []
         self._scores = np.zeros(initial_capacity, dtype=np.float64)
         self._reference_ts: float | None = None
-        self._top_cache: tuple[int, list[tuple[str, float]]] | None = None
+        self._keys = np.zeros(initial_capacity, dtype=np.int64)
+        self._top_cache: _Ranking | None = None
         self._version = 0
 
     def __len__(self) -> int:
         return len(self._item_ids)
 
-    def add(self, item_id: str, weight: float, ts: float) -> None:
+    def add(self, item_id: str, weight: float, ts: float, key: int | None = None) -> int:
+        """Count ``weight`` for ``item_id`` at event time ``ts``; returns the item's slot in this counter.
+
+        ``key`` is an integer the caller knows the item by (:meth:`top_keys` returns it; the item's own slot by
+        default): it lets scoped counters be merged without comparing item id strings.
+        """
         if self._reference_ts is None:
             self._reference_ts = ts
         exponent = (ts - self._reference_ts) / self.half_life_s
@@ -44,27 +51,59 @@ class TrendingCounter:
             slot = len(self._item_ids)
             if slot == len(self._scores):
                 self._scores = np.concatenate([self._scores, np.zeros_like(self._scores)])
+                self._keys = np.concatenate([self._keys, np.zeros_like(self._keys)])
             self._slot_of[item_id] = slot
             self._item_ids.append(item_id)
+            self._keys[slot] = slot if key is None else key
         self._scores[slot] += weight * 2.0**exponent
         self._version += 1
+        return slot
+
+    def item_id(self, slot: int) -> str:
+        return self._item_ids[slot]
 
     def top(self, n: int) -> list[tuple[str, float]]:
         """The ``n`` most popular items right now, with scores relative to the first (1.0)."""
-        if self._top_cache is not None and self._top_cache[0] == self._version and len(self._top_cache[1]) >= n:
-            return self._top_cache[1][:n]
-        count = len(self._item_ids)
-        if count == 0:
-            return []
-        scores = self._scores[:count]
+        ranking = self._ranking(n)
+        if ranking.listed is None:
+            ranking.listed = [
+                (self._item_ids[slot], score)
+                for slot, score in zip(ranking.slots.tolist(), ranking.relative.tolist(), strict=True)
+            ]
+        return ranking.listed[:n]
+
+    def top_keys(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`top` as arrays: the items' keys (see :meth:`add`) and their relative scores, best first."""
+        ranking = self._ranking(n)
+        return ranking.keys[:n], ranking.relative[:n]
+
+    def _ranking(self, n: int) -> _Ranking:
+        held = self._top_cache
+        if (
+            held is not None
+            and held.version == self._version
+            and (len(held.slots) >= n or len(held.slots) == len(self))
+        ):
+            return held
+        scores = self._scores[: len(self._item_ids)]
         # Callers ask for slightly different lengths; computing a generous list once serves them all from cache.
-        n_top = min(max(n, TOP_CACHE_MIN), count)
-        best = np.argpartition(-scores, n_top - 1)[:n_top]
-        best = best[np.argsort(-scores[best], kind="stable")]
-        top_score = scores[best[0]]
-        result = [(self._item_ids[i], float(scores[i] / top_score)) for i in best]
-        self._top_cache = (self._version, result)
-        return result[:n]
+        n_top = min(max(n, TOP_CACHE_MIN), len(scores))
+        slots = np.argpartition(-scores, n_top - 1)[:n_top] if n_top else np.empty(0, dtype=np.int64)
+        slots = slots[np.argsort(-scores[slots], kind="stable")]
+        relative = scores[slots] / scores[slots[0]] if n_top else np.empty(0)
+        self._top_cache = _Ranking(self._version, slots, self._keys[slots], relative)
+        return self._top_cache
+
+
+@dataclass(slots=True)
+class _Ranking:
+    """A counter's top items at one version: slots, keys and relative scores, best first."""
+
+    version: int
+    slots: np.ndarray
+    keys: np.ndarray
+    relative: np.ndarray
+    listed: list[tuple[str, float]] | None = None
 
 
 class TrendingBoard:
@@ -83,18 +122,23 @@ class TrendingBoard:
         self.by_segment: dict[int, TrendingCounter] = {}
 
     def add(self, item_id: str, weight: float, ts: float, category: str | None, segment: int | None) -> None:
-        self.overall.add(item_id, weight, ts)
+        # Every item is counted overall, so its overall slot is the key all scopes know it by.
+        key = self.overall.add(item_id, weight, ts)
         if category is not None:
             counter = self._scope(self.by_category, category)
             if counter is not None:
-                counter.add(item_id, weight, ts)
+                counter.add(item_id, weight, ts, key)
         if segment is not None:
             counter = self._scope(self.by_segment, segment)
             if counter is not None:
-                counter.add(item_id, weight, ts)
+                counter.add(item_id, weight, ts, key)
 
     def top(self, n: int) -> list[tuple[str, float]]:
         return self.overall.top(n)
+
+    def item_id(self, key: int) -> str:
+        """The item a key of :meth:`top_keys` (or of a scope's ``top_keys``) stands for."""
+        return self.overall.item_id(key)
 
     def top_in_category(self, category: str, n: int) -> list[tuple[str, float]]:
         counter = self.by_category.get(category)

@@ -181,3 +181,16 @@ def test_pair_similarities_come_from_the_sparse_table() -> None:
         [0.0, 0.0, 0.0],
         [0.0, 0.0, 0.0],
     ]
+
+
+def test_pair_similarities_do_not_depend_on_the_order_neighbours_are_stored_in() -> None:
+    indptr = np.array([0, 3, 4, 4, 4, 4, 4], dtype=np.int64)
+    # Row 0 lists its neighbours out of order (as a model built by other code might).
+    model = ItemKNNModel(
+        indptr, np.array([5, 1, 3, 0], dtype=np.int32), np.array([0.5, 0.1, 0.3, 0.9], dtype=np.float32)
+    )
+    np.testing.assert_allclose(
+        model.similarities_between([0, 1], [3, 5, 1, 0, 4]), [[0.3, 0.5, 0.1, 0.0, 0.0], [0.0, 0.0, 0.0, 0.9, 0.0]]
+    )
+    neighbours, similarities = model.neighbors_of(0)
+    assert neighbours.tolist() == [5, 3, 1] and similarities.tolist() == pytest.approx([0.5, 0.3, 0.1])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 from stream.cold_start import blend, personal_weight, trending_candidates
@@ -157,6 +158,46 @@ def test_without_context_the_whole_shop_trends() -> None:
 def test_trending_candidates_respect_n_and_an_empty_board() -> None:
     assert ids(trending_candidates(board(), ["shoes"], segment=3, n=2)) == ["shoe1", "toy"]
     assert trending_candidates(TrendingBoard(half_life_s=HOUR), ["shoes"], segment=1, n=5) == []
+
+
+def _reference_trending(board: TrendingBoard, categories: list[str], segment: int | None, n: int) -> list[tuple]:
+    """The definition, item by item: each scope adds weight × relative score; the strongest scope explains."""
+    scopes = [
+        (1.0 if position == 0 else 0.5, "trending_in", category, board.top_in_category(category, n))
+        for position, category in enumerate(categories)
+    ]
+    if segment is not None:
+        scopes.append((0.7, "trending_segment", str(segment), board.top_in_segment(segment, n)))
+    scopes.append((0.3, "trending", None, board.top(n)))
+    merged: dict[str, list] = {}
+    for weight, source, context, top in scopes:
+        for item_id, relative in top:
+            held = merged.setdefault(item_id, [0.0, -1.0, source, context])
+            held[0] += weight * relative
+            if weight * relative > held[1]:
+                held[1:] = [weight * relative, source, context]
+    ranked = sorted(merged.items(), key=lambda pair: -pair[1][0])[:n]
+    return [(item_id, round(score, 9), source, context) for item_id, (score, _, source, context) in ranked]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_trending_candidates_match_the_item_by_item_definition(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    trend = TrendingBoard(half_life_s=HOUR)
+    for _ in range(400):
+        item = f"i{rng.integers(60)}"
+        trend.add(
+            item,
+            float(rng.choice([1.0, 2.0, 5.0])),
+            float(rng.uniform(0, HOUR)),
+            f"c{rng.integers(4)}",
+            int(rng.integers(3)),
+        )
+    for categories, segment in ((["c1", "c0", "c3"], 2), (["c2"], None), ([], 1), (["c9"], 7)):
+        got = trending_candidates(trend, categories, segment, n=25)
+        assert [(i.item_id, round(i.score, 9), i.source, i.context) for i in got] == _reference_trending(
+            trend, categories, segment, 25
+        )
 
 
 def test_blend_never_hands_out_the_shared_trending_items() -> None:
