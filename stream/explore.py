@@ -35,15 +35,17 @@ class ExposureStats:
     def engaged(self, item_id: str) -> None:
         self._stats.setdefault(item_id, [0.0, 0.0])[1] += 1.0
 
-    def impressions(self, item_id: str) -> float:
+    def counts(self, item_id: str) -> tuple[float, float]:
+        """(impressions, engagements) of the item."""
         stats = self._stats.get(item_id)
-        return 0.0 if stats is None else stats[0]
+        return (0.0, 0.0) if stats is None else (stats[0], stats[1])
+
+    def impressions(self, item_id: str) -> float:
+        return self.counts(item_id)[0]
 
     def posterior(self, item_id: str) -> tuple[float, float]:
         """Beta parameters of the item's engagement rate."""
-        impressions, engagements = self._stats.get(item_id, (0.0, 0.0))
-        engagements = min(engagements, impressions)
-        return 1.0 + engagements, 1.0 + impressions - engagements
+        return _beta_parameters(*self.counts(item_id))
 
     def __len__(self) -> int:
         return len(self._stats)
@@ -75,10 +77,18 @@ class Explorer:
         """
         if n <= 0:
             return []
-        eligible = [item for item in pool if self.exposure.impressions(item.item_id) < self.max_impressions]
+        eligible: list[ScoredItem] = []
+        alpha: list[float] = []
+        beta: list[float] = []
+        for item in pool:
+            impressions, engagements = self.exposure.counts(item.item_id)
+            if impressions < self.max_impressions:
+                eligible.append(item)
+                a, b = _beta_parameters(impressions, engagements)
+                alpha.append(a)
+                beta.append(b)
         if not eligible:
             return []
-        alpha, beta = np.array([self.exposure.posterior(item.item_id) for item in eligible]).T
         draws = self._rng.beta(alpha, beta)
         if first is not None:
             draws += np.array([1.0 if first(item) else 0.0 for item in eligible])  # draws lie in [0, 1]
@@ -100,3 +110,9 @@ class Explorer:
             if item is not None:
                 out.append(item)
         return out
+
+
+def _beta_parameters(impressions: float, engagements: float) -> tuple[float, float]:
+    """Beta(1 + engagements, 1 + impressions − engagements): a uniform prior updated by the exposure counts."""
+    engagements = min(engagements, impressions)
+    return 1.0 + engagements, 1.0 + impressions - engagements

@@ -631,21 +631,21 @@ class Pipeline:
                     ranker + weight * np.where(rows < n_trained, knn, 0.0).astype(np.float32)
                     for ranker, knn, rows in zip(scores, knn_scores, candidates, strict=True)
                 ]
-        ranked = {}
-        item_ids = items.item_ids
-        for t, rows, row_scores, codes in zip(warm, candidates, scores, origin, strict=True):
-            order = np.argsort(-row_scores, kind="stable")
-            # The filter stage reads the head of the ranking (twice the pool, to refill after the rules) and the
-            # live items anywhere in it (exploration): only those become objects.
-            limit = 2 * (self._pool_size() + len(t.state.bought) + 1)
-            tail = order[limit:]
-            keep = np.concatenate([order[:limit], tail[rows[tail] >= n_trained]])
-            ranked[t.event.user_id] = [
-                ScoredItem(item_ids[row], score, source_names[code], row)
-                for row, score, code in zip(
-                    rows[keep].tolist(), row_scores[keep].tolist(), codes[keep].tolist(), strict=True
-                )
-            ]
+            ranked = {}
+            item_ids = items.item_ids
+            for t, rows, row_scores, codes in zip(warm, candidates, scores, origin, strict=True):
+                order = np.argsort(-row_scores, kind="stable")
+                # The filter stage reads the head of the ranking (twice the pool, to refill after the rules) and the
+                # live items anywhere in it (exploration): only those become objects.
+                limit = 2 * (self._pool_size() + len(t.state.bought) + 1)
+                tail = order[limit:]
+                keep = np.concatenate([order[:limit], tail[rows[tail] >= n_trained]])
+                ranked[t.event.user_id] = [
+                    ScoredItem(item_ids[row], score, source_names[code], row)
+                    for row, score, code in zip(
+                        rows[keep].tolist(), row_scores[keep].tolist(), codes[keep].tolist(), strict=True
+                    )
+                ]
         known = {t.event.user_id: len(history) for t, history in zip(warm, histories, strict=True)}
         return ranked, known
 
