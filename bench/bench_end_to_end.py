@@ -361,16 +361,21 @@ def measure_throughput(
     first: tuple[float, float] | None = None
     last: tuple[float, float] = (time.monotonic(), 0.0)
     samples: list[tuple[float, float]] = []
+    cpu_at: dict[float, float] = {}  # poll time -> the process's CPU seconds (all threads), where it exports them
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"process exited with code {process.returncode} during the throughput phase")
         now = time.monotonic()
         try:
-            consumed = value(scrape(port), "streamrec_messages_consumed_total")
+            metrics = scrape(port)
+            consumed = value(metrics, "streamrec_messages_consumed_total")
+            cpu = value(metrics, "process_cpu_seconds_total")
         except OSError:
-            consumed = None
+            consumed = cpu = None
         if consumed is not None:
             samples.append((now, consumed))
+            if cpu is not None:
+                cpu_at[now] = cpu
             last = (now, consumed)
             if first is None and consumed > 0:
                 first = (now, consumed)
@@ -387,6 +392,14 @@ def measure_throughput(
             first_poll_count=int(first[1]),
             first_poll_at=first[0],
         )
+        if first[0] in cpu_at and last[0] in cpu_at and last[1] > first[1]:
+            # CPU time per event: unlike events/s, barely moved by other load on a shared machine.
+            cpu_s = cpu_at[last[0]] - cpu_at[first[0]]
+            result.update(
+                cpu_s=round(cpu_s, 3),
+                cpu_ms_per_event=round(1000 * cpu_s / (last[1] - first[1]), 4),
+                events_per_cpu_s=round((last[1] - first[1]) / cpu_s, 1) if cpu_s > 0 else None,
+            )
         # Cross-check that does not depend on when N was reached between two polls: the rate between the first
         # and the last poll that both saw the worker mid-way (0 < count < N); exact up to one batch.
         busy = [(t, c) for t, c in samples if 0 < c < target]
@@ -521,9 +534,10 @@ def run_one(
                 result["throughput"]["exact_events_per_s"] = round(exact, 1)
                 result["throughput"]["exact_seconds"] = round(seconds, 4)
         tp = result["throughput"]
+        cpu = f"; {tp['cpu_ms_per_event']} ms CPU per event" if "cpu_ms_per_event" in tp else ""
         print(
             f"[{name}] throughput: {tp.get('events_per_s', 0):,.0f} events/s "
-            f"({tp['consumed']}/{n} consumed{'' if tp['complete'] else ', INCOMPLETE'})"
+            f"({tp['consumed']}/{n} consumed{'' if tp['complete'] else ', INCOMPLETE'}){cpu}"
         )
         if not tp["complete"]:
             print(f"[{name}] worker log tail:\n{tail(log_path, 2000)}")

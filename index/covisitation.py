@@ -44,21 +44,22 @@ class CoVisitation:
 
     def strengths(self, sources: Sequence[int], targets: Sequence[int]) -> np.ndarray:
         """``[sources, targets]`` cosine-normalised co-visitation (0 where never seen together)."""
-        out = np.zeros((len(sources), len(targets)))
         size = len(self._counts)
-        wanted = np.asarray(targets, dtype=np.int64)
-        inside = (wanted >= 0) & (wanted < size)
-        target_totals = np.where(inside, self._item_totals[np.where(inside, wanted, 0)], 0.0)
-        for i, source in enumerate(sources):
-            if not 0 <= source < size or self._item_totals[source] == 0:
-                continue
-            counts = self._counts[source]
-            if not counts:
-                continue
-            together = np.fromiter((counts.get(target, 0.0) for target in targets), dtype=np.float64, count=len(wanted))
-            known = (together > 0) & (target_totals > 0)
-            out[i, known] = together[known] / np.sqrt(self._item_totals[source] * target_totals[known])
-        return out
+        neighbours = [self._counts[source] if 0 <= source < size else {} for source in sources]
+        together = np.array(
+            [[counts.get(target, 0.0) for target in targets] for counts in neighbours], dtype=np.float64
+        ).reshape(len(sources), len(targets))
+        totals = np.sqrt(
+            np.outer(
+                self._totals_of(np.asarray(sources, dtype=np.int64)),
+                self._totals_of(np.asarray(targets, dtype=np.int64)),
+            )
+        )
+        return np.divide(together, totals, out=np.zeros_like(together), where=(together > 0) & (totals > 0))
+
+    def _totals_of(self, rows: np.ndarray) -> np.ndarray:
+        inside = (rows >= 0) & (rows < len(self._counts))
+        return np.where(inside, self._item_totals[np.where(inside, rows, 0)], 0.0)
 
     def add(self, previous_rows: Sequence[int], row: int) -> None:
         """Record that ``row`` was touched after ``previous_rows`` (oldest first; the last ``window`` count)."""

@@ -58,16 +58,6 @@ class Segments:
         """The segment (int64 ``[B]``) of each user vector ``[B, d]``: the centroid of highest cosine."""
         return _nearest(self.user_centroids, vectors)
 
-    def assign_user(self, vector: np.ndarray) -> int:
-        """:meth:`assign_users` for one vector ``[d]`` without the batch's copies, for the per-event hot path.
-
-        The centroids are unit-norm, so the largest inner product is the highest cosine and the vector need not
-        be normalised; a zero or non-finite vector gets segment 0, as in the batch form.
-        """
-        if not np.isfinite(vector).all():
-            return 0
-        return int(np.argmax(self.user_centroids @ vector))
-
     def assign_items(self, vectors: np.ndarray) -> np.ndarray:
         """The cluster (int64 ``[B]``) of each item embedding ``[B, d]``, e.g. for items added after fitting."""
         return _nearest(self.item_centroids, vectors)

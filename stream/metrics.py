@@ -5,7 +5,8 @@ Latency histograms are in seconds with buckets from 1 ms, because freshness targ
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import collections
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -161,12 +162,17 @@ class WorkerMetrics:
         for stage in STAGES:
             self.stage_seconds.labels(stage)
 
-    def observe_items(self, items: Iterable[Explained], segment: int | None, n_segments: int = 0) -> None:
-        """Count published items by explanation kind, and the recommendation by segment when bounded."""
-        for item in items:
-            self.items_recommended.labels(item.reason_code.split(":", 1)[0]).inc()
-        if segment is not None and 0 < n_segments <= self.segment_label_limit:
-            self.segment_recommendations.labels(str(segment)).inc()
+    def observe_lists(
+        self, lists: Sequence[Sequence[Explained]], segments: Sequence[int | None], n_segments: int = 0
+    ) -> None:
+        """Count a batch's published items by explanation kind, and its recommendations by segment when the
+        segments are few enough to label. Counted per batch: a labelled increment costs a lock and a lookup."""
+        kinds = collections.Counter(item.reason_code.split(":", 1)[0] for items in lists for item in items)
+        for kind, count in kinds.items():
+            self.items_recommended.labels(kind).inc(count)
+        if 0 < n_segments <= self.segment_label_limit:
+            for segment, count in collections.Counter(segment for segment in segments if segment is not None).items():
+                self.segment_recommendations.labels(str(segment)).inc(count)
 
     def observe_published(self, published: Iterable[Published], acknowledged_at: float) -> None:
         """Count recommendations the broker acknowledged and record their event-to-recommendation latency."""

@@ -294,12 +294,6 @@ class Pipeline:
         segments = self.artifacts.segments
         return 0 if segments is None else segments.n_segments
 
-    def segment_of(self, state: UserState) -> int | None:
-        segments = self.artifacts.segments
-        if segments is None or state.vector is None:
-            return None
-        return segments.assign_user(state.vector)
-
     # --- state restore (called by runtimes on partition assignment) -----------------------------------------
     def restore_state(self, partition: int, states: Sequence[UserState]) -> None:
         for state in states:
@@ -389,7 +383,7 @@ class Pipeline:
 
     def _update_state(self, accepted: list[tuple[SourceRecord, Event]]) -> dict[str, _Trigger]:
         triggers: dict[str, _Trigger] = {}
-        weights = self.settings.event_weights
+        applied: list[Event] = []
         for record, event in accepted:
             state = self.store.get(record.partition, event.user_id)
             if state is None:
@@ -403,17 +397,31 @@ class Pipeline:
                     self.explorer.exposure.engaged(event.item_id)
                 self.interest.apply(state, event)
                 state.last_partition, state.last_offset = record.partition, record.offset
-                self.trending.add(
-                    event.item_id,
-                    weights[event.event_type.value],
-                    event.ts,
-                    self.category_of(event.item_id),
-                    self.segment_of(state),
-                )
+                applied.append(event)
             # A user's later events in the batch supersede earlier ones: one recommendation per user per batch.
             triggers.pop(event.user_id, None)
             triggers[event.user_id] = _Trigger(record.partition, event, record.received_at, state)
+        self._assign_segments(list(triggers.values()))
+        weights = self.settings.event_weights
+        for event in applied:
+            # Counted in the segment of the user as of the batch's end (one assignment per user and batch).
+            self.trending.add(
+                event.item_id,
+                weights[event.event_type.value],
+                event.ts,
+                self.category_of(event.item_id),
+                triggers[event.user_id].segment,
+            )
         return triggers
+
+    def _assign_segments(self, triggers: list[_Trigger]) -> None:
+        segments = self.artifacts.segments
+        warm = [t for t in triggers if t.state.vector is not None]
+        if segments is None or not warm:
+            return
+        assigned = segments.assign_users(np.stack([t.state.vector for t in warm]))
+        for trigger, segment in zip(warm, assigned.tolist(), strict=True):
+            trigger.segment = segment
 
     def _recommend(
         self, triggers: list[_Trigger], timings: dict[str, float]
@@ -457,8 +465,10 @@ class Pipeline:
                 t.state.record_shown([item.item_id for item in items])
                 for item in items:
                     self.explorer.exposure.shown(item.item_id)
-                if self.metrics:
-                    self.metrics.observe_items(items, t.segment, self._n_segments)
+            if self.metrics:
+                self.metrics.observe_lists(
+                    [chosen[t.event.user_id] for t in triggers], [t.segment for t in triggers], self._n_segments
+                )
         return messages, published
 
     def _choose(self, trigger: _Trigger, request: Request, ranked: list[ScoredItem], known: int) -> list[ScoredItem]:
@@ -467,7 +477,6 @@ class Pipeline:
         k = settings.top_k
         pool_size = self._pool_size()
         head = pool_size + len(trigger.state.bought) + 1  # enough to fill the pool after the rules
-        trigger.segment = self.segment_of(trigger.state)
         trending = self._trending_for(tuple(self._recent_categories(trigger.state)), trigger.segment, head)
         weight = personal_weight(known, settings.cold_start_prior_events)
         candidates = blend(ranked[:head], trending, weight)

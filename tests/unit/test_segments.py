@@ -188,13 +188,12 @@ def test_missing_file_and_inconsistent_construction_are_refused(fitted: Segments
         Segments(fitted.user_centroids, fitted.item_centroids[:, :-1], fitted.item_cluster)
 
 
-def test_one_vector_gets_the_segment_of_the_batch_form(
+def test_vector_length_does_not_matter_and_degenerate_vectors_get_segment_zero(
     data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], fitted: Segments
 ) -> None:
     users = data[0]
-    scaled = users * np.linspace(0.1, 10.0, len(users), dtype=np.float32)[:, None]  # length must not matter
-    assert [fitted.assign_user(vector) for vector in scaled] == fitted.assign_users(scaled).tolist()
-    odd = np.zeros(DIM, dtype=np.float32)
-    assert fitted.assign_user(odd) == 0
-    odd[0] = np.inf
-    assert fitted.assign_user(odd) == 0
+    scaled = users * np.linspace(0.1, 10.0, len(users), dtype=np.float32)[:, None]
+    assert fitted.assign_users(scaled).tolist() == fitted.assign_users(users).tolist()
+    odd = np.zeros((2, DIM), dtype=np.float32)
+    odd[1, 0] = np.inf
+    assert fitted.assign_users(odd).tolist() == [0, 0]
