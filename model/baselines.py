@@ -223,17 +223,26 @@ class ItemKNNModel:
     def similarities_between(self, rows: Sequence[int], others: Sequence[int]) -> np.ndarray:
         """``[rows, others]`` stored similarities (0 for pairs that never co-occurred or lie outside the model)."""
         out = np.zeros((len(rows), len(others)))
-        wanted = np.asarray(others, dtype=self.neighbors.dtype if len(others) else np.int64)
-        for i, row in enumerate(rows):
-            if not 0 <= row < self.n_items:
-                continue
-            begin, end = int(self.indptr[row]), int(self.indptr[row + 1])
-            if begin == end:
-                continue
-            neighbors = self.neighbors[begin:end]
-            found = np.minimum(np.searchsorted(neighbors, wanted), end - begin - 1)
-            hit = neighbors[found] == wanted
-            out[i, hit] = self.similarities[begin + found[hit]]
+        anchors = np.asarray(rows, dtype=np.int64)
+        inside = np.flatnonzero((anchors >= 0) & (anchors < self.n_items))
+        if not len(inside) or not len(others):
+            return out
+        begins, ends = self.indptr[anchors[inside]], self.indptr[anchors[inside] + 1]
+        lengths = ends - begins
+        if not lengths.sum():
+            return out
+        # All the anchors' rows as one sorted key array (anchor position, neighbour): one binary search for all pairs.
+        owner = np.repeat(np.arange(len(inside), dtype=np.int64), lengths)
+        entries = np.arange(lengths.sum(), dtype=np.int64) + np.repeat(begins - (np.cumsum(lengths) - lengths), lengths)
+        keys = owner * self.n_items + self.neighbors[entries]
+        columns = np.asarray(others, dtype=np.int64)
+        known = (columns >= 0) & (columns < self.n_items)  # other rows must not alias a neighbour of the next anchor
+        wanted = (np.arange(len(inside), dtype=np.int64)[:, None] * self.n_items + columns[None, :]).ravel()
+        found = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        hit = (keys[found] == wanted) & np.tile(known, len(inside))
+        values = np.zeros(len(wanted))
+        values[hit] = self.similarities[entries[found[hit]]]
+        out[inside] = values.reshape(len(inside), len(others))
         return out
 
     def top_neighbors(self, recent: Sequence[int], n: int, excluded: set[int]) -> np.ndarray:

@@ -192,5 +192,7 @@ def test_pair_similarities_do_not_depend_on_the_order_neighbours_are_stored_in()
     np.testing.assert_allclose(
         model.similarities_between([0, 1], [3, 5, 1, 0, 4]), [[0.3, 0.5, 0.1, 0.0, 0.0], [0.0, 0.0, 0.0, 0.9, 0.0]]
     )
+    # Rows outside the model (items added live) have no similarity, whatever their number.
+    assert model.similarities_between([0, 1], [6, -5]).tolist() == [[0.0, 0.0], [0.0, 0.0]]
     neighbours, similarities = model.neighbors_of(0)
     assert neighbours.tolist() == [5, 3, 1] and similarities.tolist() == pytest.approx([0.5, 0.3, 0.1])
