@@ -34,7 +34,7 @@ from stream.filters import ScoredItem, allowed_pool
 from stream.item_table import NO_CLUSTER, ItemTable
 from stream.metrics import WorkerMetrics
 from stream.publish import recommendation_message
-from stream.rank import rank_candidates
+from stream.rank import RankedCandidates, rank_candidates
 from stream.rejection import InvalidEvent
 from stream.retrieve import retrieve_candidates
 from stream.rules import (
@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 MIN_CONTENT_CONFIDENCE = 0.05
 TRENDING_DEPTH_STEP = 32
+NOTHING_RANKED = RankedCandidates()  # a user the personalised sources had nothing for (or did not reach)
 REASON_HEADER = "streamrec.reason"
 DETAIL_HEADER = "streamrec.detail"
 
@@ -429,7 +430,7 @@ class Pipeline:
         settings = self.settings
         requests = {t.event.user_id: Request.of(t.state, t.event) for t in triggers}
         warm = [t for t in triggers if not t.state.is_cold]
-        ranked: dict[str, list[ScoredItem]] = {}
+        ranked: dict[str, RankedCandidates] = {}
         known_events: dict[str, int] = {}
         if warm:
             try:
@@ -443,7 +444,10 @@ class Pipeline:
             self._trending_lists: dict[tuple, list[ScoredItem]] = {}  # trending does not move within the stage
             chosen = {
                 t.event.user_id: self._choose(
-                    t, requests[t.event.user_id], ranked.get(t.event.user_id, []), known_events.get(t.event.user_id, 0)
+                    t,
+                    requests[t.event.user_id],
+                    ranked.get(t.event.user_id, NOTHING_RANKED),
+                    known_events.get(t.event.user_id, 0),
                 )
                 for t in triggers
             }
@@ -471,7 +475,7 @@ class Pipeline:
                 )
         return messages, published
 
-    def _choose(self, trigger: _Trigger, request: Request, ranked: list[ScoredItem], known: int) -> list[ScoredItem]:
+    def _choose(self, trigger: _Trigger, request: Request, ranked: RankedCandidates, known: int) -> list[ScoredItem]:
         """The final list of one user: blend, rules, diversity and category caps, exploration, explanations."""
         settings = self.settings
         k = settings.top_k
@@ -479,18 +483,18 @@ class Pipeline:
         head = pool_size + len(trigger.state.bought) + 1  # enough to fill the pool after the rules
         trending = self._trending_for(tuple(self._recent_categories(trigger.state)), trigger.segment, head)
         weight = personal_weight(known, settings.cold_start_prior_events)
-        candidates = blend(ranked[:head], trending, weight)
+        candidates = blend(ranked.items(0, head), trending, weight)
         pool = allowed_pool(candidates, request, self.rules, pool_size)
         if len(pool) < pool_size and len(candidates) < head + len(trending):
             # Heavy filtering emptied the head: let the rest of the personalised list and the whole shop's
             # trending refill the pool, below what it holds.
-            extra = [*ranked[head:], *(ScoredItem(i, s, "trending") for i, s in self.trending.top(head))]
+            extra = [*ranked.items(head), *(ScoredItem(i, s, "trending") for i, s in self.trending.top(head))]
             pool += self._ranked_after(pool, extra, request, pool_size - len(pool))
         size = min(k, len(pool))
         order = self._diversify(pool, size)
         if len(order) < size and settings.max_per_category:
             # The cap left slots empty: widen the pool with the rest of the ranking and trending once.
-            pool += self._ranked_after(pool, [*ranked[head:], *trending, *candidates], request, 4 * pool_size)
+            pool += self._ranked_after(pool, [*ranked.items(head), *trending, *candidates], request, 4 * pool_size)
             order = self._diversify(pool, size)
         n_explore = self.explorer.n_slots(len(order))
         exploited = [pool[i] for i in order[: len(order) - n_explore]]
@@ -502,7 +506,7 @@ class Pipeline:
             # alone. Exploration considers them wherever they rank.
             held = {item.item_id for item in pool}
             unexploited += allowed_pool(
-                (c for c in ranked if c.row >= self.items.n_trained and c.item_id not in held),
+                (c for c in ranked.from_row(self.items.n_trained) if c.item_id not in held),
                 request,
                 self.rules,
                 pool_size,
@@ -582,7 +586,7 @@ class Pipeline:
 
     def _personalized(
         self, warm: list[_Trigger], requests: dict[str, Request], timings: dict[str, float]
-    ) -> tuple[dict[str, list[ScoredItem]], dict[str, int]]:
+    ) -> tuple[dict[str, RankedCandidates], dict[str, int]]:
         items = self.items
         n_trained = items.n_trained
         with self._stage("retrieve", timings):
@@ -640,21 +644,10 @@ class Pipeline:
                     ranker + weight * np.where(rows < n_trained, knn, 0.0).astype(np.float32)
                     for ranker, knn, rows in zip(scores, knn_scores, candidates, strict=True)
                 ]
-            ranked = {}
-            item_ids = items.item_ids
-            for t, rows, row_scores, codes in zip(warm, candidates, scores, origin, strict=True):
-                order = np.argsort(-row_scores, kind="stable")
-                # The filter stage reads the head of the ranking (twice the pool, to refill after the rules) and the
-                # live items anywhere in it (exploration): only those become objects.
-                limit = 2 * (self._pool_size() + len(t.state.bought) + 1)
-                tail = order[limit:]
-                keep = np.concatenate([order[:limit], tail[rows[tail] >= n_trained]])
-                ranked[t.event.user_id] = [
-                    ScoredItem(item_ids[row], score, source_names[code], row)
-                    for row, score, code in zip(
-                        rows[keep].tolist(), row_scores[keep].tolist(), codes[keep].tolist(), strict=True
-                    )
-                ]
+            ranked = {
+                t.event.user_id: RankedCandidates.by_score(rows, row_scores, codes, source_names, items.item_ids)
+                for t, rows, row_scores, codes in zip(warm, candidates, scores, origin, strict=True)
+            }
         known = {t.event.user_id: len(history) for t, history in zip(warm, histories, strict=True)}
         return ranked, known
 

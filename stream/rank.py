@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
+
+from stream.filters import ScoredItem
 
 
 class SequenceScorer(Protocol):
@@ -55,3 +58,50 @@ def rank_candidates(
 def _trained_items(ranker: SequenceScorer) -> int:
     config = getattr(ranker, "config", None)
     return int(config.n_items) if config is not None else 2**62
+
+
+@dataclass(slots=True)
+class RankedCandidates:
+    """One user's candidates in ranker order, best first, held as arrays.
+
+    Items become :class:`ScoredItem` objects only when the filter stage reads them: most lists are decided within
+    their head, and building an object per candidate would cost more than ranking them.
+    """
+
+    rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    scores: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
+    sources: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int8))  # index into source_names
+    source_names: Sequence[str] = ()
+    item_ids: Sequence[str] = ()
+
+    @classmethod
+    def by_score(
+        cls,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        sources: np.ndarray,
+        source_names: Sequence[str],
+        item_ids: Sequence[str],
+    ) -> RankedCandidates:
+        order = np.argsort(-scores, kind="stable")
+        return cls(rows[order], scores[order], sources[order], source_names, item_ids)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def items(self, start: int = 0, stop: int | None = None) -> list[ScoredItem]:
+        """Ranks ``start`` to ``stop`` as objects."""
+        return self._objects(slice(start, stop))
+
+    def from_row(self, first_row: int) -> list[ScoredItem]:
+        """Every candidate whose table row is at least ``first_row`` (e.g. items added live), in rank order."""
+        return self._objects(np.flatnonzero(self.rows >= first_row))
+
+    def _objects(self, where: slice | np.ndarray) -> list[ScoredItem]:
+        item_ids, names = self.item_ids, self.source_names
+        return [
+            ScoredItem(item_ids[row], score, names[code], row)
+            for row, score, code in zip(
+                self.rows[where].tolist(), self.scores[where].tolist(), self.sources[where].tolist(), strict=True
+            )
+        ]
