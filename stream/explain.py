@@ -35,12 +35,12 @@ _VERBS = {"view": "viewed", "click": "clicked", "cart": "added to your cart", "b
 
 
 class ItemRows(Protocol):
-    """What explanations read of the item table: rows and their current embeddings."""
+    """What explanations read of the item table: rows and their current unit-length embeddings."""
 
     row_of: dict[str, int]
 
     @property
-    def embeddings(self) -> np.ndarray: ...
+    def unit_embeddings(self) -> np.ndarray: ...
 
 
 class Explainer:
@@ -128,10 +128,8 @@ class Explainer:
 
     def _cosines(self, anchor_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``[anchors, items]`` cosine similarity of the embeddings."""
-        embeddings = self.items.embeddings
-        anchors, targets = embeddings[anchor_rows], embeddings[rows]
-        norms = np.outer(np.linalg.norm(anchors, axis=1), np.maximum(np.linalg.norm(targets, axis=1), 1e-12))
-        return (anchors @ targets.T) / np.maximum(norms, 1e-12)
+        unit = self.items.unit_embeddings
+        return unit[anchor_rows] @ unit[rows].T
 
     def _name(self, item_id: str) -> str:
         title = self.title_of(item_id)

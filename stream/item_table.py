@@ -41,6 +41,8 @@ class ItemTable:
         base = artifacts.item_embeddings
         self._embeddings = np.zeros((self.n_trained + min(max_live_items, 1024), base.shape[1]), dtype=np.float32)
         self._embeddings[: self.n_trained] = base
+        self._unit = np.zeros_like(self._embeddings)
+        self._unit[: self.n_trained] = unit_rows(base)
         segments = artifacts.segments
         self._cluster = np.full(len(self._embeddings), NO_CLUSTER, dtype=np.int32)
         if segments is not None:
@@ -52,6 +54,11 @@ class ItemTable:
     def embeddings(self) -> np.ndarray:
         """``[rows, dim]`` float32; a view that a later :meth:`add` may replace, so do not keep it."""
         return self._embeddings[: len(self.item_ids)]
+
+    @property
+    def unit_embeddings(self) -> np.ndarray:
+        """:attr:`embeddings` scaled to unit length (zero rows stay zero), for cosine similarities."""
+        return self._unit[: len(self.item_ids)]
 
     @property
     def dim(self) -> int:
@@ -79,6 +86,7 @@ class ItemTable:
         row = len(self.item_ids)
         self._reserve(row + 1)
         self._embeddings[row] = vector
+        self._unit[row] = unit_rows(vector[None, :])[0]
         if self._segments is not None:
             self._cluster[row] = int(self._segments.assign_items(vector[None, :])[0])
         added = self.index.add(vector[None, :].astype(np.float32))
@@ -107,6 +115,15 @@ class ItemTable:
         grown = np.zeros((capacity, self.dim), dtype=np.float32)
         grown[: len(self._embeddings)] = self._embeddings
         self._embeddings = grown
+        unit = np.zeros_like(grown)
+        unit[: len(self._unit)] = self._unit
+        self._unit = unit
         clusters = np.full(capacity, NO_CLUSTER, dtype=np.int32)
         clusters[: len(self._cluster)] = self._cluster
         self._cluster = clusters
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length; all-zero rows stay zero."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)

@@ -561,16 +561,11 @@ class Pipeline:
         )
 
     def _unit_vectors(self, pool: list[ScoredItem]) -> np.ndarray:
-        vectors = np.zeros((len(pool), self.items.dim), dtype=np.float32)
-        rows = [
-            (i, item.row if item.row >= 0 else self.items.row_of.get(item.item_id, -1)) for i, item in enumerate(pool)
-        ]
-        known = [(i, row) for i, row in rows if row >= 0]
-        if known:
-            index, table_rows = zip(*known, strict=True)
-            picked = self.items.embeddings[list(table_rows)]
-            norms = np.linalg.norm(picked, axis=1, keepdims=True)
-            vectors[list(index)] = picked / np.maximum(norms, 1e-12)
+        rows = np.array(
+            [item.row if item.row >= 0 else self.items.row_of.get(item.item_id, -1) for item in pool], dtype=np.int64
+        )
+        vectors = self.items.unit_embeddings[np.maximum(rows, 0)]
+        vectors[rows < 0] = 0.0  # an item the model does not know is like no other
         return vectors
 
     def _recent_categories(self, state: UserState, n: int = 3) -> list[str]:

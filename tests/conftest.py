@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from model.artifacts import ModelArtifacts, load_artifacts
 from model.event_log import EventLog
 from stream.events import Event
 
@@ -35,3 +36,9 @@ def trained_artifacts(shop: tuple[list[Event], list[dict]], tmp_path_factory: py
     )
     log = EventLog.from_events(shop[0], name="test-shop")
     return train_artifacts(log, out, config, progress=False, catalog=shop[1])
+
+
+@pytest.fixture(scope="module")
+def artifacts(trained_artifacts: Path) -> ModelArtifacts:
+    """The trained model loaded afresh for each test module (modules may grow its index or swap it)."""
+    return load_artifacts(trained_artifacts)

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
-from model.artifacts import ModelArtifacts, load_artifacts
+from model.artifacts import ModelArtifacts
 from stream.catalog import CatalogItem
 from stream.events import SourceRecord
 from stream.pipeline import Pipeline
 from stream.settings import Settings
 
 NOW = time.time()
-
-
-@pytest.fixture(scope="module")
-def artifacts(trained_artifacts: Path) -> ModelArtifacts:
-    return load_artifacts(trained_artifacts)
 
 
 def catalog_items(records: list[dict]) -> list[CatalogItem]:

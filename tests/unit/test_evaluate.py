@@ -11,7 +11,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from model.artifacts import ModelArtifacts, load_artifacts
+from model.artifacts import ModelArtifacts
 from model.datasets import write_events_jsonl
 from model.evaluate import (
     coverage,
@@ -146,11 +146,6 @@ def test_beyond_accuracy_measures_by_hand() -> None:
 
 
 # --- the whole evaluation on the shared test model --------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def artifacts(trained_artifacts: Path) -> ModelArtifacts:
-    return load_artifacts(trained_artifacts)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import numpy as np
 
 from stream.explain import ANCHOR_WINDOW, Explainer
 from stream.filters import ScoredItem
+from stream.item_table import unit_rows
 from stream.user_state import RecentItem
 
 ROW_OF = {"a": 0, "b": 1, "c": 2, "d": 3, "target": 4}
@@ -26,8 +27,8 @@ class FakeItems:
         self._embeddings = embeddings
 
     @property
-    def embeddings(self) -> np.ndarray:
-        return self._embeddings
+    def unit_embeddings(self) -> np.ndarray:
+        return unit_rows(self._embeddings)
 
 
 def explainer(co_occurrence: dict[tuple[int, int], float] | None = None) -> Explainer:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
-from model.artifacts import ModelArtifacts, load_artifacts
+from model.artifacts import ModelArtifacts
 from model.baselines import ItemKNNModel
 from stream.catalog import CatalogItem
 from stream.events import SourceRecord
@@ -21,11 +20,6 @@ from stream.user_state import decode_state
 NOW = time.time()
 PERSONAL = {"ann", "covisitation", "item_knn"}  # candidate sources of the personalised ranking
 TRENDING = {"trending", "trending_in", "trending_segment"}
-
-
-@pytest.fixture(scope="module")
-def artifacts(trained_artifacts: Path) -> ModelArtifacts:
-    return load_artifacts(trained_artifacts)
 
 
 @pytest.fixture
