@@ -392,13 +392,13 @@ def measure_throughput(
             first_poll_count=int(first[1]),
             first_poll_at=first[0],
         )
-        if first[0] in cpu_at and last[0] in cpu_at and last[1] > first[1]:
+        cpu_s = cpu_at[last[0]] - cpu_at[first[0]] if first[0] in cpu_at and last[0] in cpu_at else 0.0
+        if cpu_s > 0 and last[1] > first[1]:  # none in a window shorter than the counter's clock tick
             # CPU time per event: unlike events/s, barely moved by other load on a shared machine.
-            cpu_s = cpu_at[last[0]] - cpu_at[first[0]]
             result.update(
                 cpu_s=round(cpu_s, 3),
                 cpu_ms_per_event=round(1000 * cpu_s / (last[1] - first[1]), 4),
-                events_per_cpu_s=round((last[1] - first[1]) / cpu_s, 1) if cpu_s > 0 else None,
+                events_per_cpu_s=round((last[1] - first[1]) / cpu_s, 1),
             )
         # Cross-check that does not depend on when N was reached between two polls: the rate between the first
         # and the last poll that both saw the worker mid-way (0 < count < N); exact up to one batch.

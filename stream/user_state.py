@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import orjson
@@ -22,13 +22,8 @@ STATE_FORMAT = 1
 MAX_SHOWN_ITEMS = 200
 
 
-class RecentItem(NamedTuple):
-    """One event of the user's recent sequence.
-
-    A tuple of plain values, which the cyclic garbage collector stops tracking: a worker holds millions of
-    these, and as tracked objects every full collection would walk them all.
-    """
-
+@dataclass(slots=True)
+class RecentItem:
     item_id: str
     event_type: str
     ts: float
