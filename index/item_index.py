@@ -75,6 +75,13 @@ def as_float32_matrix(array: np.ndarray, dim: int | None = None, name: str | Non
     return matrix
 
 
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` with every non-zero row scaled to unit L2 norm (zero rows stay zero), as C-contiguous float32."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    scaled = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    return np.ascontiguousarray(scaled, dtype=np.float32)
+
+
 class ItemIndex:
     """An inner-product index over item rows ``0..n-1``: search returns rows of the embedding table.
 

@@ -52,6 +52,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from index.item_index import unit_rows
+
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_DIM = 384
 MINILM_BATCH_SIZE = 64
@@ -114,13 +116,6 @@ class TextEncoder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def _normalise_rows(matrix: np.ndarray) -> np.ndarray:
-    """``matrix`` with every non-zero row scaled to unit L2 norm, as C-contiguous float32."""
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    scaled = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
-    return np.ascontiguousarray(scaled, dtype=np.float32)
-
-
 @functools.lru_cache(maxsize=1 << 18)
 def _feature_slot(feature: str, dim: int) -> tuple[int, float]:
     """Column and sign of ``feature`` under signed feature hashing (BLAKE2b: identical in every process)."""
@@ -155,7 +150,7 @@ class HashedTextEncoder:
             for feature, count in _features(text).items():
                 column, sign = _feature_slot(feature, self._dim)
                 matrix[row, column] += sign * (1.0 + math.log(count))
-        return _normalise_rows(matrix)
+        return unit_rows(matrix)
 
     def __repr__(self) -> str:
         return f"HashedTextEncoder(dim={self._dim})"

@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 import torch
 
-from index.item_index import exact_recall
+from index.item_index import exact_recall, unit_rows
 from model.artifacts import ModelArtifacts
 from model.baselines import Histories, ItemKNNModel, PopularityModel, Scorer, user_item_pairs
 from model.event_log import EventLog
@@ -542,9 +542,7 @@ def _offline(
             retrieve_rerank_ranks(scores["retrieval"], scores["model"], batch_targets, exclude, models.n_candidates)
         )
 
-    unit = artifacts.item_embeddings / np.maximum(
-        np.linalg.norm(artifacts.item_embeddings, axis=1, keepdims=True), 1e-12
-    )
+    unit = unit_rows(artifacts.item_embeddings)
     users_holding = np.bincount(user_item_pairs(split, split.history_end("test"), n_items)[1], minlength=n_items)
     self_information = -np.log2(np.maximum(users_holding, 1) / split.n_users)
     results: dict[str, Any] = {}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from index.item_index import ItemIndex
+from index.item_index import ItemIndex, unit_rows
 
 if TYPE_CHECKING:
     from model.artifacts import ModelArtifacts
@@ -121,9 +121,3 @@ class ItemTable:
         clusters = np.full(capacity, NO_CLUSTER, dtype=np.int32)
         clusters[: len(self._cluster)] = self._cluster
         self._cluster = clusters
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Each row scaled to unit length; all-zero rows stay zero."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)

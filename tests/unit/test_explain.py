@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from index.item_index import unit_rows
 from stream.explain import ANCHOR_WINDOW, Explainer
 from stream.filters import ScoredItem
-from stream.item_table import unit_rows
 from stream.user_state import RecentItem
 
 ROW_OF = {"a": 0, "b": 1, "c": 2, "d": 3, "target": 4}

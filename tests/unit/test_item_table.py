@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from index.item_index import unit_rows
 from model.artifacts import ModelArtifacts
-from stream.item_table import ItemTable, unit_rows
+from stream.item_table import ItemTable
 
 
 def test_live_rows_grow_the_table_and_keep_unit_vectors_in_step(artifacts: ModelArtifacts) -> None:
