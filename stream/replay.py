@@ -119,26 +119,47 @@ def _count_lines(path: Path) -> int:
     return count + (last != b"\n")
 
 
-class _DeliveryErrors:
-    """Collects asynchronous send failures, which kafka-python reports on futures rather than raising."""
+class _DeliveringProducer:
+    """Sends to one topic; on leaving the ``with`` block, waits for every acknowledgement and raises
+    ``RuntimeError`` if any message was not delivered (kafka-python reports failures on futures, not by raising).
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.first: BaseException | None = None
+    The producer waits for every in-sync replica: a message is delivered or reported, never lost.
+    """
 
-    def __call__(self, exc: BaseException) -> None:
-        self.count += 1
-        if self.first is None:
-            self.first = exc
+    def __init__(self, bootstrap: str, topic: str, what: str) -> None:
+        self.topic, self.what = topic, what
+        self.sent = 0
+        self._failures = 0
+        self._first_failure: BaseException | None = None
+        self._producer = KafkaProducer(
+            bootstrap_servers=[server.strip() for server in bootstrap.split(",") if server.strip()],
+            linger_ms=5,
+            acks="all",
+        )
 
+    def send(self, key: bytes | None, value: bytes) -> None:
+        self._producer.send(self.topic, key=key, value=value).add_errback(self._failed)
+        self.sent += 1
 
-def _producer(bootstrap: str) -> KafkaProducer:
-    """A producer that waits for every in-sync replica: a replayed message is delivered or reported, never lost."""
-    return KafkaProducer(
-        bootstrap_servers=[server.strip() for server in bootstrap.split(",") if server.strip()],
-        linger_ms=5,
-        acks="all",
-    )
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        if self._first_failure is None:
+            self._first_failure = exc
+
+    def __enter__(self) -> _DeliveringProducer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            if exc_type is None:
+                self._producer.flush()
+        finally:
+            self._producer.close()
+        if exc_type is None and self._failures:
+            raise RuntimeError(
+                f"{self._failures} of {self.sent} {self.what} were not delivered to {self.topic}: "
+                f"{self._first_failure!r}"
+            )
 
 
 def replay(
@@ -168,27 +189,19 @@ def replay(
         messages = islice(messages, limit)
         total = min(total, limit)
 
-    producer = _producer(bootstrap)
-    errors = _DeliveryErrors()
-    sent = 0
-    try:
-        with tqdm(total=total, unit="ev", disable=not progress, desc=f"replay -> {topic}") as bar:
-            started = time.monotonic()
-            for line in messages:
-                delay = pacing_delay(sent, rate, time.monotonic() - started)
-                if delay:
-                    time.sleep(delay)
-                key, value = prepare_message(line, retime, time.time(), min_ts)
-                producer.send(topic, key=key, value=value).add_errback(errors)
-                sent += 1
-                bar.update(1)
-        producer.flush()
-    finally:
-        producer.close()
-    if errors.count:
-        raise RuntimeError(f"{errors.count} of {sent} messages were not delivered to {topic}: {errors.first!r}")
-    log.info("replayed %d events from %s to %s", sent, events_path, topic)
-    return sent
+    with (
+        _DeliveringProducer(bootstrap, topic, "messages") as producer,
+        tqdm(total=total, unit="ev", disable=not progress, desc=f"replay -> {topic}") as bar,
+    ):
+        started = time.monotonic()
+        for line in messages:
+            delay = pacing_delay(producer.sent, rate, time.monotonic() - started)
+            if delay:
+                time.sleep(delay)
+            producer.send(*prepare_message(line, retime, time.time(), min_ts))
+            bar.update(1)
+    log.info("replayed %d events from %s to %s", producer.sent, events_path, topic)
+    return producer.sent
 
 
 def publish_catalog(catalog_path: Path, bootstrap: str, topic: str = "items") -> int:
@@ -196,25 +209,15 @@ def publish_catalog(catalog_path: Path, bootstrap: str, topic: str = "items") ->
     catalog_path = Path(catalog_path)
     if not catalog_path.is_file():
         raise ValueError(f"catalog file not found: {catalog_path}")
-    producer = _producer(bootstrap)
-    errors = _DeliveryErrors()
-    sent = 0
-    try:
+    with _DeliveringProducer(bootstrap, topic, "catalog records") as producer:
         for line in _raw_lines(catalog_path):
             try:
                 item_id = orjson.loads(line).get("item_id")
             except (orjson.JSONDecodeError, AttributeError):
                 item_id = None
-            key = None if item_id is None or isinstance(item_id, bool) else str(item_id).encode()
-            producer.send(topic, key=key, value=line).add_errback(errors)
-            sent += 1
-        producer.flush()
-    finally:
-        producer.close()
-    if errors.count:
-        raise RuntimeError(f"{errors.count} of {sent} catalog records were not delivered to {topic}: {errors.first!r}")
-    log.info("published %d catalog records from %s to %s", sent, catalog_path, topic)
-    return sent
+            producer.send(None if item_id is None or isinstance(item_id, bool) else str(item_id).encode(), line)
+    log.info("published %d catalog records from %s to %s", producer.sent, catalog_path, topic)
+    return producer.sent
 
 
 def read_catalog_jsonl(path: Path) -> list[dict[str, Any]]:

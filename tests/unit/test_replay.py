@@ -1,8 +1,12 @@
+from __future__ import annotations
+
 from pathlib import Path
+from typing import ClassVar
 
 import orjson
 import pytest
 
+from stream import replay as replay_module
 from stream.replay import is_retimable, open_messages, pacing_delay, prepare_message
 
 MIN_TS = 946_684_800.0
@@ -61,3 +65,62 @@ def test_jsonl_lines_are_sent_raw_and_other_formats_converted(tmp_path: Path) ->
         {"user_id": "1", "item_id": "100", "event_type": "view", "ts": 1511658010.0}
     ]
     assert total == 1
+
+
+class _FakeFuture:
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+    def add_errback(self, callback) -> None:
+        if self.error is not None:
+            callback(self.error)
+
+
+class _FakeKafkaProducer:
+    """Fails the sends whose value is b"lost"; records what was flushed and closed."""
+
+    instances: ClassVar[list[_FakeKafkaProducer]] = []
+
+    def __init__(self, **config: object) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.flushed = self.closed = False
+        _FakeKafkaProducer.instances.append(self)
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> _FakeFuture:
+        self.sent.append((topic, key, value))
+        return _FakeFuture(RuntimeError("broker said no") if value == b"lost" else None)
+
+    def flush(self) -> None:
+        self.flushed = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_undelivered_messages_raise_after_everything_was_flushed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replay_module, "KafkaProducer", _FakeKafkaProducer)
+    with replay_module._DeliveringProducer("127.0.0.1:1", "events", "messages") as producer:
+        producer.send(b"u1", b"kept")
+    assert producer.sent == 1 and _FakeKafkaProducer.instances[-1].flushed
+
+    expected = r"2 of 3 messages were not delivered to events: RuntimeError\('broker said no'\)"
+    with (
+        pytest.raises(RuntimeError, match=expected),
+        replay_module._DeliveringProducer("127.0.0.1:1", "events", "messages") as producer,
+    ):
+        for value in (b"lost", b"kept", b"lost"):
+            producer.send(None, value)
+    fake = _FakeKafkaProducer.instances[-1]
+    assert fake.flushed and fake.closed and [value for _, _, value in fake.sent] == [b"lost", b"kept", b"lost"]
+
+
+def test_an_error_inside_the_block_closes_the_producer_without_flushing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replay_module, "KafkaProducer", _FakeKafkaProducer)
+    with (
+        pytest.raises(KeyboardInterrupt),
+        replay_module._DeliveringProducer("127.0.0.1:1", "items", "catalog records") as producer,
+    ):
+        producer.send(b"i1", b"lost")
+        raise KeyboardInterrupt
+    fake = _FakeKafkaProducer.instances[-1]
+    assert fake.closed and not fake.flushed
