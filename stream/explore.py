@@ -40,9 +40,6 @@ class ExposureStats:
         stats = self._stats.get(item_id)
         return (0.0, 0.0) if stats is None else (stats[0], stats[1])
 
-    def impressions(self, item_id: str) -> float:
-        return self.counts(item_id)[0]
-
     def posterior(self, item_id: str) -> tuple[float, float]:
         """Beta parameters of the item's engagement rate."""
         return _beta_parameters(*self.counts(item_id))

@@ -441,7 +441,7 @@ class Pipeline:
                     self.metrics.pipeline_errors.labels("rank").inc()
 
         with self._stage("filter", timings):
-            self._trending_lists: dict[tuple, list[ScoredItem]] = {}  # trending does not move within the stage
+            self._trending_lists = {}  # trending does not move within the stage
             chosen = {
                 t.event.user_id: self._choose(
                     t,

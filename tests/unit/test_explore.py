@@ -61,12 +61,12 @@ def test_share_outside_zero_to_one_is_rejected(share: float) -> None:
 def test_exposure_posterior_counts_impressions_and_engagements() -> None:
     stats = ExposureStats()
     assert stats.posterior("new") == (1.0, 1.0)
-    assert stats.impressions("new") == 0.0
+    assert stats.counts("new") == (0.0, 0.0)
     for _ in range(5):
         stats.shown("a")
     stats.engaged("a")
     stats.engaged("a")
-    assert stats.impressions("a") == 5.0
+    assert stats.counts("a") == (5.0, 2.0)
     assert stats.posterior("a") == (3.0, 4.0)
     assert len(stats) == 1
 
