@@ -54,6 +54,15 @@ STAGES = ("decode", "validate", "state", "retrieve", "rank", "filter", "publish"
 SESSION_TIMEOUT_S, HEARTBEAT_INTERVAL_S = 2.0, 0.5
 
 
+def client_security() -> dict[str, Any]:
+    """TLS/SASL options for the bench's own aiokafka clients, from the same ``STREAMREC_*`` settings the workers it
+    starts read, so a bench against a secured cluster secures every client alike."""
+    from stream.runtime.security import aiokafka_options
+    from stream.settings import Settings
+
+    return aiokafka_options(Settings())
+
+
 # --- model and data (one-off, cached) -------------------------------------------------------------------------
 
 
@@ -161,7 +170,12 @@ async def preload(bootstrap: str, topic: str, events: list[tuple[str, str, str, 
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024, request_timeout_ms=30_000
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=20,
+        max_batch_size=512 * 1024,
+        request_timeout_ms=30_000,
+        **client_security(),
     )
     await producer.start()
     started = time.perf_counter()
@@ -202,8 +216,9 @@ async def latency_phase(
         # The embedded broker parks a fetch that finds no data for about half of fetch_max_wait_ms without
         # waking it when data arrives (default 500 ms: up to +250 ms); keep the measuring consumer's short.
         fetch_max_wait_ms=10,
+        **client_security(),
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0, **client_security())
     await consumer.start()
     await producer.start()
     latencies: list[float] = []
@@ -605,7 +620,9 @@ async def bare_loop(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Same client settings as the worker's kafka runtime.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024, **client_security()
+    )
     consumer = AIOKafkaConsumer(
         events_topic,
         bootstrap_servers=bootstrap,
@@ -615,6 +632,7 @@ async def bare_loop(
         session_timeout_ms=int(SESSION_TIMEOUT_S * 1000),
         heartbeat_interval_ms=int(HEARTBEAT_INTERVAL_S * 1000),
         max_poll_records=500,
+        **client_security(),
     )
     await producer.start()
     await consumer.start()

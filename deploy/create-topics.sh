@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Create streamrec's topics on Apache Kafka. Usage: BOOTSTRAP=broker:9092 PARTITIONS=24 RF=3 ./create-topics.sh
+# On a secured cluster (TLS, SASL) add COMMAND_CONFIG=client.properties: a Kafka client properties file
+# (security.protocol, ssl.truststore.*, sasl.mechanism, sasl.jaas.config ...) handed to kafka-topics.sh as
+# --command-config; see deploy/README.md.
 set -euo pipefail
 BOOTSTRAP=${BOOTSTRAP:?set BOOTSTRAP=host:port}
 PARTITIONS=${PARTITIONS:-24}
 RF=${RF:-3}
 KT=${KAFKA_TOPICS:-kafka-topics.sh}
+SECURITY=()
+if [[ -n "${COMMAND_CONFIG:-}" ]]; then
+  if [[ ! -r "$COMMAND_CONFIG" ]]; then
+    echo "create-topics.sh: COMMAND_CONFIG=$COMMAND_CONFIG is not a readable file" >&2
+    exit 2
+  fi
+  SECURITY=(--command-config "$COMMAND_CONFIG")
+fi
 
 create() {
-  "$KT" --bootstrap-server "$BOOTSTRAP" --create --if-not-exists --topic "$1" \
+  "$KT" --bootstrap-server "$BOOTSTRAP" "${SECURITY[@]}" --create --if-not-exists --topic "$1" \
     --partitions "$2" --replication-factor "$RF" "${@:3}"
 }
 create events "$PARTITIONS" --config retention.ms=604800000 --config min.insync.replicas=2

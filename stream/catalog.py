@@ -12,6 +12,7 @@ The catalog is metadata for the stream path: availability (an unavailable item i
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,7 +20,7 @@ from typing import Any
 
 from stream.decode import decode
 from stream.rejection import InvalidEvent
-from stream.validate import ValidationRules, parse_timestamp
+from stream.validate import FORBIDDEN_ID_CHARACTERS, ValidationRules, parse_timestamp
 
 MAX_TITLE_LENGTH = 1_000
 MAX_ATTRIBUTES = 64
@@ -54,9 +55,13 @@ class CatalogChange(StrEnum):
 
 
 def parse_catalog_item(
-    value: bytes | None, key: bytes | None, rules: ValidationRules, max_payload_bytes: int
+    value: bytes | None, key: bytes | None, rules: ValidationRules, max_payload_bytes: int, now: float | None = None
 ) -> CatalogItem:
-    """One catalog record from the raw message value, or :class:`InvalidEvent` with the reason."""
+    """One catalog record from the raw message value, or :class:`InvalidEvent` with the reason.
+
+    ``ts`` may lie at most ``rules.max_clock_skew_s`` past ``now`` (the worker's clock), as for events: the latest
+    ``ts`` wins, so a record from the far future would make its item impossible to update or withdraw.
+    """
     payload = decode(value, max_payload_bytes)
     item_id = _text(payload, "item_id", rules.max_id_length, required=True)
     assert item_id is not None
@@ -65,6 +70,10 @@ def parse_catalog_item(
     if "ts" not in payload or payload["ts"] is None:
         raise InvalidEvent("missing_field", "`ts` is required")
     ts = parse_timestamp(payload["ts"])
+    if ts > (time.time() if now is None else now) + rules.max_clock_skew_s:
+        raise InvalidEvent(
+            "timestamp_out_of_range", f"`ts` {ts:.3f} lies more than {rules.max_clock_skew_s:.0f} s ahead"
+        )
     available = payload.get("available", True)
     if not isinstance(available, bool):
         raise InvalidEvent("invalid_type", "`available` must be true or false")
@@ -97,6 +106,8 @@ def _text(payload: Mapping[str, Any], name: str, max_length: int, *, required: b
         raise InvalidEvent("empty_id", f"`{name}` is empty")
     if len(text) > max_length:
         raise InvalidEvent("id_too_long", f"`{name}` has {len(text)} characters > {max_length}")
+    if name != "title" and FORBIDDEN_ID_CHARACTERS.search(text):
+        raise InvalidEvent("invalid_characters", f"`{name}` holds a control or format character")
     return text or None
 
 

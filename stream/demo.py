@@ -5,11 +5,15 @@
 3. start a worker as its own process (as in production) with ``/metrics`` on 127.0.0.1;
 4. replay fresh events of the same shop (users the model never saw included) at a steady rate;
 5. print recommendations as they arrive on the output topic, then a latency summary.
+
+Whatever it started that fails (the broker, the worker: a port taken, a crash, not ready in time, no
+recommendations) ends the demo with a non-zero exit and the cause, taken from the worker's log.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,12 +26,17 @@ import numpy as np
 import orjson
 from kafka import KafkaConsumer
 
-from stream.broker import EmbeddedBroker, free_port
+from stream.broker import EmbeddedBroker, die_with_parent, free_port
+from stream.errors import StreamrecError, one_line
+from stream.runtime.security import kafka_python_options
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
 TRAIN_USERS, TRAIN_ITEMS, TRAIN_EVENTS, SEED = 2000, 1000, 100_000, 7
 DEMO_EPOCHS = 15  # enough to beat popularity clearly on the simulated shop; keeps the first run near a minute
+WORKER_READY_TIMEOUT_S = 60.0  # importing torch, loading the model, reading the catalog, joining the group
+RECOMMENDATIONS_TIMEOUT_S = 20.0  # the longest wait for answers after the replay (it ends 2 s after the last one)
+ERROR_PREFIX = "streamrec: error: "  # how the worker's CLI reports a failure, on one line
 
 
 def _prepare(workdir: Path) -> tuple[Path, Path]:
@@ -54,7 +63,17 @@ def _prepare(workdir: Path) -> tuple[Path, Path]:
     return artifacts, live_path
 
 
-def _print_recommendations(bootstrap: str, topic: str, stop: threading.Event, latencies: list[float]) -> None:
+def _print_recommendations(
+    bootstrap: str, topic: str, stop: threading.Event, latencies: list[float], failures: list[BaseException]
+) -> None:
+    """Print recommendations as they arrive; a failure is kept in ``failures`` for the main thread to report."""
+    try:
+        _show_recommendations(bootstrap, topic, stop, latencies)
+    except Exception as exc:
+        failures.append(exc)
+
+
+def _show_recommendations(bootstrap: str, topic: str, stop: threading.Event, latencies: list[float]) -> None:
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -63,6 +82,7 @@ def _print_recommendations(bootstrap: str, topic: str, stop: threading.Event, la
         session_timeout_ms=2000,
         heartbeat_interval_ms=500,
         consumer_timeout_ms=500,
+        **kafka_python_options(Settings()),
     )
     shown = 0
     try:
@@ -84,28 +104,86 @@ def _print_recommendations(bootstrap: str, topic: str, stop: threading.Event, la
         consumer.close()
 
 
-def _wait_until_ready(metrics_url: str, worker: subprocess.Popen, timeout_s: float = 60.0) -> bool:
+def _worker_command(debug: bool) -> list[str]:
+    """The worker's command line. ``-P`` keeps the current folder off ``sys.path``: a ``stream.py``, ``model.py`` or
+    ``index.py`` in the folder the demo runs from would otherwise shadow streamrec's packages."""
+    return [sys.executable, "-P", "-m", "stream.cli", *(["--debug"] if debug else []), "worker"]
+
+
+def _worker_log_cause(log_path: Path, tail_lines: int = 12) -> tuple[str, list[str]]:
+    """What the worker's log says went wrong: its one-line error when it printed one (then no tail), else its
+    last line and the last ``tail_lines`` lines to show (a traceback, a log line of a stuck worker)."""
+    try:
+        lines = [line.rstrip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "its log cannot be read", []
+    for line in reversed(lines[-50:]):
+        if line.startswith(ERROR_PREFIX):
+            return line.removeprefix(ERROR_PREFIX), []
+    if not lines:
+        return "its log is empty", []
+    return one_line(lines[-1]), lines[-tail_lines:]
+
+
+def _exit_status(worker: subprocess.Popen) -> str:
+    code = worker.returncode
+    if code is not None and code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _worker_failure(worker: subprocess.Popen, log_path: Path, what: str) -> StreamrecError:
+    """The demo's error for a worker that failed; the log's last lines go to stderr when they are the only clue."""
+    cause, tail = _worker_log_cause(log_path)
+    if tail:
+        print(f"last lines of {log_path}:", *(f"  {line}" for line in tail), sep="\n", file=sys.stderr)
+    state = _exit_status(worker) if worker.poll() is not None else "is still running"
+    return StreamrecError(f"the demo's worker {state} {what}: {cause}; its full log is {log_path}")
+
+
+def _check_running(broker: EmbeddedBroker, worker: subprocess.Popen, log_path: Path, what: str) -> None:
+    if worker.poll() is not None:
+        raise _worker_failure(worker, log_path, what)
+    if broker.process is not None and broker.process.poll() is not None:
+        raise StreamrecError(
+            f"the demo's broker exited with code {broker.process.returncode} {what}; its log is {broker.log_path}"
+        )
+
+
+def _wait_until_ready(
+    metrics_url: str, broker: EmbeddedBroker, worker: subprocess.Popen, log_path: Path, timeout_s: float
+) -> None:
     """Wait for the worker to own partitions, so the replay measures processing, not the group join."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and worker.poll() is None:
+    while time.monotonic() < deadline:
+        _check_running(broker, worker, log_path, "before it was ready")
         try:
             with urllib.request.urlopen(metrics_url, timeout=2) as response:
                 for line in response.read().decode().splitlines():
                     if line.startswith("streamrec_assigned_partitions ") and float(line.split()[1]) > 0:
-                        return True
+                        return
         except OSError:
             pass  # not serving yet
         time.sleep(0.2)
-    return False
+    raise _worker_failure(worker, log_path, f"was not ready within {timeout_s:.0f} s")
 
 
-def run_demo(workdir: Path, n_live_events: int, rate: float, metrics_port: int, keep_running: bool) -> None:
+def run_demo(
+    workdir: Path, n_live_events: int, rate: float, metrics_port: int, keep_running: bool, debug: bool = False
+) -> None:
+    """Run the demo; raises :class:`StreamrecError` with the cause when the broker or the worker fails, or when no
+    recommendation arrives. Ctrl-C ends ``keep_running`` normally; elsewhere it propagates (exit 130)."""
     from stream.replay import publish_catalog, replay
 
     artifacts, live_path = _prepare(workdir)
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         ensure_topics(Settings(bootstrap_servers=broker.bootstrap))
-        published = publish_catalog(workdir / "items.jsonl", broker.bootstrap, Settings().items_topic)
+        published = publish_catalog(
+            workdir / "items.jsonl",
+            broker.bootstrap,
+            Settings().items_topic,
+            client_options=kafka_python_options(Settings()),
+        )
         print(f"published the catalog: {published} items")
         env = {
             **os.environ,
@@ -117,46 +195,71 @@ def run_demo(workdir: Path, n_live_events: int, rate: float, metrics_port: int, 
             "STREAMREC_HEARTBEAT_INTERVAL_S": "0.5",
             "STREAMREC_CONSUMER_GROUP": "streamrec-demo",
         }
-        with open(workdir / "worker.log", "wb") as worker_log:
+        log_path = workdir / "worker.log"
+        with open(log_path, "wb") as worker_log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=worker_log, stderr=subprocess.STDOUT
+                _worker_command(debug),
+                env=env,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+                # SIGTERM, the worker's graceful stop, if the demo itself is killed: no worker left behind.
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         try:
             metrics_url = f"http://127.0.0.1:{env['STREAMREC_METRICS_PORT']}/metrics"
             print(f"broker on {broker.bootstrap}; worker pid {worker.pid}")
-            print(f"metrics: {metrics_url} (worker log: {workdir}/worker.log)")
-            if not _wait_until_ready(metrics_url, worker):
-                print(f"the worker did not become ready; see {workdir}/worker.log")
-                return
+            print(f"metrics: {metrics_url} (worker log: {log_path})")
+            _wait_until_ready(metrics_url, broker, worker, log_path, WORKER_READY_TIMEOUT_S)
             stop = threading.Event()
             latencies: list[float] = []
+            viewer_failures: list[BaseException] = []
             viewer = threading.Thread(
                 target=_print_recommendations,
-                args=(broker.bootstrap, Settings().recommendations_topic, stop, latencies),
+                args=(broker.bootstrap, Settings().recommendations_topic, stop, latencies, viewer_failures),
                 daemon=True,
             )
             viewer.start()
-            sent = replay(live_path, broker.bootstrap, rate=rate, limit=n_live_events, progress=False)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and len(latencies) < sent * 0.5 and worker.poll() is None:
+            sent = replay(
+                live_path,
+                broker.bootstrap,
+                rate=rate,
+                limit=n_live_events,
+                progress=False,
+                client_options=kafka_python_options(Settings()),
+            )
+            # Done when the answers stop coming: a user's later event in a batch supersedes the earlier ones, so
+            # often only about half of the events get their own recommendation.
+            deadline = time.monotonic() + RECOMMENDATIONS_TIMEOUT_S
+            received, last_arrival = 0, time.monotonic()
+            while time.monotonic() < deadline and not viewer_failures:
+                _check_running(broker, worker, log_path, "during the replay")
+                if len(latencies) > received:
+                    received, last_arrival = len(latencies), time.monotonic()
+                elif received and time.monotonic() - last_arrival > 2:
+                    break
                 time.sleep(0.2)
-            time.sleep(2)
+            _check_running(broker, worker, log_path, "during the replay")
             if keep_running:
                 print("replay done; broker and worker keep running (Ctrl-C to stop)")
-                while worker.poll() is None:
-                    time.sleep(1)
+                try:
+                    while True:
+                        _check_running(broker, worker, log_path, "while the demo kept running")
+                        time.sleep(1)
+                except KeyboardInterrupt:
+                    print("stopping the worker and the broker")  # the documented way to end: not a failure
             stop.set()
             viewer.join(timeout=5)
-            if latencies:
-                p50, p99 = np.percentile(latencies, [50, 99])
-                print(
-                    f"\n{sent} events replayed at {rate:.0f}/s, {len(latencies)} recommendations received; "
-                    f"event → recommendation p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+            if viewer_failures:
+                raise viewer_failures[0]
+            if not latencies:
+                raise _worker_failure(
+                    worker, log_path, f"sent no recommendation within {RECOMMENDATIONS_TIMEOUT_S:.0f} s of the replay"
                 )
-            else:
-                print(f"\nno recommendations arrived; see {workdir}/worker.log")
-        except KeyboardInterrupt:
-            pass
+            p50, p99 = np.percentile(latencies, [50, 99])
+            print(
+                f"\n{sent} events replayed at {rate:.0f}/s, {len(latencies)} recommendations received; "
+                f"event → recommendation p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+            )
         finally:
             worker.terminate()
             try:

@@ -50,6 +50,29 @@ class Event:
         return out
 
 
+class CommandType(StrEnum):
+    """Control messages that travel on the events topic, in order with the user's own events."""
+
+    FORGET = "forget"  # erase the user's state and recommendations (right to be forgotten)
+
+
+COMMAND_TYPES: tuple[str, ...] = tuple(t.value for t in CommandType)
+
+
+@dataclass(slots=True, frozen=True)
+class Command:
+    """An accepted control message about one user, e.g. ``{"command": "forget", "user_id": "u42", "ts": ...}``.
+
+    It is sent keyed by the user id like the user's events, so it lands on their partition and is applied after
+    every event produced before it.
+    """
+
+    user_id: str
+    command: CommandType
+    ts: float | None = None
+    request_id: str | None = None
+
+
 @dataclass(slots=True)
 class SourceRecord:
     """A raw message as the transport delivered it, before decoding.

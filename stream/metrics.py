@@ -149,6 +149,39 @@ class WorkerMetrics:
             ["segment"],
             registry=registry,
         )
+        self.users_forgotten = Counter(
+            "streamrec_users_forgotten_total",
+            "Users erased by a `forget` command: state, changelog and recommendations tombstoned.",
+            registry=registry,
+        )
+        self.state_records_skipped = Counter(
+            "streamrec_state_records_skipped_total",
+            "Changelog records that could not be read during a restore (each costs one user's history).",
+            registry=registry,
+        )
+        self.delivery_failures = Counter(
+            "streamrec_delivery_failures_total",
+            "Attempts to deliver a batch's output that failed and were retried (readiness is false meanwhile).",
+            registry=registry,
+        )
+        self.outputs_undeliverable = Counter(
+            "streamrec_outputs_undeliverable_total",
+            "Output messages the broker refused for good (e.g. too large), replaced by a reference in the "
+            "dead-letter topic, by the topic they were meant for.",
+            ["topic"],
+            registry=registry,
+        )
+        self.batches_fenced = Counter(
+            "streamrec_batches_fenced_total",
+            "Batches dropped unpublished because the worker no longer owned their partitions (a pause or a lost "
+            "session); their events are processed by the partitions' new owner.",
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "streamrec_ready",
+            "1 when the worker serves: group joined, assigned partitions restored, output being delivered.",
+            registry=registry,
+        )
         self.segment_label_limit = 64
         # Zero-valued series exist from the start, so dashboards and rate() see every label.
         for event_type in EVENT_TYPES:

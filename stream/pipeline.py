@@ -27,7 +27,7 @@ from stream.catalog import Catalog, CatalogChange, CatalogItem
 from stream.cold_start import blend, personal_weight, trending_candidates
 from stream.decode import decode
 from stream.diversify import diversify
-from stream.events import Event, SourceRecord
+from stream.events import Command, Event, SourceRecord
 from stream.explain import Explainer
 from stream.explore import Explorer
 from stream.filters import ScoredItem, allowed_pool
@@ -49,7 +49,7 @@ from stream.rules import (
 from stream.settings import Settings
 from stream.trending import TrendingBoard
 from stream.user_state import InterestModel, UserState, UserStateStore, encode_state
-from stream.validate import ValidationRules, validate
+from stream.validate import ValidationRules, validate, validate_command
 
 if TYPE_CHECKING:
     from model.artifacts import ModelArtifacts
@@ -62,6 +62,10 @@ TRENDING_DEPTH_STEP = 32
 NOTHING_RANKED = RankedCandidates()  # a user the personalised sources had nothing for (or did not reach)
 REASON_HEADER = "streamrec.reason"
 DETAIL_HEADER = "streamrec.detail"
+SOURCE_HEADER = "streamrec.source"
+TRUNCATED_HEADER = "streamrec.truncated"
+ORIGINAL_SIZE_HEADER = "streamrec.original_size"
+MAX_DEAD_LETTER_KEY_BYTES = 1_024  # keys are user ids (at most max_id_length characters) in every valid message
 
 
 @dataclass(slots=True)
@@ -94,6 +98,7 @@ class BatchResult:
     published: list[PublishedRecommendation]
     next_offsets: dict[int, int]  # input partition -> offset to commit (last processed + 1)
     stage_seconds: dict[str, float]
+    forgotten: list[str] = field(default_factory=list)  # users erased by a `forget` command in this batch
 
     @property
     def messages(self) -> list[OutgoingMessage]:
@@ -297,7 +302,12 @@ class Pipeline:
 
     # --- state restore (called by runtimes on partition assignment) -----------------------------------------
     def restore_state(self, partition: int, states: Sequence[UserState]) -> None:
+        """Hold restored users. A vector that cannot be this model's (wrong length) is rebuilt from the user's
+        recent items on their next event rather than trusted."""
+        dim = self.items.embeddings.shape[1]
         for state in states:
+            if state.vector is not None and state.vector.shape != (dim,):
+                state.vector, state.model_version = None, None
             self.store.put(partition, state)
         if self.metrics:
             self.metrics.users_restored.inc(len(states))
@@ -320,7 +330,7 @@ class Pipeline:
             next_offsets[record.partition] = max(next_offsets.get(record.partition, 0), record.offset + 1)
 
         dead_letters: list[OutgoingMessage] = []
-        accepted: list[tuple[SourceRecord, Event]] = []
+        accepted: list[tuple[SourceRecord, Event | Command]] = []
         with self._stage("decode", timings):
             decoded = [self._decode(record, dead_letters) for record in records]
         with self._stage("validate", timings):
@@ -331,7 +341,7 @@ class Pipeline:
                         accepted.append((record, event))
 
         with self._stage("state", timings):
-            triggers = self._update_state(accepted)
+            triggers, forgotten = self._update_state(accepted, now)
 
         recommendations, published = self._recommend(list(triggers.values()), timings)
         with self._stage("state", timings):
@@ -345,13 +355,23 @@ class Pipeline:
                 )
                 for user_id, trigger in triggers.items()
             ]
+            # A forgotten user's tombstones, unless events after the `forget` already started a new state: its
+            # record supersedes the old ones just as well, and one message per key keeps retries order-free.
+            for user_id, partition in forgotten.items():
+                if user_id not in triggers:
+                    state_updates.append(OutgoingMessage(self.settings.state_topic, user_id.encode(), None, partition))
+                    recommendations.append(OutgoingMessage(self.settings.recommendations_topic, user_id.encode(), None))
         if self.metrics:
             self.metrics.messages_consumed.inc(len(records))
             self.metrics.batch_events.observe(len(records))
             self.metrics.users_in_state.set(len(self.store))
             for stage, seconds in timings.items():
                 self.metrics.stage_seconds.labels(stage).observe(seconds)
-        return BatchResult(recommendations, dead_letters, state_updates, published, next_offsets, timings)
+            if forgotten:
+                self.metrics.users_forgotten.inc(len(forgotten))
+        return BatchResult(
+            recommendations, dead_letters, state_updates, published, next_offsets, timings, list(forgotten)
+        )
 
     def _decode(self, record: SourceRecord, dead_letters: list[OutgoingMessage]) -> dict | None:
         try:
@@ -362,8 +382,10 @@ class Pipeline:
 
     def _validate(
         self, record: SourceRecord, payload: dict, now: float, dead_letters: list[OutgoingMessage]
-    ) -> Event | None:
+    ) -> Event | Command | None:
         try:
+            if "command" in payload:
+                return validate_command(payload, record.key, self.validation_rules)
             event = validate(payload, record.key, self.validation_rules, now)
         except InvalidEvent as rejection:
             dead_letters.append(self._dead_letter(record, rejection))
@@ -373,19 +395,41 @@ class Pipeline:
         return event
 
     def _dead_letter(self, record: SourceRecord, rejection: InvalidEvent) -> OutgoingMessage:
+        """The rejected message with its reason. A payload over ``dead_letter_max_bytes`` is cut, so that no input
+        the broker accepted can make a dead letter too large to deliver and stall its partition."""
         if self.metrics:
             self.metrics.events_invalid.labels(rejection.reason).inc()
         headers = [
             (REASON_HEADER, rejection.reason.encode()),
             (DETAIL_HEADER, rejection.detail.encode("utf-8", "replace")[:1000]),
-            ("streamrec.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+            (SOURCE_HEADER, f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
-        return OutgoingMessage(self.settings.dead_letter_topic, record.key, record.value, headers=headers)
+        key, value = record.key, record.value
+        limit = self.settings.dead_letter_max_bytes
+        if value is not None and len(value) > limit:
+            headers += [(TRUNCATED_HEADER, b"value"), (ORIGINAL_SIZE_HEADER, str(len(value)).encode())]
+            value = value[:limit]
+        if key is not None and len(key) > MAX_DEAD_LETTER_KEY_BYTES:
+            headers.append((TRUNCATED_HEADER, b"key"))
+            key = key[:MAX_DEAD_LETTER_KEY_BYTES]
+        return OutgoingMessage(self.settings.dead_letter_topic, key, value, headers=headers)
 
-    def _update_state(self, accepted: list[tuple[SourceRecord, Event]]) -> dict[str, _Trigger]:
+    def _update_state(
+        self, accepted: list[tuple[SourceRecord, Event | Command]], now: float
+    ) -> tuple[dict[str, _Trigger], dict[str, int]]:
+        """Apply the batch's events in order; returns the users to answer and the users a command erased."""
         triggers: dict[str, _Trigger] = {}
+        forgotten: dict[str, int] = {}  # user -> partition
         applied: list[Event] = []
         for record, event in accepted:
+            if isinstance(event, Command):
+                # The only command is `forget`: the user's state goes, and their events earlier in the batch are
+                # not answered. Aggregates they fed (trending, co-visitation, exposure) hold no user id.
+                self.store.remove(record.partition, event.user_id)
+                triggers.pop(event.user_id, None)
+                forgotten[event.user_id] = record.partition
+                log.info("forgot user %r (request %s)", event.user_id, event.request_id)
+                continue
             state = self.store.get(record.partition, event.user_id)
             if state is None:
                 state = self.interest.new_state(event.user_id)
@@ -398,6 +442,7 @@ class Pipeline:
                     self.explorer.exposure.engaged(event.item_id)
                 self.interest.apply(state, event)
                 state.last_partition, state.last_offset = record.partition, record.offset
+                state.updated_at = now
                 applied.append(event)
             # A user's later events in the batch supersede earlier ones: one recommendation per user per batch.
             triggers.pop(event.user_id, None)
@@ -411,9 +456,9 @@ class Pipeline:
                 weights[event.event_type.value],
                 event.ts,
                 self.category_of(event.item_id),
-                triggers[event.user_id].segment,
+                triggers[event.user_id].segment if event.user_id in triggers else None,
             )
-        return triggers
+        return triggers, forgotten
 
     def _assign_segments(self, triggers: list[_Trigger]) -> None:
         segments = self.artifacts.segments

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
@@ -126,7 +126,7 @@ class _DeliveringProducer:
     The producer waits for every in-sync replica: a message is delivered or reported, never lost.
     """
 
-    def __init__(self, bootstrap: str, topic: str, what: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, what: str, client_options: Mapping[str, Any] | None = None) -> None:
         self.topic, self.what = topic, what
         self.sent = 0
         self._failures = 0
@@ -135,6 +135,7 @@ class _DeliveringProducer:
             bootstrap_servers=[server.strip() for server in bootstrap.split(",") if server.strip()],
             linger_ms=5,
             acks="all",
+            **(client_options or {}),
         )
 
     def send(self, key: bytes | None, value: bytes) -> None:
@@ -170,11 +171,14 @@ def replay(
     retime: bool = True,
     limit: int | None = None,
     progress: bool = True,
+    client_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Send the events of ``events_path`` to ``topic``; returns how many were sent.
 
     ``rate`` caps events per second (``None``: as fast as the producer goes); ``limit`` stops after that many
-    messages. Raises ``RuntimeError`` if any message was not acknowledged by the brokers.
+    messages; ``client_options`` are extra kafka-python producer arguments, such as the TLS and SASL ones of
+    :func:`stream.runtime.security.kafka_python_options`. Raises ``RuntimeError`` if any message was not
+    acknowledged by the brokers.
     """
     events_path = Path(events_path)
     if not events_path.is_file():
@@ -190,7 +194,7 @@ def replay(
         total = min(total, limit)
 
     with (
-        _DeliveringProducer(bootstrap, topic, "messages") as producer,
+        _DeliveringProducer(bootstrap, topic, "messages", client_options) as producer,
         tqdm(total=total, unit="ev", disable=not progress, desc=f"replay -> {topic}") as bar,
     ):
         started = time.monotonic()
@@ -204,12 +208,15 @@ def replay(
     return producer.sent
 
 
-def publish_catalog(catalog_path: Path, bootstrap: str, topic: str = "items") -> int:
-    """Send catalog records (JSONL, one item per line) to the compacted catalog topic keyed by item id."""
+def publish_catalog(
+    catalog_path: Path, bootstrap: str, topic: str = "items", client_options: Mapping[str, Any] | None = None
+) -> int:
+    """Send catalog records (JSONL, one item per line) to the compacted catalog topic keyed by item id;
+    ``client_options`` as for :func:`replay`."""
     catalog_path = Path(catalog_path)
     if not catalog_path.is_file():
         raise ValueError(f"catalog file not found: {catalog_path}")
-    with _DeliveringProducer(bootstrap, topic, "catalog records") as producer:
+    with _DeliveringProducer(bootstrap, topic, "catalog records", client_options) as producer:
         for line in _raw_lines(catalog_path):
             try:
                 item_id = orjson.loads(line).get("item_id")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.events import EVENT_TYPES
@@ -19,7 +19,8 @@ from stream.events import EVENT_TYPES
 class Settings(BaseSettings):
     """Configuration of a streamrec worker, the CLI and training."""
 
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_", frozen=True, extra="ignore")
+    # hide_input_in_errors: a validation error would otherwise quote the raw input, passwords included.
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", frozen=True, extra="ignore", hide_input_in_errors=True)
 
     # --- Kafka -------------------------------------------------------------------------------------------
     bootstrap_servers: str = Field(
@@ -74,6 +75,67 @@ class Settings(BaseSettings):
     compression: Literal["none", "gzip"] = Field(
         "none", description="Compression of produced messages (gzip saves bandwidth at some CPU cost)."
     )
+
+    # --- Kafka security --------------------------------------------------------------------------------------
+    # Every Kafka client streamrec creates (worker, catalog feed, state restore, topic admin, replay and catalog
+    # tools, faust) gets these through stream/runtime/security.py. Secrets are SecretStr, so dumps and reprs
+    # mask them; secret files are read when a client is created, so a rotated mounted secret is picked up.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How clients talk to the brokers: `PLAINTEXT`, `SSL` (TLS), `SASL_PLAINTEXT` (SASL "
+        "authentication without encryption) or `SASL_SSL` (SASL over TLS).",
+    )
+    ssl_cafile: Path | None = Field(
+        None,
+        description="PEM file of the CA certificates that signed the brokers' certificates (TLS protocols); "
+        "unset: the system's trusted CAs.",
+    )
+    ssl_certfile: Path | None = Field(
+        None,
+        description="PEM file of this client's certificate chain, for brokers that require client certificates "
+        "(mutual TLS). It may also hold the private key.",
+    )
+    ssl_keyfile: Path | None = Field(
+        None, description="PEM file of the private key of `ssl_certfile`, when that file does not hold it."
+    )
+    ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted private key; never printed (prefer `ssl_key_password_file`)."
+    )
+    ssl_key_password_file: Path | None = Field(
+        None, description="File holding the private key's password (one trailing newline is ignored)."
+    )
+    ssl_check_hostname: bool = Field(
+        True,
+        description="Check that a broker's certificate names the host the client connected to. Turn off only "
+        "for brokers whose certificates lack their addresses; the chain is still verified.",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = Field(
+        "PLAIN",
+        description="SASL mechanism of the `SASL_*` protocols. `PLAIN` and `SCRAM-*` use `sasl_username` and a "
+        "password; `OAUTHBEARER` sends the token of `sasl_oauth_token_file`.",
+    )
+    sasl_username: str | None = Field(None, description="SASL user name (`PLAIN`, `SCRAM-SHA-256/512`).")
+    sasl_password: SecretStr | None = Field(
+        None,
+        description="SASL password; never printed. Give it here or in `sasl_password_file`, not both.",
+    )
+    sasl_password_file: Path | None = Field(
+        None,
+        description="File holding the SASL password, e.g. a mounted Kubernetes Secret (one trailing newline is "
+        "ignored); read each time streamrec creates a client, so a rotated secret reaches the next client.",
+    )
+    sasl_oauth_token_file: Path | None = Field(
+        None,
+        description="File holding the OAUTHBEARER access token (JWT); re-read on every token request, so a "
+        "sidecar that refreshes it keeps the clients authenticated.",
+    )
+
+    @model_validator(mode="after")
+    def _kafka_security_is_consistent(self) -> Settings:
+        problems = kafka_security_problems(self)
+        if problems:
+            raise ValueError("Kafka security settings: " + "; ".join(problems))
+        return self
 
     # --- Micro-batching ------------------------------------------------------------------------------------
     batch_max_events: int = Field(
@@ -232,6 +294,50 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(9400, ge=0, le=65535, description="Port of `/metrics`; 0 disables it.")
 
+    # --- Delivery and recovery ------------------------------------------------------------------------------
+    producer_max_request_bytes: int = Field(
+        1_048_576,
+        ge=65_536,
+        description="Largest request a producer sends (Kafka's `max.request.size`); keep it at most the broker's "
+        "`message.max.bytes`.",
+    )
+    dead_letter_max_bytes: int = Field(
+        262_144,
+        ge=1_024,
+        description="Most bytes of a rejected message copied into its dead letter. A larger payload is cut to this "
+        "size and marked with the headers `streamrec.truncated` and `streamrec.original_size`; the original stays "
+        "at `streamrec.source` (topic/partition/offset) while the events topic retains it. Must leave 64 KiB of "
+        "`producer_max_request_bytes` for key and headers.",
+    )
+    delivery_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long a batch's output may keep failing to reach the broker (retried with backoff, readiness "
+        "false meanwhile) before the worker exits non-zero for its supervisor to restart it. Its input offsets stay "
+        "uncommitted, so nothing accepted is lost.",
+    )
+    restore_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest the restore of assigned partitions' user state may take. A restore that fails or runs "
+        "out of time stops the worker with a non-zero exit instead of serving those users with empty state.",
+    )
+    shutdown_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="After SIGTERM or SIGINT, how long the worker may take to finish its batch, commit and leave the "
+        "group before it exits anyway (non-zero).",
+    )
+
+    @model_validator(mode="after")
+    def _dead_letters_fit_in_a_request(self) -> Settings:
+        if self.dead_letter_max_bytes + 65_536 > self.producer_max_request_bytes:
+            raise ValueError(
+                f"dead_letter_max_bytes ({self.dead_letter_max_bytes}) must leave 64 KiB of "
+                f"producer_max_request_bytes ({self.producer_max_request_bytes}) for key and headers"
+            )
+        return self
+
     @field_validator("event_weights")
     @classmethod
     def _weights_cover_event_types(cls, weights: dict[str, float]) -> dict[str, float]:
@@ -250,3 +356,90 @@ def settings_markdown_table() -> str:
         default = field.get_default(call_default_factory=True)
         rows.append(f"| `STREAMREC_{name.upper()}` | `{default}` | {field.description} |")
     return "\n".join(rows)
+
+
+def read_secret_file(path: Path) -> str:
+    """The secret held in ``path``, without the trailing newline that ``echo`` and most editors add.
+
+    Raises ``ValueError`` naming the file (never its content) when it is missing, unreadable or empty.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc.__class__.__name__}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    secret = text.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise ValueError(f"{path} is empty")
+    return secret
+
+
+def kafka_security_problems(settings: Settings) -> list[str]:
+    """Every inconsistency in the Kafka security settings, each as a sentence naming the settings to change.
+
+    A setting that the chosen protocol would ignore is a problem too: a password that is silently not used is how
+    a client ends up talking plaintext to a broker that was meant to be secured.
+    """
+    problems: list[str] = []
+    protocol = settings.security_protocol
+    uses_tls = protocol in ("SSL", "SASL_SSL")
+    uses_sasl = protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    tls_given = [
+        name
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password", "ssl_key_password_file")
+        if getattr(settings, name) is not None
+    ]
+    if tls_given and not uses_tls:
+        problems.append(f"{', '.join(tls_given)} set but security_protocol {protocol} does not use TLS")
+    if settings.ssl_keyfile is not None and settings.ssl_certfile is None:
+        problems.append("ssl_keyfile set without ssl_certfile (the certificate it belongs to)")
+    if settings.ssl_key_password is not None and settings.ssl_key_password_file is not None:
+        problems.append("ssl_key_password given both inline and as ssl_key_password_file: keep one")
+    if (settings.ssl_key_password or settings.ssl_key_password_file) and settings.ssl_certfile is None:
+        problems.append("a private key password is set without ssl_certfile")
+
+    sasl_given = [
+        name
+        for name in ("sasl_username", "sasl_password", "sasl_password_file", "sasl_oauth_token_file")
+        if getattr(settings, name) is not None
+    ]
+    if sasl_given and not uses_sasl:
+        problems.append(f"{', '.join(sasl_given)} set but security_protocol {protocol} does not use SASL")
+    if uses_sasl and settings.sasl_mechanism == "OAUTHBEARER":
+        if settings.sasl_oauth_token_file is None:
+            problems.append("sasl_mechanism OAUTHBEARER needs sasl_oauth_token_file")
+        password_given = [n for n in ("sasl_username", "sasl_password", "sasl_password_file") if n in sasl_given]
+        if password_given:
+            problems.append(f"{', '.join(password_given)} set but OAUTHBEARER authenticates with a token only")
+    elif uses_sasl:
+        mechanism = settings.sasl_mechanism
+        if not settings.sasl_username:
+            problems.append(f"{protocol} with {mechanism} needs sasl_username")
+        if settings.sasl_password is None and settings.sasl_password_file is None:
+            problems.append(f"{protocol} with {mechanism} needs sasl_password or sasl_password_file")
+        if settings.sasl_password is not None and settings.sasl_password_file is not None:
+            problems.append("sasl_password given both inline and as sasl_password_file: keep one")
+        if settings.sasl_password is not None and not settings.sasl_password.get_secret_value():
+            problems.append("sasl_password is empty")
+        if settings.sasl_oauth_token_file is not None:
+            problems.append(f"sasl_oauth_token_file set but sasl_mechanism is {mechanism}, not OAUTHBEARER")
+
+    # Files are checked now, at start-up, rather than on the first connection attempt deep inside a client.
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(settings, name)
+        if path is not None:
+            try:
+                with path.open("rb"):
+                    pass
+            except OSError as exc:
+                problems.append(f"{name}: cannot read {path}: {exc.strerror or exc}")
+    for name in ("ssl_key_password_file", "sasl_password_file", "sasl_oauth_token_file"):
+        path = getattr(settings, name)
+        if path is not None:
+            try:
+                read_secret_file(path)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+    return problems

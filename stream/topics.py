@@ -7,6 +7,7 @@ import logging
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from stream.runtime.security import kafka_python_options
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
         bootstrap_servers=settings.bootstrap_servers,
         client_id="streamrec-admin",
         request_timeout_ms=int(timeout_s * 1000),
+        # So that timeout_s also bounds reaching the brokers (kafka-python's own bootstrap timeout is 30 s).
+        bootstrap_timeout_ms=int(timeout_s * 1000),
+        **kafka_python_options(settings),
     )
     try:
         partitions = _partition_counts(admin)

@@ -9,6 +9,8 @@ model does not know still enter the sequence and the purchases; they just cannot
 from __future__ import annotations
 
 import base64
+import binascii
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +20,9 @@ import orjson
 
 from stream.events import Event, EventType
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+"""Version of the changelog record written by :func:`encode_state`; 2 added ``updated_at``."""
+READABLE_STATE_FORMATS = (1, 2)
 MAX_SHOWN_ITEMS = 200
 
 
@@ -46,6 +50,8 @@ class UserState:
     # Items recommended to the user and not touched since, with how often: the "ignored" rule and the
     # engagement statistics of exploration read it. Bounded to the most recently shown items.
     shown: dict[str, int] = field(default_factory=dict)
+    # Wall-clock time of the last event applied: what idle-user eviction reads (0.0 in states from before it).
+    updated_at: float = 0.0
 
     def record_shown(self, item_ids: list[str], max_items: int = MAX_SHOWN_ITEMS) -> None:
         for item_id in item_ids:
@@ -148,6 +154,10 @@ class UserStateStore:
     def put(self, partition: int, state: UserState) -> None:
         self._partitions.setdefault(partition, {})[state.user_id] = state
 
+    def remove(self, partition: int, user_id: str) -> bool:
+        """Forget one user; True when they were held."""
+        return self._partitions.get(partition, {}).pop(user_id, None) is not None
+
     def drop_partition(self, partition: int) -> int:
         return len(self._partitions.pop(partition, {}))
 
@@ -156,6 +166,10 @@ class UserStateStore:
 
     def __len__(self) -> int:
         return sum(len(users) for users in self._partitions.values())
+
+
+class StateRecordError(ValueError):
+    """A changelog record that is not a user state this version can read."""
 
 
 def encode_state(state: UserState) -> bytes:
@@ -174,28 +188,78 @@ def encode_state(state: UserState) -> bytes:
             "last_partition": state.last_partition,
             "last_offset": state.last_offset,
             "shown": state.shown,
+            "updated_at": state.updated_at,
         }
     )
 
 
 def decode_state(payload: bytes, max_recent_items: int) -> UserState:
-    """Inverse of :func:`encode_state`; raises ``ValueError`` on a record it cannot read."""
-    data: dict[str, Any] = orjson.loads(payload)
-    if data.get("format") != STATE_FORMAT:
-        raise ValueError(f"unsupported user state format {data.get('format')!r}")
+    """Inverse of :func:`encode_state`; raises :class:`StateRecordError` for anything it cannot read.
+
+    Every field is checked: a changelog is input like any other, and one malformed record must cost one user's
+    state, never the restore of a partition. Format 1 (before ``updated_at``) is still read.
+    """
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise StateRecordError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise StateRecordError(f"a JSON {type(data).__name__}, expected an object")
+    if data.get("format") not in READABLE_STATE_FORMATS:
+        raise StateRecordError(f"unsupported user state format {data.get('format')!r}")
+    try:
+        return _state_from_fields(data, max_recent_items)
+    except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as exc:
+        raise StateRecordError(f"malformed field: {type(exc).__name__}: {exc}") from None
+
+
+def _state_from_fields(data: dict[str, Any], max_recent_items: int) -> UserState:
+    user_id = data["user_id"]
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError("`user_id` must be a non-empty string")
     vector = data["vector"]
-    return UserState(
-        user_id=data["user_id"],
-        recent=deque(
-            (RecentItem(str(item), str(kind), float(ts)) for item, kind, ts in data["recent"]),
-            maxlen=max_recent_items,
-        ),
-        vector=None if vector is None else np.frombuffer(base64.b64decode(vector), dtype="<f4").copy(),
-        vector_ts=float(data["vector_ts"]),
-        model_version=data["model_version"],
-        bought=dict.fromkeys(data["bought"]),
-        n_events=int(data["n_events"]),
-        last_partition=int(data["last_partition"]),
-        last_offset=int(data["last_offset"]),
-        shown={str(item): int(count) for item, count in data.get("shown", {}).items()},  # absent in older states
+    if vector is not None:
+        vector = np.frombuffer(base64.b64decode(vector, validate=True), dtype="<f4").astype(np.float32)
+        if vector.size == 0 or not np.isfinite(vector).all():
+            raise ValueError("`vector` must be a non-empty finite float32 array")
+    model_version = data["model_version"]
+    if model_version is not None and not isinstance(model_version, str):
+        raise TypeError("`model_version` must be a string or null")
+    recent = deque(
+        (RecentItem(_text(item), _text(kind), _finite(ts)) for item, kind, ts in data["recent"]),
+        maxlen=max_recent_items,
     )
+    shown = data.get("shown", {})  # absent in the oldest states
+    if not isinstance(shown, dict):
+        raise TypeError("`shown` must be an object")
+    return UserState(
+        user_id=user_id,
+        recent=recent,
+        vector=vector,
+        vector_ts=_finite(data["vector_ts"]),
+        model_version=model_version,
+        bought=dict.fromkeys(_text(item) for item in data["bought"]),
+        n_events=_integer(data["n_events"]),
+        last_partition=_integer(data["last_partition"]),
+        last_offset=_integer(data["last_offset"]),
+        shown={_text(item): _integer(count) for item, count in shown.items()},
+        updated_at=_finite(data.get("updated_at", 0.0)),
+    )
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _finite(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value

@@ -7,12 +7,23 @@ and turned into strings because many shops key users and items by number.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from stream.events import EVENT_TYPES, Event, EventType
+from stream.events import COMMAND_TYPES, EVENT_TYPES, Command, CommandType, Event, EventType
 from stream.rejection import InvalidEvent
+
+#: Characters no id may hold: Unicode control (Cc), format (Cf: bidi overrides, zero-width and invisible marks),
+#: line and paragraph separators (Zl, Zp) and lone surrogates (Cs), as Python 3.11's Unicode 15 classifies them.
+#: They make ids that print alike differ, reorder text in dashboards and logs, or end a C string early.
+#: ``tests/unit/test_validate.py`` checks this class against ``unicodedata``.
+FORBIDDEN_ID_CHARACTERS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f"
+    "\u2028-\u202e\u2060-\u2064\u2066-\u206f\ud800-\udfff\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +55,11 @@ def _id_value(value: Any, name: str, max_length: int) -> str:
         raise InvalidEvent("empty_id", f"`{name}` is empty")
     if len(text) > max_length:
         raise InvalidEvent("id_too_long", f"`{name}` has {len(text)} characters > {max_length}")
+    forbidden = FORBIDDEN_ID_CHARACTERS.search(text)
+    if forbidden is not None:
+        raise InvalidEvent(
+            "invalid_characters", f"`{name}` holds the control or format character U+{ord(forbidden.group()):04X}"
+        )
     return text
 
 
@@ -101,4 +117,25 @@ def validate(payload: dict[str, Any], key: bytes | None, rules: ValidationRules,
         event_id=_optional_id(payload, "event_id", rules.max_id_length),
         session_id=_optional_id(payload, "session_id", rules.max_id_length),
         context=context,
+    )
+
+
+def validate_command(payload: dict[str, Any], key: bytes | None, rules: ValidationRules) -> Command:
+    """Check a control message (a JSON object with a ``command`` field), or raise :class:`InvalidEvent`.
+
+    Unlike an event, a command must carry its key: it only reaches the user's partition, and so their state, when
+    it is keyed by the user id like their events.
+    """
+    command = payload.get("command")
+    if command not in COMMAND_TYPES:
+        raise InvalidEvent("unknown_command", f"{str(command)[:40]!r} is not one of {COMMAND_TYPES}")
+    user_id = _required_id(payload, "user_id", rules.max_id_length)
+    if key is None or key.decode("utf-8", "replace") != user_id:
+        raise InvalidEvent("key_mismatch", "a command must be keyed by its `user_id`")
+    ts = payload.get("ts")
+    return Command(
+        user_id=user_id,
+        command=CommandType(command),
+        ts=None if ts is None else parse_timestamp(ts),
+        request_id=_optional_id(payload, "request_id", rules.max_id_length),
     )

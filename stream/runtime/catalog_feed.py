@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from stream.catalog import CatalogItem, parse_catalog_item
 from stream.pipeline import Pipeline
 from stream.rejection import InvalidEvent
+from stream.runtime.security import aiokafka_options
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class CatalogFeed:
             # loop busy with empty fetches that the event consumer's latency pays for.
             fetch_max_wait_ms=CATALOG_FETCH_WAIT_MS,
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            **aiokafka_options(settings),
         )
         await consumer.start()
         try:
@@ -78,18 +80,22 @@ class CatalogFeed:
                         log.info("catalog loaded: %d items", len(self.pipeline.catalog))
                         self.caught_up.set()
         finally:
-            self.caught_up.set()  # never leave the worker waiting on a feed that has stopped
+            # `caught_up` stays unset if the feed ended early: the worker notices the feed's end and stops rather
+            # than serve with availability it has not read.
             await consumer.stop()
 
     async def _partitions(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> list[TopicPartition]:
         topic = self.settings.items_topic
+        # Assigning a partition makes the client ask the brokers for this topic's metadata. Apache Kafka answers an
+        # unassigned consumer's metadata request with no topics at all (the embedded broker sends every topic), and
+        # AIOKafkaConsumer has no public way to ask for one topic; every topic has a partition 0.
+        consumer.assign([TopicPartition(topic, 0)])
         while not stop.is_set():
             partitions = consumer.partitions_for_topic(topic)
             if partitions:
                 tps = [TopicPartition(topic, p) for p in sorted(partitions)]
                 consumer.assign(tps)
                 return tps
-            await consumer.force_metadata_update()
             await asyncio.sleep(0.2)
         return []
 

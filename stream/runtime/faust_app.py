@@ -12,6 +12,11 @@ Design choices:
   ``on_partitions_assigned`` signal (faust table recovery trusts ListOffsets, which the embedded broker answers
   wrongly, losing the last update of a partition). Both runtimes therefore share one state format.
 * ``processing_guarantee`` stays at-least-once; redelivered events are not applied twice to user state.
+* Delivery retries, dead-letter references and failures are shared with the default runtime
+  (``stream/runtime/base.py``). What this runtime lacks is the default runtime's fencing of a paused worker
+  (faust commits offsets itself, so the worker cannot confirm ownership before publishing): after a pause past the
+  session timeout it may publish one stale batch. Restores keep the newest state of each user, so state never goes
+  backwards on the next assignment.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from collections.abc import AsyncIterator
 import faust
 from faust.types import TP
 
-from stream.changelog import restore_assigned
 from stream.events import SourceRecord
+from stream.health import Health
 from stream.metrics import WorkerMetrics
-from stream.pipeline import Pipeline
-from stream.runtime.base import BatchRuntime
+from stream.pipeline import OutgoingMessage, Pipeline
+from stream.runtime.base import BatchRuntime, WorkerFailed
+from stream.runtime.security import faust_credentials
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,8 +43,10 @@ log = logging.getLogger(__name__)
 class FaustWorker(BatchRuntime):
     """Runs the pipeline as a faust agent inside the caller's event loop."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics | None = None) -> None:
-        super().__init__(settings, pipeline, metrics)
+    def __init__(
+        self, settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics | None = None, health: Health | None = None
+    ) -> None:
+        super().__init__(settings, pipeline, metrics, health)
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -60,6 +68,7 @@ class FaustWorker(BatchRuntime):
             topic_partitions=settings.topic_partitions,
             topic_allow_declare=False,  # streamrec.topics creates the topics with the right configs
             stream_buffer_maxsize=max(4096, 2 * settings.batch_max_events),
+            broker_credentials=faust_credentials(settings),
         )
         events = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, allow_empty=True)
         app.agent(events, name=f"{settings.consumer_group}-pipeline")(self._agent)
@@ -69,12 +78,11 @@ class FaustWorker(BatchRuntime):
 
     async def _on_assigned(self, sender: object, assigned: set[TP], **_: object) -> None:
         partitions = sorted(tp.partition for tp in assigned if tp.topic == self.settings.events_topic)
-        async with self.batch_lock:
-            await restore_assigned(self.settings, self.pipeline, partitions)
+        assert self._stop is not None
+        await self.assigned(partitions, self._stop)
 
     async def _on_revoked(self, sender: object, revoked: set[TP], **_: object) -> None:
-        async with self.batch_lock:
-            self.pipeline.drop_partitions([tp.partition for tp in revoked if tp.topic == self.settings.events_topic])
+        await self.revoked([tp.partition for tp in revoked if tp.topic == self.settings.events_topic])
 
     async def _agent(self, stream: faust.StreamT) -> AsyncIterator[None]:
         within = max(self.settings.batch_max_wait_ms, 1) / 1000
@@ -91,19 +99,34 @@ class FaustWorker(BatchRuntime):
                 )
                 for event in events
             ]
+            delivered = False
             async with self.batch_lock:
-                result = await asyncio.to_thread(self.pipeline.process, records)
-                started = time.perf_counter()
-                pending = [
-                    await self.app.producer.send(
-                        m.topic, m.key, m.value, m.partition, timestamp=None, headers=m.headers or None
-                    )
-                    for m in result.messages
-                ]
-                await asyncio.gather(*pending)  # faust acks (and later commits) the batch only after this
-                self.output_acknowledged(result, time.perf_counter() - started)
+                unrestored = self.unrestored({record.partition for record in records})
+                if unrestored:
+                    self.fail(WorkerFailed(f"events of partitions {sorted(unrestored)} arrived before their state"))
+                if self.failure is None:
+                    result = await asyncio.to_thread(self.pipeline.process, records)
+                    try:
+                        # faust acks (and later commits) the batch only once this returns True
+                        delivered = await self.deliver(result, self._send, self._stop or asyncio.Event())
+                    except WorkerFailed as exc:
+                        self.fail(exc)
+                        delivered = False
+                if self.failure is not None or not delivered:
+                    # Never acknowledge these events: they stay uncommitted and are redelivered after a restart.
+                    await asyncio.Event().wait()
                 self.batches_processed += 1
             yield None
+
+    async def _send(self, message: OutgoingMessage) -> asyncio.Future:
+        return await self.app.producer.send(
+            message.topic,
+            message.key,
+            message.value,
+            message.partition,
+            timestamp=None,
+            headers=message.headers or None,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start the faust app in the running loop and stop it when ``stop`` is set.
@@ -113,6 +136,7 @@ class FaustWorker(BatchRuntime):
         was never set and the process did not exit on SIGTERM. ``app.start()`` returns once the first partition
         assignment is done, so it is raced against ``stop``.
         """
+        self._stop = stop
         starting = asyncio.ensure_future(self.app.start())
         stopping = asyncio.ensure_future(stop.wait())
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from stream.broker import EmbeddedBroker, free_port
+from tests.certificates import CertificateSet, make_certificates, openssl_unavailable_reason
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +133,37 @@ def start_worker(broker: EmbeddedBroker, trained_artifacts: Path, topics: TopicN
     yield start
     for worker in started:
         worker.stop(timeout_s=10)
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> CertificateSet:
+    """A throw-away CA and the certificates it signed (server for 127.0.0.1, client, wrong host name)."""
+    reason = openssl_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    return make_certificates(tmp_path_factory.mktemp("certificates"))
+
+
+def launch_worker_process(artifacts_dir: Path, topics: TopicNames, log_path: Path, **extra_env: str) -> WorkerProcess:
+    """Start a worker process without waiting for it to serve, for workers that are expected to fail (usable from
+    fixtures of any scope, unlike ``start_worker``). The caller must stop it (``WorkerProcess.stop``)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        **topics.env(),
+        "STREAMREC_ARTIFACTS_DIR": str(artifacts_dir),
+        "STREAMREC_METRICS_PORT": str(port),
+        "STREAMREC_METRICS_HOST": "127.0.0.1",
+        "STREAMREC_SESSION_TIMEOUT_S": "2",
+        "STREAMREC_HEARTBEAT_INTERVAL_S": "0.5",
+        "STREAMREC_TOPIC_PARTITIONS": "4",
+        **extra_env,
+    }
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker", "--log-level", "INFO"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return WorkerProcess(process, port, log_path)

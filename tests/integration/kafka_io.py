@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 
-def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+def produce(
+    bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]], **producer_options: Any
+) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, **producer_options)
     try:
         for key, value in messages:
             producer.send(topic, key=key, value=value)
@@ -73,4 +76,4 @@ class TopicReader:
 
 
 def recommendation_for(event_id: str) -> Callable[[ConsumerRecord], bool]:
-    return lambda record: orjson.loads(record.value)["trigger"]["event_id"] == event_id
+    return lambda record: record.value is not None and orjson.loads(record.value)["trigger"]["event_id"] == event_id

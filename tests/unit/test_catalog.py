@@ -218,3 +218,17 @@ def test_category_and_title_lookups_with_an_empty_title_as_none() -> None:
     catalog.upsert(item("b", title="", category=None))
     assert (catalog.category_of("a"), catalog.title_of("a")) == ("home", "Lamp")
     assert (catalog.category_of("b"), catalog.title_of("b")) == (None, None)
+
+
+def test_a_record_from_the_far_future_is_rejected_so_its_item_stays_withdrawable() -> None:
+    now = 1_800_000_000.0
+    with pytest.raises(InvalidEvent) as caught:
+        parse_catalog_item(raw(item_id="i1", ts=now + 2 * 86_400), None, RULES, MAX_BYTES, now=now)
+    assert caught.value.reason == "timestamp_out_of_range"
+    assert parse_catalog_item(raw(item_id="i1", ts=now + 3600), None, RULES, MAX_BYTES, now=now).ts == now + 3600
+
+
+@pytest.mark.parametrize("item_id", ["i\x001", "evil\u202etxt.exe", "zero\u200bwidth"])
+def test_ids_with_control_or_format_characters_are_rejected(item_id: str) -> None:
+    assert reason_of(raw(item_id=item_id, ts=1)) == "invalid_characters"
+    assert reason_of(raw(item_id="i1", ts=1, category=f"shoes{item_id}")) == "invalid_characters"

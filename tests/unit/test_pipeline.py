@@ -13,7 +13,13 @@ from model.artifacts import ModelArtifacts
 from model.baselines import ItemKNNModel
 from stream.catalog import CatalogItem
 from stream.events import SourceRecord
-from stream.pipeline import REASON_HEADER, Pipeline
+from stream.pipeline import (
+    ORIGINAL_SIZE_HEADER,
+    REASON_HEADER,
+    SOURCE_HEADER,
+    TRUNCATED_HEADER,
+    Pipeline,
+)
 from stream.settings import Settings
 from stream.user_state import decode_state
 
@@ -236,3 +242,67 @@ def test_a_category_cap_refills_from_further_down_without_reordering(artifacts) 
     assert len(capped) == 10
     assert capped[0] == ranking[0]  # refills, scored on other scales, never jump ahead of the pool
     assert [ranking.index(item) for item in capped[1:]] == sorted(ranking.index(item) for item in capped[1:])
+
+
+def test_an_oversized_message_is_dead_lettered_cut_to_size_with_its_original_size(artifacts) -> None:
+    """A payload the broker accepted must never produce a dead letter too large to deliver (a poison pill)."""
+    pipeline = Pipeline(Settings(top_k=10, dead_letter_max_bytes=4096, exploration_share=0.0), artifacts)
+    records = Records()
+    huge = b'{"user_id": "u1", "item_id": "i1", "event_type": "view", "pad": "' + b"x" * 1_200_000 + b'"}'
+    batch = [records.raw(huge, b"u1"), records.raw(b"[1]", b"k" * 5000), records.raw(b"{oops", b"u2")]
+    dead = pipeline.process(batch, now=NOW).dead_letters
+    first, second, third = (dict(m.headers) for m in dead)
+    assert first[REASON_HEADER] == b"payload_too_large"
+    assert dead[0].value == huge[:4096] and len(dead[0].value) == 4096
+    assert (first[TRUNCATED_HEADER], first[ORIGINAL_SIZE_HEADER]) == (b"value", str(len(huge)).encode())
+    assert first[SOURCE_HEADER] == f"events/0/{batch[0].offset}".encode()
+    assert second[TRUNCATED_HEADER] == b"key" and len(dead[1].key) == 1024
+    assert TRUNCATED_HEADER not in third and dead[2].value == b"{oops"  # small ones stay whole
+
+
+def test_forget_erases_the_user_and_tombstones_state_and_recommendations(pipeline: Pipeline, artifacts) -> None:
+    records = Records()
+    a, b = artifacts.item_ids[:2]
+    pipeline.process([records.event("u1", a, "buy", partition=2), records.event("u2", a, partition=2)], now=NOW)
+    before = records.event("u1", b, "view", partition=2)
+    forget = records.raw(orjson.dumps({"command": "forget", "user_id": "u1", "request_id": "gdpr-1"}), b"u1", 2)
+    result = pipeline.process([before, forget], now=NOW)
+    assert pipeline.store.get(2, "u1") is None and pipeline.store.get(2, "u2") is not None
+    assert result.forgotten == ["u1"]
+    assert [(m.topic, m.key, m.value, m.partition) for m in result.state_updates] == [
+        (Settings().state_topic, b"u1", None, 2)
+    ]
+    assert [(m.key, m.value) for m in result.recommendations] == [(b"u1", None)]  # earlier event not answered
+    assert not result.dead_letters and result.next_offsets == {2: forget.offset + 1}
+
+    # An event after the forget starts afresh: nothing of the old history (the purchase) comes back.
+    again = pipeline.process([records.event("u1", b, "view", partition=2)], now=NOW)
+    state = pipeline.store.get(2, "u1")
+    assert state.n_events == 1 and not state.bought
+    assert recommendations(again)["u1"]["trigger"]["item_id"] == b
+
+
+def test_events_after_a_forget_in_the_same_batch_replace_the_tombstones_with_a_fresh_state(
+    pipeline: Pipeline, artifacts
+) -> None:
+    records = Records()
+    a, b = artifacts.item_ids[:2]
+    pipeline.process([records.event("u1", a, "buy")], now=NOW)
+    forget = records.raw(orjson.dumps({"command": "forget", "user_id": "u1"}), b"u1")
+    result = pipeline.process([forget, records.event("u1", b, "view", event_id="after")], now=NOW)
+    (update,) = result.state_updates
+    assert decode_state(update.value, 50).n_events == 1  # one message per key: the new state supersedes
+    assert recommendations(result)["u1"]["trigger"]["event_id"] == "after"
+    assert a not in decode_state(update.value, 50).bought
+
+
+def test_restored_states_with_a_vector_of_the_wrong_size_are_rebuilt_not_trusted(pipeline: Pipeline, artifacts) -> None:
+    records = Records()
+    result = pipeline.process([records.event("u3", artifacts.item_ids[1], "cart")], now=NOW)
+    state = decode_state(result.state_updates[0].value, 50)
+    state.vector = np.ones(3, dtype=np.float32)  # not this model's dimension
+    fresh = Pipeline(Settings(top_k=10, n_candidates=50), artifacts)
+    fresh.restore_state(0, [state])
+    later = fresh.process([records.event("u3", artifacts.item_ids[2], "view")], now=NOW)
+    assert fresh.store.get(0, "u3").vector.shape == (artifacts.dim,)
+    assert len(recommendations(later)["u3"]["items"]) == 10

@@ -1,8 +1,11 @@
+import base64
+
 import numpy as np
+import orjson
 import pytest
 
 from stream.events import Event, EventType
-from stream.user_state import InterestModel, UserStateStore, decode_state, encode_state
+from stream.user_state import InterestModel, StateRecordError, UserStateStore, decode_state, encode_state
 
 EMBEDDINGS = np.eye(4, dtype=np.float32)  # four orthogonal items: each vector component is one item's weight
 WEIGHTS = {"view": 1.0, "click": 2.0, "cart": 4.0, "buy": 8.0}
@@ -85,6 +88,8 @@ def test_state_roundtrips_through_the_changelog_encoding() -> None:
     interest.apply(state, ev("a", "cart", 5.0))
     interest.apply(state, ev("x", "buy", 6.0))
     state.last_partition, state.last_offset = 3, 41
+    state.record_shown(["b", "c"])
+    state.updated_at = 1_795_430_000.5
     restored = decode_state(encode_state(state), max_recent_items=3)
     assert restored.user_id == "u"
     np.testing.assert_array_equal(restored.vector, state.vector)
@@ -94,11 +99,78 @@ def test_state_roundtrips_through_the_changelog_encoding() -> None:
     assert restored.already_applied(3, 41) and not restored.already_applied(3, 42)
     assert not restored.already_applied(2, 41)
     assert restored.recent.maxlen == 3
+    assert restored.shown == {"b": 1, "c": 1} and restored.updated_at == 1_795_430_000.5
 
 
 def test_decode_state_refuses_unknown_format() -> None:
     with pytest.raises(ValueError, match="format"):
         decode_state(b'{"format": 99}', 3)
+
+
+def _valid_record() -> dict:
+    interest = model()
+    state = interest.new_state("u")
+    interest.apply(state, ev("a", "cart", 5.0))
+    return orjson.loads(encode_state(state))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[]",  # found in a production-like changelog: made the whole restore raise
+        b"null",
+        b"42",
+        b"not json at all",
+        b"{}",
+        b'{"format": 2}',
+        b"\xff\xfe",
+    ],
+)
+def test_a_malformed_state_record_raises_one_error_type(payload: bytes) -> None:
+    with pytest.raises(StateRecordError):
+        decode_state(payload, 3)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("user_id", 7),
+        ("user_id", ""),
+        ("vector", "***not base64***"),
+        ("vector", base64.b64encode(np.array([np.nan, 1.0], dtype="<f4").tobytes()).decode()),
+        ("vector", ""),
+        ("recent", [["a", "view"]]),
+        ("recent", [["a", "view", "yesterday"]]),
+        ("recent", "a,b"),
+        ("bought", [1, 2]),
+        ("n_events", "3"),
+        ("last_offset", 1.5),
+        ("shown", ["a"]),
+        ("vector_ts", float("inf")),
+        ("model_version", 3),
+    ],
+)
+def test_a_state_record_with_a_bad_field_is_refused(field: str, value: object) -> None:
+    record = _valid_record()
+    record[field] = value
+    with pytest.raises(StateRecordError):
+        decode_state(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY), 3)
+
+
+def test_states_written_before_updated_at_still_read() -> None:
+    record = _valid_record()
+    record["format"] = 1
+    del record["updated_at"]
+    state = decode_state(orjson.dumps(record), 3)
+    assert state.updated_at == 0.0 and [r.item_id for r in state.recent] == ["a"]
+
+
+def test_store_removes_one_user() -> None:
+    interest = model()
+    store = UserStateStore()
+    store.put(0, interest.new_state("u0"))
+    assert store.remove(0, "u0") is True
+    assert store.remove(0, "u0") is False and store.get(0, "u0") is None
 
 
 def test_store_groups_users_by_partition() -> None:

@@ -1,10 +1,12 @@
+import sys
+import unicodedata
 from typing import Any
 
 import pytest
 
-from stream.events import EventType
+from stream.events import Command, CommandType, EventType
 from stream.rejection import InvalidEvent
-from stream.validate import ValidationRules, validate
+from stream.validate import FORBIDDEN_ID_CHARACTERS, ValidationRules, validate, validate_command
 
 NOW = 1_800_000_000.0
 RULES = ValidationRules(max_id_length=16, min_event_ts=946_684_800.0, max_clock_skew_s=3600.0)
@@ -74,3 +76,48 @@ def test_key_must_match_user_id_when_set() -> None:
     assert caught.value.reason == "key_mismatch"
     lenient = ValidationRules(reject_key_mismatch=False)
     assert validate(event(), b"someone-else", lenient, NOW).user_id == "u1"
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["u\x001", "u\n1", "admin\u202e1u", "u\u200b1", "u\u2066x", "\ufeffu1", "u\x7f"],
+)
+def test_ids_with_control_or_format_characters_are_rejected(user_id: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        validate(event(user_id=user_id), None, RULES, NOW)
+    assert caught.value.reason == "invalid_characters"
+    assert "U+" in caught.value.detail
+
+
+def test_the_forbidden_characters_are_exactly_unicodes_control_and_format_classes() -> None:
+    forbidden = {"Cc", "Cf", "Zl", "Zp", "Cs"}
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        expected = unicodedata.category(char) in forbidden
+        assert (FORBIDDEN_ID_CHARACTERS.fullmatch(char) is not None) == expected, f"U+{code:04X}"
+
+
+def test_ordinary_unicode_ids_are_accepted() -> None:
+    for user_id in ["Zoë", "用户-42", "müller@shop", "user 7", "👟-fan"]:
+        assert validate(event(user_id=user_id), None, RULES, NOW).user_id == user_id
+
+
+def test_a_forget_command_is_read_from_its_keyed_message() -> None:
+    command = validate_command({"command": "forget", "user_id": "u1", "ts": NOW, "request_id": "r-1"}, b"u1", RULES)
+    assert command == Command("u1", CommandType.FORGET, NOW, "r-1")
+
+
+@pytest.mark.parametrize(
+    ("payload", "key", "reason"),
+    [
+        ({"command": "delete_everything", "user_id": "u1"}, b"u1", "unknown_command"),
+        ({"command": "forget"}, b"u1", "missing_field"),
+        ({"command": "forget", "user_id": "u1"}, None, "key_mismatch"),
+        ({"command": "forget", "user_id": "u1"}, b"u2", "key_mismatch"),
+        ({"command": "forget", "user_id": "u1", "ts": "soon"}, b"u1", "invalid_timestamp"),
+    ],
+)
+def test_malformed_commands_are_rejected(payload: dict[str, Any], key: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        validate_command(payload, key, RULES)
+    assert caught.value.reason == reason

@@ -1,0 +1,59 @@
+"""Worker processes for tests that pick their own broker, and their readiness endpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from stream.broker import free_port
+from tests.integration.conftest import TopicNames, WorkerProcess
+
+
+def launch(bootstrap: str, artifacts: Path, topics: TopicNames, log_path: Path, **extra_env: str) -> WorkerProcess:
+    port = free_port()
+    env = {
+        **os.environ,
+        **topics.env(),
+        "STREAMREC_BOOTSTRAP_SERVERS": bootstrap,
+        "STREAMREC_ARTIFACTS_DIR": str(artifacts),
+        "STREAMREC_METRICS_PORT": str(port),
+        "STREAMREC_SESSION_TIMEOUT_S": "2",
+        "STREAMREC_HEARTBEAT_INTERVAL_S": "0.5",
+        "STREAMREC_TOPIC_PARTITIONS": "4",
+        **extra_env,
+    }
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker", "--log-level", "INFO"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return WorkerProcess(process, port, log_path)
+
+
+def readiness(worker: WorkerProcess) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/readyz", timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def wait_until_ready(worker: WorkerProcess, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.process.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{worker.log_path.read_text()[-3000:]}")
+        try:
+            if readiness(worker)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"worker not ready in {timeout_s} s:\n{worker.log_path.read_text()[-3000:]}")
