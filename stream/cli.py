@@ -15,13 +15,14 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -68,6 +69,9 @@ app = typer.Typer(
 class _GlobalOptions:
     debug: bool = False
     kafka_bootstrap: str | None = None  # the servers a command talks to, named when a Kafka client fails
+    kafka_security: str | None = None  # how it talks to them, e.g. "SASL_SSL with SCRAM-SHA-512"; None: plaintext
+    # Set once a worker runs: its stream libraries may leave threads that never end (see _exit).
+    abandon_lingering_threads: bool = False
 
 
 _options = _GlobalOptions()
@@ -81,7 +85,7 @@ def _global_options(
     ] = False,
 ) -> None:
     """Real-time e-commerce recommendations from a Kafka event stream."""
-    _options.debug, _options.kafka_bootstrap = debug, None
+    _options.debug, _options.kafka_bootstrap, _options.kafka_security = debug, None, None
     if ctx.invoked_subcommand is None:  # a bare `streamrec` asks what there is
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
@@ -134,10 +138,23 @@ def _settings(**overrides: Any) -> Settings:
 
 def _logging(level: str, *, quiet_kafka_clients: bool = False) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not _options.debug:
+        from stream.logs import limit_repeats
+
+        limit_repeats()
     if quiet_kafka_clients and not _options.debug and level.upper() != "DEBUG":
         # A one-shot command reports a Kafka failure itself, in one line; the clients would log every reconnect.
         for name in ("kafka", "aiokafka"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _talks_to_kafka(settings: Settings) -> None:
+    """Remember the servers and the security of the command's Kafka clients, for the message if they fail."""
+    _options.kafka_bootstrap = settings.bootstrap_servers
+    protocol = settings.security_protocol
+    _options.kafka_security = None
+    if protocol != "PLAINTEXT":
+        _options.kafka_security = f"{protocol} with {settings.sasl_mechanism}" if "SASL" in protocol else protocol
 
 
 def _readable_file(path: Path, what: str, option: str) -> Path:
@@ -298,11 +315,12 @@ def worker(
             "the worker's /metrics",
             "stop what holds it, or pass --metrics-port N (0 turns /metrics off)",
         )
-    _options.kafka_bootstrap = settings.bootstrap_servers
+    _talks_to_kafka(settings)
     wait_for_kafka(settings.bootstrap_servers, connect_timeout)
     _logging(log_level)
     from stream.worker import run_worker
 
+    _options.abandon_lingering_threads = True
     run_worker(settings)
 
 
@@ -331,7 +349,7 @@ def replay(
         raise StreamrecError(f"{reason}; rename the file, or convert it to JSONL events") from None
     settings = _settings(bootstrap_servers=bootstrap)
     _logging("WARNING", quiet_kafka_clients=True)
-    _options.kafka_bootstrap = settings.bootstrap_servers
+    _talks_to_kafka(settings)
     wait_for_kafka(settings.bootstrap_servers, timeout_s=0)
     from stream.replay import replay as replay_events
     from stream.runtime.security import kafka_python_options
@@ -378,7 +396,7 @@ def publish_catalog_command(
     _readable_file(items, "catalog file", "--items")
     settings = _settings(bootstrap_servers=bootstrap)
     _logging(log_level, quiet_kafka_clients=True)
-    _options.kafka_bootstrap = settings.bootstrap_servers
+    _talks_to_kafka(settings)
     wait_for_kafka(settings.bootstrap_servers, timeout_s=0)
     from stream.replay import publish_catalog
     from stream.runtime.security import kafka_python_options
@@ -387,6 +405,28 @@ def publish_catalog_command(
         items, settings.bootstrap_servers, settings.items_topic, client_options=kafka_python_options(settings)
     )
     typer.echo(f"published {sent} catalog records to {settings.items_topic}")
+
+
+@app.command()
+def forget(
+    user: Annotated[list[str], typer.Option(help="User id to erase; repeat the option for several users.")],
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,
+    request_id: Annotated[
+        str | None, typer.Option(help="Your reference for the request; workers log it when they apply it.")
+    ] = None,
+) -> None:
+    """Erase users: their state, their last recommendations and their history's influence (see "Erasure")."""
+    from stream.broker import wait_for_kafka
+    from stream.forget import check_user_ids, send_forget
+
+    settings = _settings(bootstrap_servers=bootstrap)
+    check_user_ids(user, settings)
+    _logging("WARNING", quiet_kafka_clients=True)
+    _talks_to_kafka(settings)
+    wait_for_kafka(settings.bootstrap_servers, timeout_s=0)
+
+    sent = send_forget(user, settings, request_id)
+    typer.echo(f"sent {sent} forget command{'s' if sent != 1 else ''} to {settings.events_topic}")
 
 
 @app.command()
@@ -555,7 +595,7 @@ def describe_failure(exc: BaseException) -> tuple[str, int]:
         failure = translate(exc)
         if failure is not None:
             return str(failure), failure.exit_code
-    failure = kafka_failure(exc, _options.kafka_bootstrap)
+    failure = kafka_failure(exc, _options.kafka_bootstrap, _options.kafka_security)
     if failure is not None:
         return str(failure), failure.exit_code
     return _unexpected(exc), 1
@@ -571,8 +611,29 @@ def _usage_line(exc: typer.TyperException) -> str:
     return f"{message[:1].lower()}{message[1:]}; see '{command} --help'"
 
 
-def _fail(message: str, exit_code: int) -> None:
+def _fail(message: str, exit_code: int) -> NoReturn:
     print(f"{PROG}: error: {message}", file=sys.stderr)
+    _exit(exit_code)
+
+
+#: How long a stopped worker's leftover threads get to end before the process exits without them.
+LINGERING_THREADS_WAIT_S = 2.0
+
+
+def _exit(exit_code: int) -> NoReturn:
+    """``sys.exit``, except after a worker ran: a thread its stream libraries failed to stop (faust's consumer
+    thread, when the broker cannot take the last output) would keep the process alive until the shutdown watchdog
+    killed it with another exit code, so after a short wait the process ends without it."""
+    if _options.abandon_lingering_threads:
+        deadline = time.monotonic() + LINGERING_THREADS_WAIT_S
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() and not t.daemon and t is not threading.main_thread() for t in threading.enumerate()):
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exit_code)
     sys.exit(exit_code)
 
 
@@ -592,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(*describe_failure(exc))
     if exit_code == EXIT_INTERRUPTED:  # typer turns a KeyboardInterrupt into this exit code
         print(f"{PROG}: interrupted", file=sys.stderr)
-    sys.exit(exit_code if isinstance(exit_code, int) else 0)
+    _exit(exit_code if isinstance(exit_code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -65,9 +65,14 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def kafka_failure(exc: BaseException, bootstrap: str | None) -> StreamrecError | None:
+def kafka_failure(exc: BaseException, bootstrap: str | None, security: str | None = None) -> StreamrecError | None:
     """The one-line failure for an exception of either Kafka client (kafka-python, aiokafka) or of TLS; ``None``
-    for anything else. ``bootstrap`` names the servers in the message when the caller knows them."""
+    for anything else. ``bootstrap`` names the servers in the message when the caller knows them; ``security``
+    (e.g. ``"SASL_SSL with SCRAM-SHA-512"``, ``None`` for plaintext) is how the client talked to them.
+
+    The clients retry a refused login or handshake until their bootstrap times out and then report only the
+    timeout, after the TCP connection was checked (:func:`stream.broker.wait_for_kafka`): with security on, the
+    likely cause is named instead of "cannot reach"."""
     where = f"Kafka at {bootstrap}" if bootstrap else "Kafka"
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLError):
@@ -86,6 +91,12 @@ def kafka_failure(exc: BaseException, bootstrap: str | None) -> StreamrecError |
             "on the topics and the consumer group"
         )
     if isinstance(exc, _client_classes(_KAFKA_UNREACHABLE)):
+        if security:
+            return StreamrecError(
+                f"{where} accepts connections but the client could not complete its {security} handshake "
+                f"({type(exc).__name__}: {one_line(exc)}); check the credentials, the CA certificate, and that "
+                "this address is the broker's listener for that protocol"
+            )
         return StreamrecError(f"cannot reach {where} ({type(exc).__name__}: {one_line(exc)}); {KAFKA_FIX}")
     return None
 

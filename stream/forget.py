@@ -33,11 +33,11 @@ def forget_message(user_id: str, request_id: str | None = None, now: float | Non
     return user_id.encode(), orjson.dumps(body)
 
 
-def send_forget(user_ids: list[str], settings: Settings, request_id: str | None = None) -> int:
-    """Produce a ``forget`` command for each user to the events topic; returns how many were acknowledged.
-
-    Ids are checked as the worker will check them first, so a typo fails here rather than in the dead letters.
-    """
+def check_user_ids(user_ids: list[str], settings: Settings) -> None:
+    """Raise :class:`StreamrecError` for an id no worker could ever have accepted, so that a typo fails here rather
+    than in the dead letters."""
+    if not user_ids:
+        raise StreamrecError("no user id given; pass --user at least once")
     for user_id in user_ids:
         if not user_id.strip() or user_id != user_id.strip():
             raise StreamrecError(
@@ -45,6 +45,11 @@ def send_forget(user_ids: list[str], settings: Settings, request_id: str | None 
             )
         if len(user_id) > settings.max_id_length or FORBIDDEN_ID_CHARACTERS.search(user_id):
             raise StreamrecError(f"user id {user_id!r} could never have been accepted by a worker; check it")
+
+
+def send_forget(user_ids: list[str], settings: Settings, request_id: str | None = None) -> int:
+    """Produce a ``forget`` command for each user to the events topic; returns how many were acknowledged."""
+    check_user_ids(user_ids, settings)
     from stream.runtime.security import kafka_python_options
 
     with _DeliveringProducer(

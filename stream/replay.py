@@ -21,6 +21,7 @@ from kafka import KafkaProducer
 from tqdm import tqdm
 
 from model.datasets import detect_format, load_events
+from stream.errors import StreamrecError
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ def _count_lines(path: Path) -> int:
 
 class _DeliveringProducer:
     """Sends to one topic; on leaving the ``with`` block, waits for every acknowledgement and raises
-    ``RuntimeError`` if any message was not delivered (kafka-python reports failures on futures, not by raising).
+    :class:`~stream.errors.StreamrecError` if any message was not delivered (kafka-python reports failures on
+    futures, not by raising).
 
     The producer waits for every in-sync replica: a message is delivered or reported, never lost.
     """
@@ -157,9 +159,9 @@ class _DeliveringProducer:
         finally:
             self._producer.close()
         if exc_type is None and self._failures:
-            raise RuntimeError(
-                f"{self._failures} of {self.sent} {self.what} were not delivered to {self.topic}: "
-                f"{self._first_failure!r}"
+            raise StreamrecError(
+                f"{self._failures} of {self.sent} {self.what} were not delivered to topic {self.topic!r}: "
+                f"{self._first_failure!r}; check that the topic exists and the broker accepts this client"
             )
 
 
@@ -177,7 +179,7 @@ def replay(
 
     ``rate`` caps events per second (``None``: as fast as the producer goes); ``limit`` stops after that many
     messages; ``client_options`` are extra kafka-python producer arguments, such as the TLS and SASL ones of
-    :func:`stream.runtime.security.kafka_python_options`. Raises ``RuntimeError`` if any message was not
+    :func:`stream.runtime.security.kafka_python_options`. Raises ``StreamrecError`` if any message was not
     acknowledged by the brokers.
     """
     events_path = Path(events_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -58,6 +59,12 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
             except TopicAlreadyExistsError:
                 pass  # another worker created it first
         partitions = _partition_counts(admin)
+        # A created topic reaches the metadata of every broker a moment later; until then it reads as missing or
+        # with fewer partitions, which would fail the check below for no reason.
+        deadline = time.monotonic() + timeout_s
+        while not _listed(missing, partitions) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            partitions = _partition_counts(admin)
     finally:
         admin.close()
     if partitions.get(settings.state_topic, 0) < partitions.get(settings.events_topic, 0):
@@ -66,6 +73,10 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
             "user state needs one state partition per event partition"
         )
     return {name: partitions[name] for name in required_topics(settings) if name in partitions}
+
+
+def _listed(created: list[NewTopic], partitions: dict[str, int]) -> bool:
+    return all(partitions.get(topic.name, 0) >= topic.num_partitions for topic in created)
 
 
 def _partition_counts(admin: KafkaAdminClient) -> dict[str, int]:

@@ -176,7 +176,33 @@ def run_worker(settings: Settings) -> None:
     partitions = ensure_topics(settings)
     log.info("topics ready: %s", partitions)
     settle_heap()
-    asyncio.run(_serve(settings, pipeline, metrics, health))
+    _run_then_abandon(_serve(settings, pipeline, metrics, health), CLEANUP_TIMEOUT_S)
+
+
+#: How long the event loop's leftover tasks (a client's retries, faust's supervisors) get to end once the worker has
+#: stopped; what is still running then is abandoned with the process.
+CLEANUP_TIMEOUT_S = 2.0
+
+
+def _run_then_abandon(main: Coroutine[Any, Any, None], cleanup_timeout_s: float) -> None:
+    """``asyncio.run(main)``, except that the tasks left behind get ``cleanup_timeout_s`` to end after their
+    cancellation instead of as long as they like: a library task that retries forever (faust restarts its agents
+    and flushes its producer on stop) must not keep a stopped worker's process alive."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.wait(leftovers, timeout=cleanup_timeout_s))
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), cleanup_timeout_s))
+        except (TimeoutError, asyncio.CancelledError):
+            pass
+        finally:
+            loop.close()
 
 
 async def _serve(settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics, health: Health) -> None:

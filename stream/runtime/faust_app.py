@@ -68,6 +68,9 @@ class FaustWorker(BatchRuntime):
             topic_partitions=settings.topic_partitions,
             topic_allow_declare=False,  # streamrec.topics creates the topics with the right configs
             stream_buffer_maxsize=max(4096, 2 * settings.batch_max_events),
+            # faust would wait on stop and on rebalance for every event taken to be acknowledged, forever for a batch
+            # that is never acknowledged; the revocation handler waits for the batch in flight itself.
+            stream_wait_empty=False,
             broker_credentials=faust_credentials(settings),
         )
         events = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, allow_empty=True)
@@ -107,16 +110,17 @@ class FaustWorker(BatchRuntime):
                 if self.failure is None:
                     result = await asyncio.to_thread(self.pipeline.process, records)
                     try:
-                        # faust acks (and later commits) the batch only once this returns True
                         delivered = await self.deliver(result, self._send, self._stop or asyncio.Event())
                     except WorkerFailed as exc:
                         self.fail(exc)
-                        delivered = False
-                if self.failure is not None or not delivered:
-                    # Never acknowledge these events: they stay uncommitted and are redelivered after a restart.
-                    await asyncio.Event().wait()
-                self.batches_processed += 1
-            yield None
+                if delivered and self.failure is None:
+                    self.batches_processed += 1
+            if not delivered or self.failure is not None:
+                # The worker is stopping or has failed (and stops): never acknowledge these events, so they stay
+                # uncommitted and are redelivered. Parked outside the batch lock, so a revocation is not held up;
+                # the app's stop cancels this agent (stream_wait_empty is off: no waiting for these acks).
+                await asyncio.Event().wait()
+            yield None  # faust acknowledges the batch, and later commits it, once the agent asks for the next
 
     async def _send(self, message: OutgoingMessage) -> asyncio.Future:
         return await self.app.producer.send(
@@ -148,4 +152,10 @@ class FaustWorker(BatchRuntime):
             stopping.cancel()
             if not starting.done():
                 starting.cancel()
-            await self.app.stop()
+            # Bounded: faust's stop flushes the producer, which waits without end for output the broker cannot
+            # take (a deleted topic, a broker gone); those events were never acknowledged and are redelivered.
+            bound = self.settings.shutdown_timeout_s / 3
+            try:
+                await asyncio.wait_for(self.app.stop(), bound)
+            except (TimeoutError, asyncio.CancelledError):
+                log.warning("faust did not stop within %.1f s; leaving its clients", bound)

@@ -34,8 +34,12 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
     reason = kafka_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    # The log cleaner looks for work every half second, so compaction can be watched within a test.
-    broker = ApacheKafka(tmp_path_factory.mktemp("apache-kafka"), extra_config={"log.cleaner.backoff.ms": "500"})
+    # The log cleaner looks for work every half second, so compaction can be watched within a test; topics are
+    # created by the tests and the workers, never by a client's first use (as production clusters are set up).
+    broker = ApacheKafka(
+        tmp_path_factory.mktemp("apache-kafka"),
+        extra_config={"log.cleaner.backoff.ms": "500", "auto.create.topics.enable": "false"},
+    )
     with broker:
         yield broker
 
@@ -257,3 +261,44 @@ def _records_of(bootstrap: str, topic: str, user: str) -> list[bytes | None]:
         return [record.value for record in reader.records if record.key == user.encode()]
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("runtime", ["kafka", "faust"])
+def test_sigterm_stops_a_worker_whose_batch_cannot_be_delivered_within_seconds(
+    kafka: ApacheKafka, topics: TopicNames, trained_artifacts: Path, tmp_path: Path, runtime: str
+) -> None:
+    """The faust runtime once parked a batch it could not deliver while holding the batch lock, and faust waited
+    on stop for that batch to be acknowledged: the process ignored SIGTERM until the shutdown watchdog killed it."""
+    items = _items(trained_artifacts)
+    _create(kafka.bootstrap, topics)
+    worker = launch(kafka.bootstrap, trained_artifacts, topics, tmp_path / "worker.log", STREAMREC_RUNTIME=runtime)
+    try:
+        wait_until_ready(worker)
+        now = time.time()
+        produce(kafka.bootstrap, topics.events, [event_message("u1", items[1], "view", "first", now)])
+        recommendations = TopicReader(kafka.bootstrap, topics.recommendations)
+        try:
+            recommendations.wait_for(recommendation_for("first"), timeout_s=60)
+        finally:
+            recommendations.close()
+        # With the recommendations topic gone (and not re-created: this broker does not create topics on use),
+        # the next batch's output waits for a partition that never comes.
+        admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        try:
+            admin.delete_topics([topics.recommendations], timeout_ms=30_000)
+        finally:
+            admin.close()
+        produce(kafka.bootstrap, topics.events, [event_message("u2", items[2], "view", "stalled", now + 1)])
+        deadline = time.monotonic() + 30
+        while worker.metric_value("streamrec_messages_consumed_total") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert worker.metric_value("streamrec_messages_consumed_total") >= 2, "the second event never arrived"
+        time.sleep(1.0)  # its delivery is now retrying
+        worker.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = worker.process.wait(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        worker.stop()
+    assert code == 0, worker.log_path.read_text()[-3000:]  # 3 if the shutdown watchdog had to end it
+    assert took < Settings().shutdown_timeout_s, f"took {took:.1f} s to stop"

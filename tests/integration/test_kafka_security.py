@@ -422,6 +422,14 @@ def test_wrong_password_fails_in_bounded_time(kafka: ApacheKafka, certificates: 
         ensure_topics(settings, timeout_s=3)
     assert time.monotonic() - started < 15
 
+    # A command says so in one line, naming the handshake rather than "cannot reach".
+    forgot = streamrec_command(
+        "forget", "--user", "u1", env={**scram_env(kafka, certificates), "STREAMREC_SASL_PASSWORD": "wrong"}
+    )
+    assert forgot.returncode == 1
+    assert forgot.stderr.count("\n") == 1 and "Traceback" not in forgot.stderr, forgot.stderr
+    assert "could not complete its SASL_SSL with SCRAM-SHA-512 handshake" in forgot.stderr, forgot.stderr
+
 
 def test_faust_worker_over_sasl_plaintext_with_plain(
     kafka: ApacheKafka,

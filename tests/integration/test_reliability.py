@@ -4,7 +4,10 @@ read back from the topics."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +16,6 @@ import orjson
 import pytest
 
 from stream.broker import EmbeddedBroker
-from stream.forget import send_forget
 from stream.settings import Settings
 from tests.integration.conftest import TopicNames
 from tests.integration.kafka_io import TopicReader, event_message, produce, recommendation_for
@@ -118,8 +120,14 @@ def test_forget_erases_a_user_from_memory_the_changelog_and_the_recommendations(
     state = TopicReader(broker.bootstrap, topics.state)
     try:
         recommendations.wait_for(recommendation_for("f-2"), timeout_s=60)
-        settings = Settings(bootstrap_servers=broker.bootstrap, events_topic=topics.events)
-        assert send_forget([user], settings, request_id="gdpr-7") == 1
+        forget = subprocess.run(
+            [sys.executable, "-m", "stream.cli", "forget", "--user", user, "--bootstrap", broker.bootstrap,
+             "--request-id", "gdpr-7"],
+            env={**os.environ, "STREAMREC_EVENTS_TOPIC": topics.events},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert forget.returncode == 0, forget.stderr
+        assert forget.stdout.strip() == f"sent 1 forget command to {topics.events}"
         tombstone = recommendations.wait_for(lambda r: r.key == user.encode() and r.value is None)
         state.wait_for(lambda r: r.key == user.encode() and r.value is None)
         assert worker.metric_value("streamrec_users_forgotten_total") == 1.0

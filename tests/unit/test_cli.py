@@ -135,6 +135,13 @@ def _mistakes(files: dict[str, Path], taken_port: int, dead: str) -> dict[str, M
         "bad STREAMREC_EVENT_WEIGHTS": Mistake(
             ["settings"], ["STREAMREC_EVENT_WEIGHTS cannot be parsed"], env={"STREAMREC_EVENT_WEIGHTS": "{view: 1"}
         ),
+        "forget a user id with a control character": Mistake(
+            ["forget", "--user", "u\x07", "--bootstrap", dead], ["user id 'u\\x07' could never have been accepted"]
+        ),
+        "forget a padded user id": Mistake(["forget", "--user", " u1", "--bootstrap", dead], ["surrounding spaces"]),
+        "forget with a dead broker": Mistake(
+            ["forget", "--user", "u1", "--bootstrap", dead], [f"cannot reach Kafka at {dead}"]
+        ),
         "train on a missing file": Mistake(
             ["train", "--events", missing, "--out", no_artifacts], ["event file not found", "missing.jsonl"]
         ),
@@ -280,6 +287,11 @@ def test_kafka_client_failures_name_the_servers() -> None:
     except kafka.errors.KafkaConnectionError as wrapped:
         assert "TLS handshake" in str(kafka_failure(wrapped, bootstrap))
     assert kafka_failure(ValueError("not Kafka"), bootstrap) is None
+    # With security on, a bootstrap timeout after the connection check passed is a handshake the broker refused.
+    timeout = kafka.errors.KafkaTimeoutError("Unable to bootstrap from kafka-1:9093")
+    secured = str(kafka_failure(timeout, bootstrap, "SASL_SSL with SCRAM-SHA-512"))
+    assert "could not complete its SASL_SSL with SCRAM-SHA-512 handshake" in secured
+    assert "check the credentials" in secured and "cannot reach" not in secured
 
 
 def test_settings_errors_name_the_option_or_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from stream import replay as replay_module
+from stream.errors import StreamrecError
 from stream.replay import is_retimable, open_messages, pacing_delay, prepare_message
 
 MIN_TS = 946_684_800.0
@@ -103,9 +104,9 @@ def test_undelivered_messages_raise_after_everything_was_flushed(monkeypatch: py
         producer.send(b"u1", b"kept")
     assert producer.sent == 1 and _FakeKafkaProducer.instances[-1].flushed
 
-    expected = r"2 of 3 messages were not delivered to events: RuntimeError\('broker said no'\)"
+    expected = r"2 of 3 messages were not delivered to topic 'events': RuntimeError\('broker said no'\)"
     with (
-        pytest.raises(RuntimeError, match=expected),
+        pytest.raises(StreamrecError, match=expected),
         replay_module._DeliveringProducer("127.0.0.1:1", "events", "messages") as producer,
     ):
         for value in (b"lost", b"kept", b"lost"):

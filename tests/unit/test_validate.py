@@ -6,7 +6,7 @@ import pytest
 
 from stream.events import Command, CommandType, EventType
 from stream.rejection import InvalidEvent
-from stream.validate import FORBIDDEN_ID_CHARACTERS, ValidationRules, validate, validate_command
+from stream.validate import FORBIDDEN_CATEGORIES, FORBIDDEN_ID_CHARACTERS, ValidationRules, validate, validate_command
 
 NOW = 1_800_000_000.0
 RULES = ValidationRules(max_id_length=16, min_event_ts=946_684_800.0, max_clock_skew_s=3600.0)
@@ -91,6 +91,7 @@ def test_ids_with_control_or_format_characters_are_rejected(user_id: str) -> Non
 
 def test_the_forbidden_characters_are_exactly_unicodes_control_and_format_classes() -> None:
     forbidden = {"Cc", "Cf", "Zl", "Zp", "Cs"}
+    assert forbidden == FORBIDDEN_CATEGORIES
     for code in range(sys.maxunicode + 1):
         char = chr(code)
         expected = unicodedata.category(char) in forbidden
