@@ -22,10 +22,14 @@ create() {
     --partitions "$2" --replication-factor "$RF" "${@:3}"
 }
 create events "$PARTITIONS" --config retention.ms=604800000 --config min.insync.replicas=2
-create recommendations "$PARTITIONS" --config cleanup.policy=compact,delete --config retention.ms=86400000
+# Erasure: a `forget` command writes tombstones to the state and recommendation topics; max.compaction.lag.ms bounds
+# how long the records they supersede may stay (1 day), delete.retention.ms how long the tombstones stay (1 day).
+create recommendations "$PARTITIONS" --config cleanup.policy=compact,delete --config retention.ms=86400000 \
+  --config max.compaction.lag.ms=86400000 --config delete.retention.ms=86400000
 create events.dlq 3 --config retention.ms=1209600000
 # Same partition count as `events`: a user's state lives in the partition number of the user's events.
-create streamrec.user-state "$PARTITIONS" --config cleanup.policy=compact --config min.insync.replicas=2
+create streamrec.user-state "$PARTITIONS" --config cleanup.policy=compact --config min.insync.replicas=2 \
+  --config max.compaction.lag.ms=86400000 --config delete.retention.ms=86400000
 # The catalog: every worker reads all of it from the beginning at start-up, so keep it compacted (latest record
 # per item); a handful of partitions is plenty.
 create items 6 --config cleanup.policy=compact --config min.insync.replicas=2

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from stream.broker import LOOPBACK, die_with_parent, free_port
+from stream.broker import LOOPBACK, die_with_parent, free_port, stop_process
 
 KAFKA_VERSION = "4.4.0"
 DEFAULT_LIBS = Path.home() / ".cache" / "streamrec" / f"kafka-{KAFKA_VERSION}" / "libs"
@@ -314,14 +314,8 @@ class ApacheKafka:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM (a controlled shutdown that flushes the logs), then SIGKILL if it takes over ``timeout_s``."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process(self.process, timeout_s)
 
     def restart(self, timeout_s: float = 60.0) -> ApacheKafka:
         """Stop and start again on the same ports and data: what was acknowledged before is still there."""

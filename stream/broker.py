@@ -150,6 +150,19 @@ def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
     return preexec
 
 
+def stop_process(process: subprocess.Popen, timeout_s: float, sig: signal.Signals = signal.SIGTERM) -> int:
+    """Send ``sig`` and wait up to ``timeout_s``; kill the process if it is still running then. Returns its exit
+    code (a process that already ended is left as it is)."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode
+
+
 def _last_lines(path: Path | None, count: int = 3) -> str:
     if path is None or not path.is_file():
         return ""
@@ -218,14 +231,8 @@ class EmbeddedBroker:
         )
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=timeout_s)
+        if self.process is not None:
+            stop_process(self.process, timeout_s)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

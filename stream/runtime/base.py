@@ -239,6 +239,8 @@ class BatchRuntime:
         if self.metrics:
             self.metrics.outputs_undeliverable.labels(message.topic).inc()
         if message.topic == self.settings.dead_letter_topic:
+            # A dead letter already truncated keeps the size of the input it stands for.
+            size = next((int(v) for k, v in message.headers if k == ORIGINAL_SIZE_HEADER), size)
             headers = [h for h in message.headers if h[0] not in (TRUNCATED_HEADER, ORIGINAL_SIZE_HEADER)]
         else:
             headers = [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import EmbeddedBroker, free_port
+from stream.broker import EmbeddedBroker, free_port, stop_process
 from tests.certificates import CertificateSet, make_certificates, openssl_unavailable_reason
 
 pytestmark = pytest.mark.integration
@@ -45,15 +45,8 @@ class WorkerProcess:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=timeout_s)
-        return self.process.returncode
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+        return stop_process(self.process, timeout_s, sig)
 
 
 @dataclass
@@ -96,28 +89,11 @@ def start_worker(broker: EmbeddedBroker, trained_artifacts: Path, topics: TopicN
     started: list[WorkerProcess] = []
 
     def start(**extra_env: str) -> WorkerProcess:
-        port = free_port()
         log_path = tmp_path / f"worker-{len(started)}.log"
-        env = {
-            **os.environ,
-            **topics.env(),
-            "STREAMREC_BOOTSTRAP_SERVERS": broker.bootstrap,
-            "STREAMREC_ARTIFACTS_DIR": str(trained_artifacts),
-            "STREAMREC_METRICS_PORT": str(port),
-            "STREAMREC_METRICS_HOST": "127.0.0.1",
-            "STREAMREC_SESSION_TIMEOUT_S": "2",
-            "STREAMREC_HEARTBEAT_INTERVAL_S": "0.5",
-            "STREAMREC_TOPIC_PARTITIONS": "4",
-            **extra_env,
-        }
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "worker", "--log-level", "INFO"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        worker = WorkerProcess(process, port, log_path)
+        # The test's own environment wins, e.g. the bootstrap of a TLS listener in front of the broker.
+        env = {"STREAMREC_BOOTSTRAP_SERVERS": broker.bootstrap, **extra_env}
+        worker = launch_worker_process(trained_artifacts, topics, log_path, **env)
+        process = worker.process
         started.append(worker)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

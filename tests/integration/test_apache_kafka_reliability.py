@@ -201,7 +201,7 @@ def test_a_compressed_poison_pill_whose_dead_letter_the_broker_refuses_becomes_a
             dead_letters.close()
         headers = dict(reference.headers)
         assert headers["streamrec.reason"] == b"payload_too_large"  # the original rejection, kept
-        assert headers["streamrec.original_size"] == str(Settings().dead_letter_max_bytes).encode()
+        assert headers["streamrec.original_size"] == str(len(pill)).encode()  # the input's, not the cut copy's
         assert headers["streamrec.source"].startswith(f"{topics.events}/".encode())
         assert len(reference.value) < 1000
         assert worker.metric_value(f'streamrec_outputs_undeliverable_total{{topic="{topics.dead_letters}"}}') == 1.0

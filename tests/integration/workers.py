@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stream.broker import free_port
-from tests.integration.conftest import TopicNames, WorkerProcess
+from tests.integration.conftest import TopicNames, WorkerProcess, launch_worker_process
 
 
 def launch(bootstrap: str, artifacts: Path, topics: TopicNames, log_path: Path, **extra_env: str) -> WorkerProcess:
-    port = free_port()
-    env = {
-        **os.environ,
-        **topics.env(),
-        "STREAMREC_BOOTSTRAP_SERVERS": bootstrap,
-        "STREAMREC_ARTIFACTS_DIR": str(artifacts),
-        "STREAMREC_METRICS_PORT": str(port),
-        "STREAMREC_SESSION_TIMEOUT_S": "2",
-        "STREAMREC_HEARTBEAT_INTERVAL_S": "0.5",
-        "STREAMREC_TOPIC_PARTITIONS": "4",
-        **extra_env,
-    }
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker", "--log-level", "INFO"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return WorkerProcess(process, port, log_path)
+    """A worker process on ``bootstrap``, not waited for."""
+    return launch_worker_process(artifacts, topics, log_path, STREAMREC_BOOTSTRAP_SERVERS=bootstrap, **extra_env)
 
 
 def readiness(worker: WorkerProcess) -> tuple[int, str]:

@@ -79,18 +79,26 @@ def test_a_message_the_broker_will_never_take_is_replaced_by_a_reference_in_the_
     runtime = _runtime()
     big, small = recommendation(b"big", size=5000), recommendation(b"small")
     dead = OutgoingMessage(SETTINGS.dead_letter_topic, b"k", b"y" * 6000, headers=[(REASON_HEADER, b"not_json")])
+    # A dead letter the pipeline already truncated from a 9,000-byte input.
+    cut = OutgoingMessage(
+        SETTINGS.dead_letter_topic,
+        b"c",
+        b"w" * 3000,
+        headers=[(REASON_HEADER, b"payload_too_large"), (TRUNCATED_HEADER, b"value"), (ORIGINAL_SIZE_HEADER, b"9000")],
+    )
     # The broker refuses the whole record batch: both messages on the first try, then only the big ones alone.
     producer = ScriptedProducer(
         lambda m, attempt: MessageSizeTooLargeError() if len(m.value or b"") > 1000 or attempt == 0 else None
     )
-    assert _deliver(runtime, _result(big, small, dead), producer) is True
+    assert _deliver(runtime, _result(big, small, dead, cut), producer) is True
     references = [m for m in producer.delivered if m.topic == SETTINGS.dead_letter_topic]
     assert small in producer.delivered and big not in producer.delivered and dead not in producer.delivered
-    assert len(references) == 2
-    big_ref, dead_ref = (dict(m.headers) for m in references)
+    assert len(references) == 3
+    big_ref, dead_ref, cut_ref = (dict(m.headers) for m in references)
     assert big_ref[REASON_HEADER] == b"output_undeliverable" and big_ref["streamrec.output_topic"] == b"recommendations"
     assert big_ref[ORIGINAL_SIZE_HEADER] == b"5000" and big_ref[TRUNCATED_HEADER] == b"value"
     assert dead_ref[REASON_HEADER] == b"not_json" and dead_ref[ORIGINAL_SIZE_HEADER] == b"6000"  # reason kept
+    assert cut_ref[ORIGINAL_SIZE_HEADER] == b"9000"  # the input's size, not the truncated copy's
     assert all(len(m.value) < 500 for m in references)
 
 
