@@ -25,12 +25,9 @@ from typing import Any
 
 import orjson
 
+from streamrec.stream.app.broker import die_with_parent, free_port
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from stream.broker import die_with_parent, free_port  # noqa: E402  (needs the repository on sys.path)
-
 RESULTS = REPO / "bench" / "results"
 CACHE = RESULTS / "cache"
 # Test-friendly group timing, as in the integration tests: a lost member is noticed within 2 s.
@@ -60,7 +57,7 @@ class Model:
 
 def prepare_model(cache: Path = CACHE) -> Model:
     """A trained artifact root, cached under ``cache``; retrained when missing or unreadable by this code."""
-    from model.artifacts import ArtifactError, load_artifacts
+    from streamrec.model.artifacts import ArtifactError, load_artifacts
 
     root = cache / f"reliability-shop-u{SHOP_USERS}-i{SHOP_ITEMS}-e{SHOP_EVENTS}-s{SHOP_SEED}" / "artifacts"
     if (root / "LATEST").exists():
@@ -69,9 +66,9 @@ def prepare_model(cache: Path = CACHE) -> Model:
             return Model(root, list(loaded.item_ids), loaded.version)
         except ArtifactError as exc:  # written by an older format: train again rather than fail in every worker
             print(f"cached model unusable ({exc}); training again")
-    from model.event_log import EventLog
-    from model.train import TrainConfig, train_artifacts
-    from stream.simulate import simulate_shop
+    from streamrec.model.event_log import EventLog
+    from streamrec.model.train import TrainConfig, train_artifacts
+    from streamrec.stream.app.simulate import simulate_shop
 
     events, catalog = simulate_shop(SHOP_USERS, SHOP_ITEMS, SHOP_EVENTS, SHOP_SEED)
     config = TrainConfig(
@@ -167,7 +164,7 @@ def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
 
 @dataclass
 class Worker:
-    """One ``python -m stream.cli worker`` process."""
+    """One ``python -m streamrec.stream.app.cli worker`` process."""
 
     name: str
     process: subprocess.Popen
@@ -261,7 +258,7 @@ class Launcher:
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "worker", "--log-level", "INFO"],
+                [sys.executable, "-m", "streamrec.stream.app.cli", "worker", "--log-level", "INFO"],
                 cwd=REPO,
                 env=env,
                 stdout=log,
@@ -348,7 +345,7 @@ class PacedProducer(threading.Thread):
 
 class TopicReader:
     """Reads every partition of a topic from the beginning and keeps what it read. "The end" is the high watermark
-    of the fetch responses: the embedded broker answers ListOffsets wrongly (see ``stream/changelog.py``)."""
+    of the fetch responses: the embedded broker answers ListOffsets wrongly (see ``stream/runtime/changelog.py``)."""
 
     def __init__(self, bootstrap: str, topic: str, timeout_s: float = 30.0) -> None:
         from kafka import KafkaConsumer, TopicPartition
@@ -446,7 +443,7 @@ class Answers:
 
 def restored_states(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60.0) -> dict[str, Any]:
     """Every user's state as a worker restoring the changelog now would see it (``restore_partitions``)."""
-    from stream.changelog import restore_partitions
+    from streamrec.stream.runtime.changelog import restore_partitions
 
     restored = asyncio.run(restore_partitions(bootstrap, topic, list(range(partitions)), 50, timeout_s=timeout_s))
     return {state.user_id: state for states in restored.users.values() for state in states}

@@ -3,7 +3,8 @@
 Two runs on fresh topics of the same broker get the same events in the same order: a clean run (events preloaded,
 one worker) and a run whose worker is killed ``kills`` times while the events are sent at a steady rate, a new
 worker being started at once each time (what a supervisor does). Afterwards every user's state is read back from
-the changelog with ``stream.changelog.restore_partitions``, as the next worker would restore it, and compared.
+the changelog with ``restore_partitions`` (``streamrec.stream.runtime.changelog``), as the next worker would
+restore it, and compared.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class ShopStream:
 
 def shop_stream(config: CrashConfig) -> ShopStream:
     """A simulated shop's events (the model's items, their own event times), keyed by user."""
-    from stream.simulate import simulate_shop
+    from streamrec.stream.app.simulate import simulate_shop
 
     events, _catalog = simulate_shop(config.users, SHOP_ITEMS, config.events, config.seed)
     messages: list[Message] = []
@@ -240,7 +241,7 @@ def repeated_positions(records: list[Any]) -> int:
     """Changelog records that do not advance their user's input position: written for a batch redelivered after
     a kill whose events that user's state had already applied (and skipped). Without redelivery every record of a
     user moves ``last_offset`` forward."""
-    from stream.user_state import decode_state
+    from streamrec.stream.user_state import decode_state
 
     highest: dict[str, int] = {}
     repeated = 0

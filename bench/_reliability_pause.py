@@ -188,7 +188,7 @@ def backwards_records(records: list[Any], cycles: list[dict[str, Any]]) -> dict[
     that long. Compaction keeps each user's last record by position, not the one with the highest ``last_offset``
     that a restore reading the whole log picks, so the users whose last record is older than an earlier one are
     the users a compacted changelog would restore without some of their events."""
-    from stream.user_state import StateRecordError, decode_state
+    from streamrec.stream.user_state import StateRecordError, decode_state
 
     highest: dict[str, int] = {}
     last: dict[str, int] = {}  # user -> last_offset of their last record (what compaction keeps)

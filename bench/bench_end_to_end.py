@@ -40,8 +40,6 @@ import numpy as np
 import orjson
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 RESULTS = REPO / "bench" / "results"
 CACHE = RESULTS / "cache"
@@ -57,8 +55,8 @@ SESSION_TIMEOUT_S, HEARTBEAT_INTERVAL_S = 2.0, 0.5
 def client_security() -> dict[str, Any]:
     """TLS/SASL options for the bench's own aiokafka clients, from the same ``STREAMREC_*`` settings the workers it
     starts read, so a bench against a secured cluster secures every client alike."""
-    from stream.runtime.security import aiokafka_options
-    from stream.settings import Settings
+    from streamrec.stream.runtime.security import aiokafka_options
+    from streamrec.stream.settings import Settings
 
     return aiokafka_options(Settings())
 
@@ -68,7 +66,7 @@ def client_security() -> dict[str, Any]:
 
 def prepare(cache: Path = CACHE, train_budget_s: float = 150.0) -> tuple[Path, list[tuple[str, str, str]]]:
     """Simulated shop events (user, item, type) and a trained artifact root, both cached under ``cache``."""
-    from stream.settings import Settings
+    from streamrec.stream.settings import Settings
 
     key = f"shop-u{SHOP_USERS}-i{SHOP_ITEMS}-e{SHOP_EVENTS}-s{SHOP_SEED}"
     directory = cache / key
@@ -78,15 +76,15 @@ def prepare(cache: Path = CACHE, train_budget_s: float = 150.0) -> tuple[Path, l
         rows = [tuple(row) for row in orjson.loads(events_path.read_bytes())]
         events = None
     else:
-        from stream.simulate import simulate_shop
+        from streamrec.stream.app.simulate import simulate_shop
 
         print(f"simulating the shop ({SHOP_USERS} users, {SHOP_ITEMS} items, {SHOP_EVENTS} events, seed {SHOP_SEED})")
         events, _catalog = simulate_shop(SHOP_USERS, SHOP_ITEMS, SHOP_EVENTS, SHOP_SEED)
         rows = [(e.user_id, e.item_id, e.event_type.value) for e in events]
     if not (artifacts / "LATEST").exists():
-        from model.event_log import EventLog
-        from model.train import TrainConfig, train_artifacts
-        from stream.simulate import simulate_shop
+        from streamrec.model.event_log import EventLog
+        from streamrec.model.train import TrainConfig, train_artifacts
+        from streamrec.stream.app.simulate import simulate_shop
 
         if events is None:
             events, _catalog = simulate_shop(SHOP_USERS, SHOP_ITEMS, SHOP_EVENTS, SHOP_SEED)
@@ -148,8 +146,8 @@ class Topics:
         }
 
     def create(self, bootstrap: str) -> None:
-        from stream.settings import Settings
-        from stream.topics import ensure_topics
+        from streamrec.stream.runtime.topics import ensure_topics
+        from streamrec.stream.settings import Settings
 
         settings = Settings(
             bootstrap_servers=bootstrap,
@@ -483,7 +481,7 @@ def run_one(
     args: argparse.Namespace,
     log_dir: Path,
 ) -> dict[str, Any]:
-    from stream.broker import free_port
+    from streamrec.stream.runtime.network import free_port
 
     topics = Topics.fresh(name)
     topics.create(bootstrap)
@@ -516,7 +514,7 @@ def run_one(
         ]
         env: dict[str, str] = {}
     else:
-        command = [sys.executable, "-m", "stream.cli", "worker", "--log-level", "INFO"]
+        command = [sys.executable, "-m", "streamrec.stream.app.cli", "worker", "--log-level", "INFO"]
         env = {
             **topics.env(),
             "STREAMREC_RUNTIME": name,
@@ -766,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    from stream.broker import EmbeddedBroker
+    from streamrec.stream.app.broker import EmbeddedBroker
 
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     unknown = set(runtimes) - {"kafka", "faust"}

@@ -7,7 +7,7 @@ Usage::
 
 It uses the shop and model of ``bench_end_to_end.py`` (simulated and trained once, then cached). For each batch
 size and repeat, a fresh :class:`Pipeline` is warmed on the first ``--warmup`` events (batches of 500), the heap
-is settled as a worker settles it (``stream.worker.settle_heap``), and the next ``--events`` events are processed
+is settled as a worker settles it (``settle_heap`` of the worker), and the next ``--events`` events are processed
 in batches of that size. Large batches are a backlog (many events per user); small ones are live traffic at a
 low rate, where nearly every event gets its own recommendation.
 
@@ -22,26 +22,20 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+from bench_end_to_end import prepare
+
+from streamrec.model.artifacts import load_artifacts
+from streamrec.stream.events import SourceRecord
+from streamrec.stream.pipeline import Pipeline
+from streamrec.stream.runtime.worker import settle_heap
+from streamrec.stream.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "bench"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from bench_end_to_end import prepare  # noqa: E402
-
-from model.artifacts import load_artifacts  # noqa: E402
-from stream.events import SourceRecord  # noqa: E402
-from stream.pipeline import Pipeline  # noqa: E402
-from stream.settings import Settings  # noqa: E402
-from stream.worker import settle_heap  # noqa: E402
-
 RESULTS = REPO / "bench" / "results"
 PARTITIONS = 8
 WARMUP_BATCH = 500

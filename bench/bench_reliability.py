@@ -8,7 +8,7 @@ Usage::
     python bench/bench_reliability.py --scenarios crash,fuzz   # some of: crash, fuzz, pill, pause, restart
 
 Every figure printed is measured in the run; the JSON (``bench/results/reliability.json``) holds them all. Real
-worker processes (``python -m stream.cli worker``) run against the embedded broker (Tansu, memory only) and, where
+worker processes (``streamrec worker``) run against the embedded broker (Tansu, memory only) and, where
 Java and the jars of ``bash .ci/fetch-kafka.sh`` are present, a one-node Apache Kafka with durable logs. See
 ``bench/README.md``. Everything listens on 127.0.0.1; every wait is bounded, every scenario part runs under a time
 limit, and every process started is stopped at the end, also on Ctrl-C or failure.
@@ -31,8 +31,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the _reliability_* helpers beside this file
 
 import _reliability_crash as crash
 import _reliability_fuzz as fuzz
@@ -111,7 +109,7 @@ class Brokers:
         self._all: list[Any] = []
 
     def embedded(self, name: str = "embedded", own: bool = False) -> Any:
-        from stream.broker import EmbeddedBroker
+        from streamrec.stream.app.broker import EmbeddedBroker
 
         if own or name not in self._shared:
             broker = EmbeddedBroker(log_path=self.log_dir / f"broker-{name}.log")
@@ -123,7 +121,7 @@ class Brokers:
         return self._shared[name]
 
     def apache(self, name: str = "apache", own: bool = False) -> Any:
-        from stream.apache_kafka import ApacheKafka
+        from streamrec.stream.app.apache_kafka import ApacheKafka
 
         if self.apache_unavailable:
             raise RuntimeError(self.apache_unavailable)
@@ -590,7 +588,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def apache_unavailable(args: argparse.Namespace) -> str | None:
-    from stream.apache_kafka import kafka_unavailable_reason
+    from streamrec.stream.app.apache_kafka import kafka_unavailable_reason
 
     return "--no-apache" if args.no_apache else kafka_unavailable_reason()
 

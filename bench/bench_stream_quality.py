@@ -43,8 +43,6 @@ import orjson
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 RESULTS = REPO / "bench" / "results"
 CACHE = RESULTS / "cache"
@@ -95,7 +93,7 @@ def train_config_kwargs(spec: DataSpec, quick: bool) -> dict[str, Any]:
     the pipeline builds. On Taobao most items have one event, and the full softmax holds ``batch · max_len ·
     n_items`` logits: items seen once are left out of the vocabulary (they are still served by trending).
     """
-    from stream.settings import Settings
+    from streamrec.stream.settings import Settings
 
     settings = Settings()
     kwargs: dict[str, Any] = {
@@ -144,7 +142,7 @@ def base_overrides() -> dict[str, Any]:
 
 def variants() -> list[Variant]:
     """One replay per knob value; a value equal to the base's is the base replay itself (not run twice)."""
-    from stream.settings import Settings
+    from streamrec.stream.settings import Settings
 
     base = Settings(**base_overrides())
     out = [Variant("base", 0.0, popularity=True)]
@@ -168,7 +166,7 @@ def variants() -> list[Variant]:
 class Dataset:
     """Time-ordered events, catalog records and the split, with each event's place in its user's stream."""
 
-    events: list  # stream.events.Event, sorted by time
+    events: list  # streamrec.model.events.Event, sorted by time
     catalog: list[dict[str, Any]]
     cut: int  # index of the first replayed event
     cut_ts: float
@@ -197,7 +195,7 @@ class Dataset:
 def load_dataset(spec: DataSpec) -> Dataset:
     """The events and catalog of ``spec``, split at ``train_share`` of the time span (not of the events)."""
     if spec.dataset == "shop":
-        from stream.simulate import simulate_shop
+        from streamrec.stream.app.simulate import simulate_shop
 
         events, catalog = simulate_shop(spec.users, spec.items, spec.events, seed=spec.seed)
     elif spec.dataset == "taobao":
@@ -232,7 +230,7 @@ def _load_taobao(path: Path, max_events: int) -> tuple[list, list[dict[str, Any]
     The log has no titles, so the catalog records carry the category only; the content projection then
     embeds new items from their category id alone.
     """
-    from model.datasets import load_taobao, load_taobao_categories
+    from streamrec.model.datasets import load_taobao, load_taobao_categories
 
     if not path.is_file():
         raise SystemExit(f"{path} not found: --dataset taobao needs ../shared/data beside the repository")
@@ -264,8 +262,8 @@ def _load_taobao(path: Path, max_events: int) -> tuple[list, list[dict[str, Any]
 
 def prepare_model(spec: DataSpec, dataset: Dataset, quick: bool, retrain: bool) -> tuple[Path, dict[str, Any]]:
     """Train on the events before the cut, with the catalog (so a content projection is fitted); cached."""
-    from model.event_log import EventLog
-    from model.train import TrainConfig, train_artifacts
+    from streamrec.model.event_log import EventLog
+    from streamrec.model.train import TrainConfig, train_artifacts
 
     kwargs = train_config_kwargs(spec, quick)
     # The trainer's code is part of the key: a model cached before model/ or index/ changed would be measured as
@@ -310,7 +308,7 @@ class _Worker:
 
     dataset: Dataset
     artifacts_dir: Path
-    records: list  # stream.events.SourceRecord, one per event
+    records: list  # streamrec.stream.events.SourceRecord, one per event
 
 
 _WORKER = _Worker()
@@ -321,7 +319,7 @@ def init_worker(spec: DataSpec, artifacts_dir: str) -> None:
     import faiss
     import torch
 
-    from stream.events import SourceRecord
+    from streamrec.stream.events import SourceRecord
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
@@ -356,11 +354,11 @@ def eval_batches(events: list, start: int) -> list[tuple[int, int]]:
 
 def run_variant(variant: Variant) -> dict[str, Any]:
     """Replay the whole stream through a fresh pipeline with ``variant``'s settings; score every replayed event."""
-    from model.artifacts import load_artifacts
-    from stream.catalog import parse_catalog_item
-    from stream.diversify import intra_list_diversity
-    from stream.pipeline import Pipeline
-    from stream.settings import Settings
+    from streamrec.model.artifacts import load_artifacts
+    from streamrec.stream.catalog import parse_catalog_item
+    from streamrec.stream.diversify import intra_list_diversity
+    from streamrec.stream.pipeline import Pipeline
+    from streamrec.stream.settings import Settings
 
     dataset, records = _WORKER.dataset, _WORKER.records
     events = dataset.events
@@ -575,19 +573,19 @@ def aggregate(result: dict[str, Any], base: dict[str, Any] | None, dataset: Data
         hr10, hr10_ci = mean_ci(arrays["hit10"][mask])
         metrics[group] = {
             "n": int(mask.sum()),
-            "hr@10": hr10,
-            "hr@10_ci95": hr10_ci,
-            "hr@20": mean_ci(arrays["hit20"][mask])[0],
-            "ndcg@10": mean_ci(arrays["ndcg10"][mask])[0],
+            "HR@10": hr10,
+            "HR@10_ci95": hr10_ci,
+            "HR@20": mean_ci(arrays["hit20"][mask])[0],
+            "NDCG@10": mean_ci(arrays["ndcg10"][mask])[0],
         }
     if "pop_hit10" in arrays:  # the shop's trending list at the same moments, on the same events
         hr10, hr10_ci = mean_ci(arrays["pop_hit10"][scored])
         metrics["popularity"] = {
             "n": int(scored.sum()),
-            "hr@10": hr10,
-            "hr@10_ci95": hr10_ci,
-            "hr@20": mean_ci(arrays["pop_hit20"][scored])[0],
-            "ndcg@10": mean_ci(arrays["pop_ndcg10"][scored])[0],
+            "HR@10": hr10,
+            "HR@10_ci95": hr10_ci,
+            "HR@20": mean_ci(arrays["pop_hit20"][scored])[0],
+            "NDCG@10": mean_ci(arrays["pop_ndcg10"][scored])[0],
         }
     ild = arrays["ild"][~np.isnan(arrays["ild"])]
     metrics["ild@10"] = float(ild.mean()) if len(ild) else None
@@ -622,10 +620,10 @@ def cold_start(results: dict[str, dict[str, Any]], dataset: Dataset) -> dict[str
             hr10, ci = mean_ci(arrays[f"{prefix}hit10"][mask])
             row[column] = {
                 "users": int(mask.sum()),
-                "hr@10": hr10,
-                "hr@10_ci95": ci,
-                "hr@20": mean_ci(arrays[f"{prefix}hit20"][mask])[0],
-                "ndcg@10": mean_ci(arrays[f"{prefix}ndcg10"][mask])[0],
+                "HR@10": hr10,
+                "HR@10_ci95": ci,
+                "HR@20": mean_ci(arrays[f"{prefix}hit20"][mask])[0],
+                "NDCG@10": mean_ci(arrays[f"{prefix}ndcg10"][mask])[0],
             }
         rows[label] = row
     return rows
@@ -666,11 +664,11 @@ def print_report(
     for label in (*map(str, COLD_START_EVENTS), "all"):
         row = cold[label]
         users = row["popularity"]["users"]
-        cells = " | ".join(f"{fmt(row[n]['hr@10'])} | {fmt(row[n]['hr@20'])}" for n, _ in names)
+        cells = " | ".join(f"{fmt(row[n]['HR@10'])} | {fmt(row[n]['HR@20'])}" for n, _ in names)
         print(f"| {'every event' if label == 'all' else '#' + label} | {users:,} | {cells} |")
     print(
         "(a user counts once in a #n row; 95 % CI of an HR@10 cell about ±"
-        + fmt(cold[str(COLD_START_EVENTS[0])]["base"]["hr@10_ci95"], 3)
+        + fmt(cold[str(COLD_START_EVENTS[0])]["base"]["HR@10_ci95"], 3)
         + " at #1)"
     )
 
@@ -680,7 +678,7 @@ def print_report(
     pop = report["replays"]["base"]["metrics"].get("popularity")
     if pop:
         print(
-            f"| popularity (trending now) | {fmt(pop['hr@10'])} | {fmt(pop['hr@20'])} | {fmt(pop['ndcg@10'])} | "
+            f"| popularity (trending now) | {fmt(pop['HR@10'])} | {fmt(pop['HR@20'])} | {fmt(pop['NDCG@10'])} | "
             "- | - | - | - |"
         )
     for name, result in results.items():
@@ -688,8 +686,8 @@ def print_report(
         delta = m.get("delta_hit10_vs_base")
         delta_s = f"{delta['mean']:+.4f} ± {delta['ci95']:.4f}" if delta and delta["ci95"] is not None else "-"
         print(
-            f"| {base_name if name == 'base' else name} | {fmt(m['all']['hr@10'])} | {fmt(m['all']['hr@20'])} | "
-            f"{fmt(m['all']['ndcg@10'])} | {delta_s} | {fmt(m['ild@10'])} | {result['explored_item_share']:.1%} | "
+            f"| {base_name if name == 'base' else name} | {fmt(m['all']['HR@10'])} | {fmt(m['all']['HR@20'])} | "
+            f"{fmt(m['all']['NDCG@10'])} | {delta_s} | {fmt(m['ild@10'])} | {result['explored_item_share']:.1%} | "
             f"{result['mean_list_length']} |"
         )
     print(
@@ -761,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     artifacts, train = prepare_model(spec, dataset, args.quick, args.retrain)
 
-    from stream.settings import Settings
+    from streamrec.stream.settings import Settings
 
     code = code_state()
     todo = [v for v in variants() if not args.knobs or v.knob == "base" or v.knob in args.knobs.split(",")]

@@ -1,5 +1,5 @@
 """Approximate nearest-neighbour retrieval over the model's item embeddings."""
 
-from index.item_index import ItemIndex, exact_recall
+from streamrec.index.item_index import ItemIndex, exact_recall
 
 __all__ = ["ItemIndex", "exact_recall"]

@@ -43,6 +43,7 @@ AUTO_FLAT_MAX_ITEMS = 5_000
 
 DEFAULT_EF_SEARCH = 128
 DEFAULT_NPROBE = 16
+DEFAULT_N_CANDIDATES = 200  # candidates retrieved per query and re-scored by the ranker
 
 
 def resolve_kind(kind: IndexKindOrAuto, n_items: int) -> IndexKind:

@@ -37,11 +37,11 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 
-from index.item_index import ItemIndex
-from model.baselines import ItemKNNModel
-from model.content import ContentProjection
-from model.ranker import RankerConfig, SequenceRanker
-from model.segments import Segments
+from streamrec.index.item_index import ItemIndex
+from streamrec.model.baselines import ItemKNNModel
+from streamrec.model.content import ContentProjection
+from streamrec.model.ranker import RankerConfig, SequenceRanker
+from streamrec.model.segments import Segments
 
 T = TypeVar("T")
 

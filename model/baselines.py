@@ -9,7 +9,7 @@ scores for a batch of users, so full ranking, sampled ranking and the beyond-acc
   in users' histories, scored from the user's last few interactions. On Amazon Beauty this simple method
   beats every published deep model (``shared/README.md``), which makes it the baseline that matters.
 
-Both fit on the part of a :class:`~model.splits.LeaveOneOutSplit` that precedes the evaluated stage's target,
+Both fit on the part of a :class:`~streamrec.model.splits.LeaveOneOutSplit` that precedes the evaluated stage's target,
 the same data the trained model sees as input at that stage.
 """
 
@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from model.splits import LeaveOneOutSplit, Stage
+from streamrec.model.splits import LeaveOneOutSplit, Stage
 
 PAIRS_PER_CHUNK = 1 << 23
 """Item pairs materialised at once while counting co-occurrences (~200 MB of temporaries at most)."""

@@ -52,7 +52,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from index.item_index import unit_rows
+from streamrec.index.item_index import unit_rows
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_DIM = 384

@@ -1,8 +1,9 @@
-"""Loaders that turn event files into an :class:`~model.event_log.EventLog`, the input of training and evaluation.
+"""Loaders that turn event files into an :class:`~streamrec.model.event_log.EventLog`,
+, the input of training and evaluation.
 
 Four formats are understood (see ``shared/README.md`` for the public data sets):
 
-* ``jsonl`` - one event per line in the event contract of :mod:`stream.events` (what the worker consumes).
+* ``jsonl`` - one event per line in the event contract of :mod:`streamrec.stream.events` (what the worker consumes).
 * ``beauty`` - Amazon Beauty ``Beauty.txt``: ``user item item ...`` per line, in time order, no timestamps.
 * ``taobao`` - Taobao UserBehavior CSV ``user,item,category,behavior,timestamp`` without a header.
 * ``diginetica`` - ``train_sessions.txt``: one anonymous session of item ids per line, no timestamps.
@@ -15,20 +16,16 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
 
-from model.event_log import EVENT_TYPE_CODES, EventLog
-from stream.events import Event, EventType
-from stream.rejection import InvalidEvent
-from stream.validate import ValidationRules, validate
+from streamrec.model.event_log import EVENT_TYPE_CODES, EventLog
+from streamrec.model.events import EventType
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +55,7 @@ _MAX_REPORTED_PROBLEMS = 5
 _INT_TOKEN = re.compile(rb"^\s*\d+(\s+\d+)*\s*$")
 
 
-class _Problems:
+class LineProblems:
     """Counts rejected input lines and keeps the first few reasons, so one warning can summarise them all."""
 
     def __init__(self, path: Path) -> None:
@@ -93,7 +90,7 @@ def detect_format(path: Path) -> str:
     if suffix == ".txt":
         if "session" in path.name.lower():
             return "diginetica"
-        first = _first_nonblank_line(path)
+        first = first_nonblank_line(path)
         if b"\t" in first:
             raise ValueError(
                 f"{path}: tab-separated lines look like Diginetica test prefixes; "
@@ -107,7 +104,7 @@ def detect_format(path: Path) -> str:
     )
 
 
-def _first_nonblank_line(path: Path) -> bytes:
+def first_nonblank_line(path: Path) -> bytes:
     with path.open("rb") as handle:
         for line in handle:
             if line.strip():
@@ -115,28 +112,17 @@ def _first_nonblank_line(path: Path) -> bytes:
     return b""
 
 
-def load_events(path: Path, fmt: str = "auto") -> EventLog:
-    """Load an event file of any supported format into a time-ordered :class:`EventLog`.
-
-    Raises ``ValueError`` for a missing file or an unknown format, so a CLI can report both the same way.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"event file not found: {path}")
-    if fmt == "auto":
-        fmt = detect_format(path)
-    loaders = {
-        "jsonl": load_jsonl,
-        "beauty": load_beauty,
-        "taobao": load_taobao,
-        "diginetica": load_diginetica,
-    }
+def load_dataset(path: Path, fmt: str) -> EventLog:
+    """Load a public data set file (``beauty``, ``taobao`` or ``diginetica``) into a time-ordered
+    :class:`EventLog`. Event files in the contract (``jsonl``) are read by
+    :func:`streamrec.stream.app.event_files.load_events`, which validates them as the worker does."""
+    loaders = {"beauty": load_beauty, "taobao": load_taobao, "diginetica": load_diginetica}
     if fmt not in loaders:
-        raise ValueError(f"unknown event file format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
+        raise ValueError(f"unknown data set format {fmt!r}; expected one of {', '.join(loaders)}")
     return loaders[fmt](path)
 
 
-def _event_log(
+def event_log_of(
     users: list[str], items: list[str], types: np.ndarray | list[int], stamps: np.ndarray | list[float], name: str
 ) -> EventLog:
     """Build the columns with the dtypes :class:`EventLog` documents, then stable-sort them by time."""
@@ -159,70 +145,6 @@ def _positions(lengths: list[int]) -> np.ndarray:
     return np.arange(int(counts.sum()), dtype=np.float64) - np.repeat(starts, counts)
 
 
-# --- jsonl: the event contract ---------------------------------------------------------------------------------
-
-
-FILE_RULES = ValidationRules(min_event_ts=-math.inf, max_clock_skew_s=math.inf, reject_key_mismatch=False)
-"""Event files are checked by the worker's own contract, except that any past or future time is accepted: a log
-may be replayed long after it was written, and simulated shops may lie in the future."""
-
-
-def event_from_json(obj: Any) -> Event:
-    """An :class:`Event` from one decoded contract object; raises ``ValueError`` naming what is wrong."""
-    if not isinstance(obj, dict):
-        raise InvalidEvent("not_an_object", f"JSON {type(obj).__name__}, expected an object")
-    return validate(obj, None, FILE_RULES, now=0.0)
-
-
-def iter_jsonl_events(path: Path) -> Iterator[Event]:
-    """The valid events of a JSONL file in file order; invalid lines are skipped and summarised in one warning.
-
-    Skipping rather than failing mirrors the worker, which dead-letters bad messages and carries on: one corrupt
-    line in a day of logs should not stop a training run.
-    """
-    problems = _Problems(path)
-    with Path(path).open("rb") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield event_from_json(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                problems.add(line_no, f"invalid JSON ({exc.msg})")
-            except ValueError as exc:
-                problems.add(line_no, str(exc))
-    problems.warn()
-
-
-def load_jsonl(path: Path) -> EventLog:
-    """A JSONL file in the event contract. Raises ``ValueError`` when no line at all is a valid event."""
-    users: list[str] = []
-    items: list[str] = []
-    types: list[int] = []
-    stamps: list[float] = []
-    for event in iter_jsonl_events(path):
-        users.append(event.user_id)
-        items.append(event.item_id)
-        types.append(EVENT_TYPE_CODES[event.event_type.value])
-        stamps.append(event.ts)
-    if not users and _first_nonblank_line(path):
-        raise ValueError(f"{path}: no line is a valid event (is it really an event file?)")
-    return _event_log(users, items, types, stamps, path.stem)
-
-
-def write_events_jsonl(events: Iterable[Event], path: Path) -> int:
-    """Write events as contract JSONL (the format replay and ``load_events`` read); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with path.open("wb") as handle:
-        for event in events:
-            handle.write(orjson.dumps(event.to_json_dict()))
-            handle.write(b"\n")
-            count += 1
-    return count
-
-
 # --- Amazon Beauty ---------------------------------------------------------------------------------------------
 
 
@@ -235,7 +157,7 @@ def load_beauty(path: Path) -> EventLog:
     users: list[str] = []
     items: list[str] = []
     lengths: list[int] = []
-    problems = _Problems(path)
+    problems = LineProblems(path)
     with Path(path).open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             tokens = line.split()
@@ -250,7 +172,7 @@ def load_beauty(path: Path) -> EventLog:
     problems.warn()
     stamps = BEAUTY_START_TS + BEAUTY_STEP_S * _positions(lengths)
     types = np.full(len(items), EVENT_TYPE_CODES[EventType.BUY.value], dtype=np.int8)
-    return _event_log(users, items, types, stamps, path.stem)
+    return event_log_of(users, items, types, stamps, path.stem)
 
 
 def load_item_attributes(path: Path) -> dict[str, list[str]]:
@@ -284,7 +206,7 @@ def load_taobao(path: Path) -> EventLog:
     types: list[int] = []
     stamps: list[float] = []
     codes = {name: EVENT_TYPE_CODES[kind.value] for name, kind in TAOBAO_BEHAVIORS.items()}
-    problems = _Problems(path)
+    problems = LineProblems(path)
     for line_no, row in _taobao_rows(path):
         if not row:
             continue
@@ -309,7 +231,7 @@ def load_taobao(path: Path) -> EventLog:
         types.append(code)
         stamps.append(ts)
     problems.warn()
-    return _event_log(users, items, types, stamps, path.stem)
+    return event_log_of(users, items, types, stamps, path.stem)
 
 
 def load_taobao_categories(path: Path) -> dict[str, str]:
@@ -345,13 +267,13 @@ def load_diginetica(path: Path) -> EventLog:
     session_starts = DIGINETICA_START_TS + DIGINETICA_SESSION_GAP_S * (np.asarray(line_numbers, np.float64) - 1)
     stamps = np.repeat(session_starts, lengths) + DIGINETICA_VIEW_GAP_S * _positions(lengths)
     types = np.full(len(items), EVENT_TYPE_CODES[EventType.VIEW.value], dtype=np.int8)
-    return _event_log(users, items, types, stamps, path.stem)
+    return event_log_of(users, items, types, stamps, path.stem)
 
 
 def load_session_prefixes(path: Path) -> list[tuple[list[str], str]]:
     """Diginetica ``test_prefixes.txt``: ``(prefix items, next item)`` pairs for next-item evaluation."""
     prefixes: list[tuple[list[str], str]] = []
-    problems = _Problems(path)
+    problems = LineProblems(path)
     for line_no, line in _lines(path):
         if not line.strip():
             continue

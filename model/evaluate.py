@@ -1,15 +1,16 @@
-"""Evaluation of a model version against strong baselines, offline and through the served pipeline.
+"""Evaluation of a model version against strong baselines, offline; the served pipeline's part is in
+:mod:`streamrec.stream.app.served_eval`, whose :func:`~streamrec.stream.app.served_eval.evaluate` joins both.
 
-One call, :func:`evaluate`, answers "does the model beat the state of the art, and is that what users get?":
+One call answers "does the model beat the state of the art, and is that what users get?":
 
 * **offline** — leave-one-out per user (``model/splits.py``): the last interaction is the test target, the
   history is everything before it. Every model scores the whole catalogue through the one contract of
-  :class:`model.baselines.Scorer`, and three protocols read the same score matrix: *full* ranking (history
+  :class:`streamrec.model.baselines.Scorer`, and three protocols read the same score matrix: *full* ranking (history
   items excluded, as in the published tables of ``shared/README.md``), 99 *uniformly sampled* negatives (the
   older protocol of the same tables) and 99 *popularity-sampled* negatives (harder: popular items are the
   ones a weak model ranks high). Catalogue coverage, intra-list diversity and novelty of each model's top-10
   show what the accuracy costs or buys.
-* **served** — each user's history is replayed through a real :class:`stream.pipeline.Pipeline`, the exact
+* **served** — each user's history is replayed through a real :class:`streamrec.stream.pipeline.Pipeline`, the exact
   code path of the worker (ANN retrieval, ranker, filters), and the user's last published list is scored.
   The gap between the two is what approximation and business rules cost.
 
@@ -23,30 +24,25 @@ items; on Amazon Beauty (22k users × 12k items) the offline part takes seconds 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 import torch
 
-from index.item_index import exact_recall, unit_rows
-from model.artifacts import ModelArtifacts
-from model.baselines import Histories, ItemKNNModel, PopularityModel, Scorer, user_item_pairs
-from model.event_log import EventLog
-from model.metrics import hit_rate, mrr, ndcg, rank_of_target
-from model.ranker import PAD, SequenceRanker
-from model.splits import LeaveOneOutSplit, leave_one_out
-from stream.events import EVENT_TYPES, SourceRecord
-from stream.pipeline import Pipeline
-from stream.settings import Settings
+from streamrec.index.item_index import DEFAULT_N_CANDIDATES, exact_recall, unit_rows
+from streamrec.model.artifacts import ModelArtifacts
+from streamrec.model.baselines import Histories, ItemKNNModel, PopularityModel, Scorer, user_item_pairs
+from streamrec.model.event_log import EventLog
+from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, EVENT_TYPES
+from streamrec.model.metrics import full_ranks, mask_history, sampled_ranks, summarize
+from streamrec.model.ranker import PAD, SequenceRanker
+from streamrec.model.splits import LeaveOneOutSplit, leave_one_out
 
 logger = logging.getLogger(__name__)
 
-CUTOFFS = (5, 10, 20)
 N_NEGATIVES = 99
 LIST_LENGTH = 10  # the top-N of coverage, diversity and novelty
 SERVED_TOP_K = 20
@@ -73,15 +69,6 @@ PROTOCOL = (
     "unseen items count as held by one) are computed on each user's top-10 with history excluded. Baselines fit "
     "on every user's history before the test target; the trained model was trained on the events before the "
     "validation target."
-)
-SERVED_PROTOCOL = (
-    "each evaluated user's history (every event before the test target, with its type and timestamp, keyed by "
-    "user) is replayed in time order through stream.pipeline.Pipeline with top_k=20, many users per "
-    "micro-batch; a user's events are consecutive, so the state behind the user's last recommendation is the "
-    "one a live time-ordered stream builds (only the trending fallback, which needs no personal state, sees "
-    "another order). The user's last published list is scored: rank = position of the test target in it, "
-    "absent = miss, so MRR is MRR@20. Unlike the full-ranking protocol the pipeline excludes only bought items "
-    "and the trigger item, not every history item, and a repeat purchase of the target can never be a hit."
 )
 
 
@@ -193,18 +180,6 @@ def retrieve_rerank_ranks(
 # --- protocols ---------------------------------------------------------------------------------------------------
 
 
-def summarize(ranks: np.ndarray, cutoffs: Sequence[int] = CUTOFFS, with_mrr: bool = True) -> dict[str, float]:
-    """HR@k and NDCG@k for every cut-off, and MRR, from 0-based target ranks (rounded to 6 digits)."""
-    out: dict[str, float] = {}
-    for k in cutoffs:
-        out[f"HR@{k}"] = round(hit_rate(ranks, k), 6)
-    for k in cutoffs:
-        out[f"NDCG@{k}"] = round(ndcg(ranks, k), 6)
-    if with_mrr:
-        out["MRR"] = round(mrr(ranks), 6)
-    return out
-
-
 def unknown_target_users(log: EventLog, split: LeaveOneOutSplit, row_of: Mapping[str, int]) -> np.ndarray:
     """bool [U]: the users of ``split`` whose real test target, the item of their last event in ``log``, is
     outside the vocabulary ``row_of``. The split drops such events, so its test target for these users is an
@@ -296,57 +271,6 @@ def _repeats(draws: np.ndarray) -> np.ndarray:
     return repeated
 
 
-def mask_history(scores: np.ndarray, exclude: Sequence[np.ndarray]) -> np.ndarray:
-    """A copy of ``scores`` with each row's excluded items at ``-inf``: what a recommender may show."""
-    masked = np.array(scores, copy=True)
-    lengths = [len(e) for e in exclude]
-    if sum(lengths):
-        rows = np.repeat(np.arange(len(masked)), lengths)
-        masked[rows, np.concatenate(exclude).astype(np.int64)] = -np.inf
-    return masked
-
-
-def break_ties(higher: np.ndarray, ties: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-    """The target's rank when it sits at a uniformly random place among the ``ties`` items scoring the same.
-
-    Counting only strictly higher items (``rng`` None) hands a model every tie. Dense scores never tie, but
-    item-kNN scores most of the catalogue 0: with strict counting a target it scores 0 among 99 negatives it
-    also scores 0 is "ranked first", which lifts its sampled HR@10 on Beauty from about 0.4 to 0.84.
-    """
-    if rng is None:
-        return higher.astype(np.int64)
-    return (higher + rng.integers(0, ties + 1)).astype(np.int64)
-
-
-def full_ranks(
-    scores: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray], rng: np.random.Generator | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """0-based target ranks over the whole catalogue, history excluded (see :func:`model.metrics.rank_of_target`)
-    and ties broken at random by ``rng``; also returns the history-masked scores for the top-N lists."""
-    higher = rank_of_target(scores, targets, exclude)
-    masked = mask_history(scores, exclude)
-    rows = np.arange(len(targets))
-    target_scores = scores[rows, targets]
-    # The target itself is not a tie; it is still in `masked` unless it was in its own history.
-    ties = np.count_nonzero(masked == target_scores[:, None], axis=1) - (masked[rows, targets] == target_scores)
-    return break_ties(higher, ties, rng), masked
-
-
-def sampled_ranks(
-    scores: np.ndarray, targets: np.ndarray, negatives: np.ndarray, rng: np.random.Generator | None = None
-) -> np.ndarray:
-    """0-based rank of each target among its sampled negatives (-1 entries are padding): the number of
-    negatives scoring strictly higher, with ties broken at random by ``rng`` (strict when None). A NaN target
-    ranks last."""
-    rows = np.arange(len(targets))
-    target_scores = scores[rows, targets]
-    negative_scores = np.take_along_axis(scores, np.maximum(negatives, 0), axis=1)
-    real = negatives >= 0
-    above = np.count_nonzero(real & (negative_scores > target_scores[:, None]), axis=1)
-    ties = np.count_nonzero(real & (negative_scores == target_scores[:, None]), axis=1)
-    return np.where(np.isnan(target_scores), real.sum(axis=1), break_ties(above, ties, rng)).astype(np.int64)
-
-
 def top_items(scores: np.ndarray, exclude: Sequence[np.ndarray], k: int) -> np.ndarray:
     """Each row's ``k`` best items, best first, excluded items left out; -1 pads rows with fewer allowed items."""
     return _top_of_masked(mask_history(scores, exclude), k)
@@ -389,21 +313,19 @@ def list_novelty(lists: np.ndarray, self_information: np.ndarray) -> np.ndarray:
 # --- the evaluation ------------------------------------------------------------------------------------------
 
 
-def evaluate(
-    log: EventLog,
-    artifacts: ModelArtifacts,
-    *,
-    seed: int = 0,
-    served: bool = True,
-    settings: Settings | None = None,
-    served_max_users: int | None = None,
-) -> dict[str, Any]:
-    """Offline metrics of the model and baselines under every protocol, plus the served pipeline's metrics.
+@dataclass(frozen=True)
+class OfflineEvaluation:
+    """The offline part of an evaluation report, and what the served part and the ANN recall need from it."""
 
-    ``settings`` configures the served replay (default: the environment's, as the worker would read them),
-    with ``top_k`` forced to 20. ``served_max_users`` replays a seeded sample of that many users instead of
-    all. Returns a JSON-ready dict; see the module docstring and :data:`PROTOCOL`.
-    """
+    report: dict[str, Any]
+    split: LeaveOneOutSplit
+    unknown_targets: np.ndarray  # bool [U]: the user's real test target is outside the vocabulary
+    retrieval_queries: np.ndarray  # float32 [U, dim]: the offline interest vectors
+
+
+def evaluate_offline(log: EventLog, artifacts: ModelArtifacts, *, seed: int = 0) -> OfflineEvaluation:
+    """Offline metrics of the model and the baselines under every protocol (see the module docstring and
+    :data:`PROTOCOL`); :func:`streamrec.stream.app.served_eval.evaluate` adds the served pipeline's metrics."""
     started = time.perf_counter()
     n_items = len(artifacts.item_ids)
     split = leave_one_out(log, artifacts.row_of)
@@ -418,12 +340,10 @@ def evaluate(
             " have fewer than 3 interactions on known items (dropped)",
             int(unknown.sum()), split.n_users, n_users_in_log - split.n_users,
         )  # fmt: skip
-    settings = settings or Settings()
-    models = _models(split, artifacts, settings)
+    models = _models(split, artifacts)
     offline, retrieval_queries = _offline(split, artifacts, models, seed, unknown)
     offline_seconds = time.perf_counter() - started
     logger.info("offline evaluation of %d users took %.1f s", split.n_users, offline_seconds)
-
     report: dict[str, Any] = {
         "dataset": log.name,
         "model_version": artifacts.version,
@@ -435,28 +355,21 @@ def evaluate(
         "unknown_target_users": int(unknown.sum()),
         "dropped_users_few_known_interactions": n_users_in_log - split.n_users,
         "results": offline,
+        "seconds": {"offline": round(offline_seconds, 2)},
     }
-    recall_k = min(ANN_RECALL_K, n_items)
-    if served:
-        replay_settings = settings.model_copy(
-            # A replay is of a historical log: any past or future event time is accepted (as model/datasets.py
-            # reads event files), and the list is the length the metrics need.
-            update={"top_k": SERVED_TOP_K, "min_event_ts": -math.inf, "max_clock_skew_s": math.inf}
-        )
-        report["served"], served_queries = served_metrics(
-            split, artifacts, replay_settings, seed=seed, max_users=served_max_users, unknown_targets=unknown
-        )
-        queries, source = served_queries, "served interest vectors (pipeline state after the replay)"
-    else:
-        queries, source = retrieval_queries, "offline interest vectors"
-    queries = queries[np.any(queries != 0, axis=1)]  # a user the pipeline never warmed has no query to search
+    return OfflineEvaluation(report, split, unknown, retrieval_queries)
+
+
+def ann_recall(artifacts: ModelArtifacts, queries: np.ndarray, source: str, seed: int = 0) -> dict[str, Any]:
+    """Recall of the served ANN index against exact search, over a seeded sample of ``queries`` (users' interest
+    vectors; all-zero rows, users never warmed, are left out), as report fields."""
+    recall_k = min(ANN_RECALL_K, len(artifacts.item_ids))
+    queries = queries[np.any(queries != 0, axis=1)]
     sample = queries[np.random.default_rng(seed).permutation(len(queries))[:RECALL_SAMPLE]]
-    report[f"ann_recall@{recall_k}"] = round(
-        exact_recall(artifacts.index, artifacts.item_embeddings, sample, recall_k), 6
-    )
-    report["ann_recall_queries"] = f"{len(sample)} {source}; index {artifacts.index!r}"
-    report["seconds"] = {"offline": round(offline_seconds, 2), "total": round(time.perf_counter() - started, 2)}
-    return report
+    return {
+        f"ann_recall@{recall_k}": round(exact_recall(artifacts.index, artifacts.item_embeddings, sample, recall_k), 6),
+        "ann_recall_queries": f"{len(sample)} {source}; index {artifacts.index!r}",
+    }
 
 
 @dataclass(frozen=True)
@@ -480,22 +393,22 @@ class _Models:
         }
 
 
-def _models(split: LeaveOneOutSplit, artifacts: ModelArtifacts, settings: Settings) -> _Models:
+def _models(split: LeaveOneOutSplit, artifacts: ModelArtifacts) -> _Models:
     """The trained model's two scorers as trained (the manifest's event weights and half-life, which the
     manifest's own metrics used), and the baselines fit on the same split."""
     n_items = len(artifacts.item_ids)
     train_config = artifacts.manifest.get("train_config", {})
-    event_weights = {**settings.event_weights, **train_config.get("event_weights", {})}
+    event_weights = {**DEFAULT_EVENT_WEIGHTS, **train_config.get("event_weights", {})}
     return _Models(
         ranker=RankerScorer(artifacts.ranker, artifacts.ranker.config.max_len),
         retrieval=RetrievalScorer(
             artifacts.item_embeddings,
             np.array([event_weights[name] for name in EVENT_TYPES], dtype=np.float32),
-            float(train_config.get("half_life_s", settings.interest_half_life_s)),
+            float(train_config.get("half_life_s", DEFAULT_HALF_LIFE_S)),
         ),
         item_knn=ItemKNNModel.fit(split, n_items),
         popularity=PopularityModel.fit(split, n_items),
-        n_candidates=int(train_config.get("n_candidates", settings.n_candidates)),
+        n_candidates=int(train_config.get("n_candidates", DEFAULT_N_CANDIDATES)),
         blend_weight=artifacts.blend_weight,
     )
 
@@ -561,151 +474,6 @@ def _offline(
                 f"novelty@{LIST_LENGTH}": round(float(np.nanmean(list_novelty(top, self_information))), 6),
             }
     return results, queries
-
-
-# --- the served path -----------------------------------------------------------------------------------------
-
-
-def candidate_source_recall(
-    user_ids: list[str], target_rows: np.ndarray, candidates: dict[str, dict[str, np.ndarray]], top_k: int
-) -> dict[str, Any]:
-    """How often each candidate source (and their union, what the ranker sees) holds the user's test target,
-    and each source's own HR@top_k when its list is served in its own order: the ranker's gain over the best
-    single source is the served HR@top_k minus the best of these. Shares are over all evaluated users."""
-    n_users = max(1, len(user_ids))
-    sources = sorted({source for per_user in candidates.values() for source in per_user})
-    hits = {source: 0 for source in [*sources, "union"]}
-    hits_at_k = dict.fromkeys(sources, 0)
-    for user, target in zip(user_ids, target_rows.tolist(), strict=True):
-        per_user = candidates.get(user)
-        if per_user is None:
-            continue
-        in_union = False
-        for source, rows in per_user.items():
-            found = np.flatnonzero(rows == target)
-            if found.size:
-                hits[source] += 1
-                hits_at_k[source] += int(found[0] < top_k)
-                in_union = True
-        hits["union"] += in_union
-    return {
-        "users_with_candidates": len(candidates),
-        "recall": {source: round(count / n_users, 6) for source, count in hits.items()},
-        f"HR@{top_k}_in_source_order": {source: round(count / n_users, 6) for source, count in hits_at_k.items()},
-    }
-
-
-def served_metrics(
-    split: LeaveOneOutSplit,
-    artifacts: ModelArtifacts,
-    settings: Settings,
-    *,
-    seed: int = 0,
-    max_users: int | None = None,
-    batch_events: int = SERVED_BATCH_EVENTS,
-    unknown_targets: np.ndarray | None = None,
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Replay every (or a seeded sample of ``max_users``) user's history through a real :class:`Pipeline` and
-    score the user's last published list against the test target.
-
-    Users flagged in ``unknown_targets`` (bool [U], see :func:`unknown_target_users`) are misses.
-
-    Returns the metrics and the users' final interest vectors (the served retrieval queries) ``[U, dim]``.
-    """
-    started = time.perf_counter()
-    users = np.arange(split.n_users)
-    if max_users is not None and max_users < split.n_users:
-        users = np.sort(np.random.default_rng(seed).choice(split.n_users, max_users, replace=False))
-    histories = Histories.of_users(split, users, "test")
-    positions = histories.positions()
-    user_ids = [str(user) for user in split.users[users]]
-    owner = histories.rows()
-    item_ids = artifacts.item_ids
-    records = [
-        SourceRecord(
-            orjson.dumps(
-                {
-                    "user_id": user_ids[row],
-                    "item_id": item_ids[item],
-                    "event_type": EVENT_TYPES[code],
-                    "ts": float(ts),
-                }
-            ),
-            user_ids[row].encode(),
-            0,
-            offset,
-            received_at=0.0,
-        )
-        for offset, (row, item, code, ts) in enumerate(
-            zip(
-                owner.tolist(),
-                split.items[positions].tolist(),
-                split.event_types[positions].tolist(),
-                split.timestamps[positions].tolist(),
-                strict=True,
-            )
-        )
-    ]
-    prepared = time.perf_counter()
-
-    if settings.random_seed is None:
-        settings = settings.model_copy(update={"random_seed": seed})  # exploration draws repeat run to run
-    pipeline = Pipeline(settings, artifacts)
-    last_candidates: dict[str, dict[str, np.ndarray]] = {}
-    pipeline.candidate_observer = last_candidates.__setitem__  # a user's later candidates supersede earlier ones
-    now = float(split.timestamps[positions].max()) if len(positions) else 0.0
-    last: dict[str, bytes] = {}
-    dead_letters = 0
-    for begin in range(0, len(records), batch_events):
-        result = pipeline.process(records[begin : begin + batch_events], now=now)
-        dead_letters += len(result.dead_letters)
-        for message in result.recommendations:
-            if message.key is not None and message.value is not None:
-                last[message.key.decode()] = message.value  # a later list of the same user supersedes it
-    replay_seconds = time.perf_counter() - prepared
-
-    top_k = settings.top_k
-    target_rows = split.targets("test")[users]
-    if unknown_targets is not None:
-        target_rows = np.where(unknown_targets[users], -1, target_rows)  # the real target is no listed item
-    target_ids = [item_ids[row] if row >= 0 else None for row in target_rows.tolist()]
-    ranks = np.full(len(users), top_k, dtype=np.int64)  # not in the list: a miss at every cut-off <= top_k
-    personalized = 0
-    for row, (user, target) in enumerate(zip(user_ids, target_ids, strict=True)):
-        value = last.get(user)
-        if value is None:
-            continue
-        listed = orjson.loads(value)["items"]
-        personalized += bool(listed) and listed[0]["reason"] == "personalized"
-        for position, entry in enumerate(listed):
-            if entry["item_id"] == target:
-                ranks[row] = position
-                break
-    vectors = np.zeros((len(users), artifacts.dim), dtype=np.float32)
-    for row, user in enumerate(user_ids):
-        state = pipeline.store.get(0, user)
-        if state is not None and state.vector is not None:
-            vectors[row] = state.vector
-    metrics: dict[str, Any] = summarize(ranks, [k for k in CUTOFFS if k <= top_k], with_mrr=False)
-    metrics["candidate_sources"] = candidate_source_recall(user_ids, target_rows, last_candidates, top_k)
-    metrics[f"MRR@{top_k}"] = round(float(np.mean(np.where(ranks < top_k, 1.0 / (ranks + 1.0), 0.0))), 6)
-    metrics |= {
-        "protocol": SERVED_PROTOCOL,
-        "top_k": top_k,
-        "users": len(users),
-        "users_sampled": bool(len(users) < split.n_users),
-        "unknown_target_users": int(np.count_nonzero(target_rows < 0)),
-        "users_with_recommendation": len(last),
-        "personalized_share": round(personalized / len(users), 6),
-        "events_replayed": len(records),
-        "dead_letters": dead_letters,
-        "batch_events": batch_events,
-        "n_candidates": settings.n_candidates,
-        "replay_seconds": round(replay_seconds, 2),
-        "events_per_s": round(len(records) / replay_seconds, 1) if replay_seconds > 0 else None,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    return metrics, vectors
 
 
 # --- presentation ----------------------------------------------------------------------------------------------

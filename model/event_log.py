@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream.events import EVENT_TYPES, Event, EventType
+from streamrec.model.events import EVENT_TYPES, Event, EventType
 
 EVENT_TYPE_CODES: dict[str, int] = {name: code for code, name in enumerate(EVENT_TYPES)}
 
@@ -20,7 +20,7 @@ EVENT_TYPE_CODES: dict[str, int] = {name: code for code, name in enumerate(EVENT
 class EventLog:
     """Events as parallel arrays, in the order they happened (stable-sorted by ``timestamps``).
 
-    ``event_types`` holds codes indexing :data:`stream.events.EVENT_TYPES` (0 = view ... 3 = buy).
+    ``event_types`` holds codes indexing :data:`streamrec.model.events.EVENT_TYPES` (0 = view ... 3 = buy).
     """
 
     user_ids: np.ndarray  # dtype object (str)

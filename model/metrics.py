@@ -1,7 +1,9 @@
 """Offline ranking metrics for next-item prediction with exactly one relevant item per query.
 
 Everything starts from the 0-based rank of the held-out target among all candidate items (0 = ranked first),
-so one full-ranking pass serves every cut-off ``k``. Pure, vectorised numpy.
+so one full-ranking pass serves every cut-off ``k``. Pure, vectorised numpy. The rank protocols (full ranking with
+history excluded, sampled negatives) break ties at random with a seeded generator, and :func:`summarize` is the
+one summary (keys ``HR@k``, ``NDCG@k``, ``MRR``) of the training manifest, ``streamrec eval`` and the benches.
 """
 
 from __future__ import annotations
@@ -68,3 +70,70 @@ def rank_of_target(
     ranks = np.count_nonzero(scores > target_scores[:, None], axis=1)
     n_items = scores.shape[1]
     return np.where(np.isnan(target_scores), n_items - 1, ranks).astype(np.int64)
+
+
+CUTOFFS = (5, 10, 20)
+
+
+def summarize(ranks: np.ndarray, cutoffs: Sequence[int] = CUTOFFS, with_mrr: bool = True) -> dict[str, float]:
+    """HR@k and NDCG@k for every cut-off, and MRR, from 0-based target ranks (rounded to 6 digits)."""
+    out: dict[str, float] = {}
+    for k in cutoffs:
+        out[f"HR@{k}"] = round(hit_rate(ranks, k), 6)
+    for k in cutoffs:
+        out[f"NDCG@{k}"] = round(ndcg(ranks, k), 6)
+    if with_mrr:
+        out["MRR"] = round(mrr(ranks), 6)
+    return out
+
+
+def mask_history(scores: np.ndarray, exclude: Sequence[np.ndarray]) -> np.ndarray:
+    """A copy of ``scores`` with each row's excluded items at ``-inf``: what a recommender may show."""
+    masked = np.array(scores, copy=True)
+    lengths = [len(e) for e in exclude]
+    if sum(lengths):
+        rows = np.repeat(np.arange(len(masked)), lengths)
+        masked[rows, np.concatenate(exclude).astype(np.int64)] = -np.inf
+    return masked
+
+
+def break_ties(higher: np.ndarray, ties: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """The target's rank when it sits at a uniformly random place among the ``ties`` items scoring the same.
+
+    Counting only strictly higher items (``rng`` None) hands a model every tie. Dense scores never tie, but
+    item-kNN scores most of the catalogue 0: with strict counting a target it scores 0 among 99 negatives it
+    also scores 0 is "ranked first", which lifts its sampled HR@10 on Beauty from about 0.4 to 0.84.
+    """
+    if rng is None:
+        return higher.astype(np.int64)
+    return (higher + rng.integers(0, ties + 1)).astype(np.int64)
+
+
+def full_ranks(
+    scores: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray], rng: np.random.Generator | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """0-based target ranks over the whole catalogue, history excluded (see
+    :func:`rank_of_target`)
+    and ties broken at random by ``rng``; also returns the history-masked scores for the top-N lists."""
+    higher = rank_of_target(scores, targets, exclude)
+    masked = mask_history(scores, exclude)
+    rows = np.arange(len(targets))
+    target_scores = scores[rows, targets]
+    # The target itself is not a tie; it is still in `masked` unless it was in its own history.
+    ties = np.count_nonzero(masked == target_scores[:, None], axis=1) - (masked[rows, targets] == target_scores)
+    return break_ties(higher, ties, rng), masked
+
+
+def sampled_ranks(
+    scores: np.ndarray, targets: np.ndarray, negatives: np.ndarray, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """0-based rank of each target among its sampled negatives (-1 entries are padding): the number of
+    negatives scoring strictly higher, with ties broken at random by ``rng`` (strict when None). A NaN target
+    ranks last."""
+    rows = np.arange(len(targets))
+    target_scores = scores[rows, targets]
+    negative_scores = np.take_along_axis(scores, np.maximum(negatives, 0), axis=1)
+    real = negatives >= 0
+    above = np.count_nonzero(real & (negative_scores > target_scores[:, None]), axis=1)
+    ties = np.count_nonzero(real & (negative_scores == target_scores[:, None]), axis=1)
+    return np.where(np.isnan(target_scores), real.sum(axis=1), break_ties(above, ties, rng)).astype(np.int64)

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 
-from index.item_index import as_float32_matrix
+from streamrec.index.item_index import as_float32_matrix
 
 UNIT_NORM_TOLERANCE = 1e-3
 """How far from 1 a stored centroid's norm may be; anything further means the file is not what fit wrote."""

@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from model.event_log import EventLog
+from streamrec.model.event_log import EventLog
 
 Stage = Literal["valid", "test"]
 MIN_INTERACTIONS = 3
@@ -42,7 +42,7 @@ class LeaveOneOutSplit:
     users: np.ndarray  # object [U]: user ids
     offsets: np.ndarray  # int64 [U + 1]: events of user u are positions offsets[u]:offsets[u + 1]
     items: np.ndarray  # int64 [N]: item rows
-    event_types: np.ndarray  # int8 [N]: codes into stream.events.EVENT_TYPES
+    event_types: np.ndarray  # int8 [N]: codes into streamrec.model.events.EVENT_TYPES
     timestamps: np.ndarray  # float64 [N]: event time, non-decreasing within a user
     next_item: np.ndarray  # int64 [N]: item row of the next interaction, -1 within the last one
     next_start: np.ndarray  # int64 [N]: position where the next interaction starts (user end in the last)

@@ -37,8 +37,15 @@ from matplotlib.figure import Figure
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from index.item_index import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, IndexKindOrAuto, ItemIndex, exact_recall
-from model.artifacts import (
+from streamrec.index.item_index import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_N_CANDIDATES,
+    DEFAULT_NPROBE,
+    IndexKindOrAuto,
+    ItemIndex,
+    exact_recall,
+)
+from streamrec.model.artifacts import (
     CONTENT_FILE,
     CURVE_FILE,
     FORMAT_VERSION,
@@ -53,30 +60,19 @@ from model.artifacts import (
     sha256_file,
     write_latest,
 )
-from model.baselines import Histories, ItemKNNModel, Scorer, interaction_counts
-from model.content import ContentProjection, item_text, load_encoder
-from model.evaluate import (
-    RankerScorer,
-    RetrievalScorer,
-    full_ranks,
-    retrieve_rerank_ranks,
-    summarize,
-)
-from model.event_log import EventLog
-from model.metrics import hit_rate, mrr, ndcg, rank_of_target
-from model.ranker import PAD, RankerConfig, SequenceRanker
-from model.segments import Segments, fit_segments
-from model.splits import LeaveOneOutSplit, Stage, leave_one_out
-from stream.events import EVENT_TYPES
-from stream.settings import Settings
+from streamrec.model.baselines import Histories, ItemKNNModel, Scorer, interaction_counts
+from streamrec.model.content import ContentProjection, item_text, load_encoder
+from streamrec.model.evaluate import RankerScorer, RetrievalScorer, retrieve_rerank_ranks
+from streamrec.model.event_log import EventLog
+from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, EVENT_TYPES
+from streamrec.model.metrics import full_ranks, hit_rate, ndcg, summarize
+from streamrec.model.ranker import PAD, RankerConfig, SequenceRanker
+from streamrec.model.segments import Segments, fit_segments
+from streamrec.model.splits import LeaveOneOutSplit, Stage, leave_one_out
 
 logger = logging.getLogger(__name__)
 
-_SETTINGS_FIELDS = Settings.model_fields
-DEFAULT_EVENT_WEIGHTS: dict[str, float] = _SETTINGS_FIELDS["event_weights"].get_default(call_default_factory=True)
-DEFAULT_HALF_LIFE_S: float = _SETTINGS_FIELDS["interest_half_life_s"].default
 
-METRIC_CUTOFFS = (10, 20)
 EVAL_MAX_SCORES = 1 << 24  # scores per evaluation batch (64 MiB of float32 per matrix)
 RECALL_SAMPLE = 2_000  # queries used to measure the ANN index's recall against exact search
 
@@ -113,7 +109,7 @@ class TrainConfig:
     ivf_nlist: int | None = None
     ef_search: int = DEFAULT_EF_SEARCH
     nprobe: int = DEFAULT_NPROBE
-    n_candidates: int = 200  # retrieval candidates re-ranked in the retrieve→rerank test metric
+    n_candidates: int = DEFAULT_N_CANDIDATES  # retrieval candidates re-ranked in the retrieve→rerank test metric
     eval_batch_size: int = 512
     # Served score = ranker logits + blend_weight · item-kNN score; the weight is picked from this grid by
     # validation NDCG@10 (item-kNN fit on the validation stage). Empty or (0,) serves the ranker alone.
@@ -168,35 +164,6 @@ class TrainConfig:
 # --- entry points ------------------------------------------------------------------------------------------------
 
 
-def train_from_settings(
-    log: EventLog,
-    out_dir: Path,
-    settings: Settings,
-    *,
-    epochs: int | None = None,
-    dim: int | None = None,
-    seed: int | None = None,
-    progress: bool = True,
-    catalog: Sequence[Mapping[str, Any]] | None = None,
-) -> Path:
-    """Train with the serving settings (event weights, half-life, history length, index search breadth)."""
-    overrides: dict[str, Any] = {
-        "event_weights": dict(settings.event_weights),
-        "half_life_s": settings.interest_half_life_s,
-        "max_len": settings.max_recent_items,
-        "ef_search": settings.hnsw_ef_search,
-        "nprobe": settings.ivf_nprobe,
-        "n_candidates": settings.n_candidates,
-    }
-    if epochs is not None:
-        overrides["max_epochs"] = epochs
-    if dim is not None:
-        overrides["dim"] = dim
-    if seed is not None:
-        overrides["seed"] = seed
-    return train_artifacts(log, Path(out_dir), TrainConfig(**overrides), progress=progress, catalog=catalog)
-
-
 def train_artifacts(
     log: EventLog,
     out_dir: Path,
@@ -236,7 +203,7 @@ def train_artifacts(
 
     model.eval()
     test_ranks, queries = _evaluate(model, split, "test", config, with_baselines=True)
-    test_metrics = {name: _summarize(ranks) for name, ranks in test_ranks.items()}
+    test_metrics = {name: summarize(ranks) | {"users": len(ranks)} for name, ranks in test_ranks.items()}
     embeddings = model.item_embeddings().detach().numpy().astype(np.float32)
     index = ItemIndex.build(
         embeddings,
@@ -250,7 +217,7 @@ def train_artifacts(
     sample = queries[rng.permutation(len(queries))[:RECALL_SAMPLE]]
     recall_k = min(100, len(item_ids))
     index_recall = exact_recall(index, embeddings, sample, recall_k)
-    logger.info("test metrics: %s", {name: m["ndcg@10"] for name, m in test_metrics.items()})
+    logger.info("test metrics: %s", {name: m["NDCG@10"] for name, m in test_metrics.items()})
     item_knn, blend_manifest = fit_blend(RankerScorer(model, config.max_len), split, len(item_ids), config)
     segments, segments_manifest = _fit_segments(queries, embeddings, config)
     content, content_manifest = fit_content_projection(catalog, item_ids, embeddings, config)
@@ -415,7 +382,7 @@ def fit_blend(
         "blend_weight": best,
         "blend_validation": {
             "protocol": "validation NDCG@10 of ranker logits + weight · item-kNN (fit on the validation stage)",
-            "ndcg@10": {str(w): ndcgs[w] for w in weights},
+            "NDCG@10": {str(w): ndcgs[w] for w in weights},
         },
     }
     return served, manifest
@@ -629,17 +596,17 @@ def _fit(
             "ranking_loss": float(totals[1] / len(batches)),
             "retrieval_loss": float(totals[2] / len(batches)),
             "retrieval_temperature": float(log_scale.detach().exp()),
-            "val_ranker_ndcg@10": ndcg(ranks["ranker"], 10),
-            "val_ranker_hr@10": hit_rate(ranks["ranker"], 10),
-            "val_retrieval_ndcg@10": ndcg(ranks["retrieval"], 10),
-            "val_retrieval_hr@10": hit_rate(ranks["retrieval"], 10),
+            "val_ranker_NDCG@10": ndcg(ranks["ranker"], 10),
+            "val_ranker_HR@10": hit_rate(ranks["ranker"], 10),
+            "val_retrieval_NDCG@10": ndcg(ranks["retrieval"], 10),
+            "val_retrieval_HR@10": hit_rate(ranks["retrieval"], 10),
             "seconds": round(time.perf_counter() - started, 2),
         }
         history.append(record)
-        epochs.set_postfix(loss=f"{record['loss']:.3f}", val_ndcg=f"{record['val_ranker_ndcg@10']:.4f}")
+        epochs.set_postfix(loss=f"{record['loss']:.3f}", val_ndcg=f"{record['val_ranker_NDCG@10']:.4f}")
         logger.debug("epoch %d: %s", epoch, record)
-        if record["val_ranker_ndcg@10"] > best_ndcg:
-            best_ndcg, best_epoch, best_state = record["val_ranker_ndcg@10"], epoch, _copy_state(model)
+        if record["val_ranker_NDCG@10"] > best_ndcg:
+            best_ndcg, best_epoch, best_state = record["val_ranker_NDCG@10"], epoch, _copy_state(model)
         elif epoch - best_epoch >= config.patience:
             logger.info("early stop after epoch %d (best %d)", epoch, best_epoch)
             break
@@ -663,8 +630,9 @@ def _evaluate(
     """Target ranks of the ranker and the interest-vector retrieval (plus, on request, popularity and
     retrieve→rerank), each user's history excluded; also returns the interest vectors ``[U, dim]``.
 
-    The scorers are the evaluator's (``model/evaluate.py``), so the manifest's metrics and ``streamrec eval``
-    measure the same thing."""
+    The scorers and the rank protocol (ties broken at random, seeded) are the evaluator's (``model/evaluate.py``,
+    ``model/metrics.py``), so the manifest's metrics and ``streamrec eval`` measure the same thing."""
+    tie_rng = np.random.default_rng([config.seed, 2])
     n_items = model.config.n_items
     targets = split.targets(stage)
     ranker = RankerScorer(model, config.max_len)
@@ -684,24 +652,15 @@ def _evaluate(
         ranker_scores = ranker.score_users(histories)
         queries[users] = retrieval.queries(histories)
         retrieval_scores = queries[users] @ retrieval.embeddings.T
-        ranks["ranker"].append(rank_of_target(ranker_scores, t, exclude))
-        ranks["retrieval"].append(rank_of_target(retrieval_scores, t, exclude))
+        ranks["ranker"].append(full_ranks(ranker_scores, t, exclude, tie_rng)[0])
+        ranks["retrieval"].append(full_ranks(retrieval_scores, t, exclude, tie_rng)[0])
         if popularity is not None:
-            ranks["popularity"].append(rank_of_target(np.broadcast_to(popularity, ranker_scores.shape), t, exclude))
+            popular = np.broadcast_to(popularity, ranker_scores.shape)
+            ranks["popularity"].append(full_ranks(popular, t, exclude, tie_rng)[0])
             ranks["retrieve_rerank"].append(
                 retrieve_rerank_ranks(retrieval_scores, ranker_scores, t, exclude, config.n_candidates)
             )
     return {name: np.concatenate(parts) for name, parts in ranks.items()}, queries
-
-
-def _summarize(ranks: np.ndarray) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k in METRIC_CUTOFFS:
-        out[f"hr@{k}"] = round(hit_rate(ranks, k), 6)
-        out[f"ndcg@{k}"] = round(ndcg(ranks, k), 6)
-    out["mrr"] = round(mrr(ranks), 6)
-    out["users"] = len(ranks)
-    return out
 
 
 # --- publishing --------------------------------------------------------------------------------------------------
@@ -754,9 +713,9 @@ def _plot_curve(history: Sequence[Mapping[str, float]], path: Path) -> None:
         loss_axes.plot(epochs, [h[key] for h in history], marker=".", label=label)
     loss_axes.set(title="training loss (softmax CE)", xlabel="epoch")
     loss_axes.legend()
-    for key, label in (("val_ranker_ndcg@10", "ranker"), ("val_retrieval_ndcg@10", "interest vector")):
+    for key, label in (("val_ranker_NDCG@10", "ranker"), ("val_retrieval_NDCG@10", "interest vector")):
         metric_axes.plot(epochs, [h[key] for h in history], marker=".", label=label)
-    best = max(history, key=lambda h: h["val_ranker_ndcg@10"])
+    best = max(history, key=lambda h: h["val_ranker_NDCG@10"])
     metric_axes.axvline(best["epoch"], color="grey", linestyle=":", label=f"best epoch {best['epoch']}")
     metric_axes.set(title="validation NDCG@10 (full ranking)", xlabel="epoch")
     metric_axes.legend()

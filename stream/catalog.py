@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from stream.decode import decode
-from stream.rejection import InvalidEvent
-from stream.validate import FORBIDDEN_ID_CHARACTERS, ValidationRules, parse_timestamp
+from streamrec.stream.decode import decode
+from streamrec.stream.rejection import InvalidEvent
+from streamrec.stream.validate import FORBIDDEN_ID_CHARACTERS, ValidationRules, parse_timestamp
 
 MAX_TITLE_LENGTH = 1_000
 MAX_ATTRIBUTES = 64

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stream.filters import ScoredItem
-from stream.trending import TrendingBoard
+from streamrec.stream.filters import ScoredItem
+from streamrec.stream.trending import TrendingBoard
 
 RRF_OFFSET = 10.0
 """Damps the difference between the first ranks; 10 lets a list's top item beat the other list's 5th or so."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from stream.rejection import InvalidEvent
+from streamrec.stream.rejection import InvalidEvent
 
 
 def decode(value: bytes | None, max_payload_bytes: int) -> dict[str, Any]:

@@ -71,7 +71,8 @@ def kafka_failure(exc: BaseException, bootstrap: str | None, security: str | Non
     (e.g. ``"SASL_SSL with SCRAM-SHA-512"``, ``None`` for plaintext) is how the client talked to them.
 
     The clients retry a refused login or handshake until their bootstrap times out and then report only the
-    timeout, after the TCP connection was checked (:func:`stream.broker.wait_for_kafka`): with security on, the
+    timeout, after the TCP connection was checked
+    (:func:`streamrec.stream.runtime.network.wait_for_kafka`): with security on, the
     likely cause is named instead of "cannot reach"."""
     where = f"Kafka at {bootstrap}" if bootstrap else "Kafka"
     for cause in _causes(exc):

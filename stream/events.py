@@ -1,53 +1,13 @@
-"""The event contract: what shops send on topic ``events`` (one JSON object per message, key = user id).
+"""What arrives on topic ``events`` besides events (:class:`~streamrec.model.events.Event`): commands about a user,
+and the raw record a runtime hands to the pipeline.
 
-The JSON Schema in ``stream/schemas/event.schema.json`` describes the same contract for producers.
+The JSON Schema in ``stream/schemas/event.schema.json`` describes the contract for producers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
-
-
-class EventType(StrEnum):
-    """User actions, from weakest to strongest signal of interest."""
-
-    VIEW = "view"
-    CLICK = "click"
-    CART = "cart"
-    BUY = "buy"
-
-
-EVENT_TYPES: tuple[str, ...] = tuple(t.value for t in EventType)
-
-
-@dataclass(slots=True)
-class Event:
-    """One accepted user action on one item. ``ts`` is event time in epoch seconds."""
-
-    user_id: str
-    item_id: str
-    event_type: EventType
-    ts: float
-    event_id: str | None = None
-    session_id: str | None = None
-    context: dict[str, Any] | None = None
-
-    def to_json_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "user_id": self.user_id,
-            "item_id": self.item_id,
-            "event_type": self.event_type.value,
-            "ts": self.ts,
-        }
-        if self.event_id is not None:
-            out["event_id"] = self.event_id
-        if self.session_id is not None:
-            out["session_id"] = self.session_id
-        if self.context is not None:
-            out["context"] = self.context
-        return out
 
 
 class CommandType(StrEnum):

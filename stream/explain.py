@@ -24,13 +24,15 @@ from typing import Protocol
 
 import numpy as np
 
-from stream.filters import ScoredItem
-from stream.user_state import RecentItem
+from streamrec.stream.filters import ScoredItem
+from streamrec.stream.user_state import RecentItem
 
 ANCHOR_WINDOW = 5
 """How many of the user's latest known items an explanation may point to."""
 
 COLLABORATIVE_SOURCES = ("covisitation", "item_knn")
+#: Candidate sources that read the user's own history; the others (trending) need none.
+PERSONAL_SOURCES = ("ann", *COLLABORATIVE_SOURCES)
 _VERBS = {"view": "viewed", "click": "clicked", "cart": "added to your cart", "buy": "bought"}
 
 
@@ -105,7 +107,7 @@ class Explainer:
         if item.source == "ann" and anchor is not None:
             verb = _VERBS.get(anchor.event_type, "viewed")
             return f"similar_to_recent:{anchor.item_id}", f"Similar to {self._name(anchor.item_id)}, which you {verb}"
-        if item.source in ("ann", *COLLABORATIVE_SOURCES):
+        if item.source in PERSONAL_SOURCES:
             return "for_you", "Picked for you from your recent activity"
         if item.source == "trending_in" and item.context is not None:
             return f"trending_in:{item.context}", f"Trending in {item.context}"

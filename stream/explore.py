@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from stream.filters import ScoredItem
+from streamrec.stream.filters import ScoredItem
 
 
 class ExposureStats:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from stream.rules import Request, RuleSet
+from streamrec.stream.rules import Request, RuleSet
 
 
 @dataclass(slots=True)

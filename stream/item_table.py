@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from index.item_index import ItemIndex, unit_rows
+from streamrec.index.item_index import ItemIndex, unit_rows
 
 if TYPE_CHECKING:
-    from model.artifacts import ModelArtifacts
+    from streamrec.model.artifacts import ModelArtifacts
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from stream.events import EVENT_TYPES
-from stream.rejection import REJECTION_REASONS
+from streamrec.model.events import EVENT_TYPES
+from streamrec.stream.rejection import REJECTION_REASONS
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,

@@ -22,22 +22,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from index.covisitation import CoVisitation
-from stream.catalog import Catalog, CatalogChange, CatalogItem
-from stream.cold_start import blend, personal_weight, trending_candidates
-from stream.decode import decode
-from stream.diversify import diversify
-from stream.events import Command, Event, SourceRecord
-from stream.explain import Explainer
-from stream.explore import Explorer
-from stream.filters import ScoredItem, allowed_pool
-from stream.item_table import NO_CLUSTER, ItemTable
-from stream.metrics import WorkerMetrics
-from stream.publish import recommendation_message
-from stream.rank import RankedCandidates, rank_candidates
-from stream.rejection import InvalidEvent
-from stream.retrieve import retrieve_candidates
-from stream.rules import (
+from streamrec.index.covisitation import CoVisitation
+from streamrec.model.events import Event
+from streamrec.stream.catalog import Catalog, CatalogChange, CatalogItem
+from streamrec.stream.cold_start import blend, personal_weight, trending_candidates
+from streamrec.stream.decode import decode
+from streamrec.stream.diversify import diversify
+from streamrec.stream.events import Command, SourceRecord
+from streamrec.stream.explain import Explainer
+from streamrec.stream.explore import Explorer
+from streamrec.stream.filters import ScoredItem, allowed_pool
+from streamrec.stream.item_table import NO_CLUSTER, ItemTable
+from streamrec.stream.metrics import WorkerMetrics
+from streamrec.stream.publish import recommendation_message
+from streamrec.stream.rank import RankedCandidates, rank_candidates
+from streamrec.stream.rejection import InvalidEvent
+from streamrec.stream.retrieve import retrieve_candidates
+from streamrec.stream.rules import (
     DenyList,
     ExcludeBought,
     ExcludeCurrentItem,
@@ -46,14 +47,14 @@ from stream.rules import (
     Request,
     RuleSet,
 )
-from stream.settings import Settings
-from stream.trending import TrendingBoard
-from stream.user_state import InterestModel, UserState, UserStateStore, encode_state
-from stream.validate import ValidationRules, validate, validate_command
+from streamrec.stream.settings import Settings
+from streamrec.stream.trending import TrendingBoard
+from streamrec.stream.user_state import InterestModel, UserState, UserStateStore, encode_state
+from streamrec.stream.validate import ValidationRules, validate, validate_command
 
 if TYPE_CHECKING:
-    from model.artifacts import ModelArtifacts
-    from model.content import TextEncoder
+    from streamrec.model.artifacts import ModelArtifacts
+    from streamrec.model.content import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class Pipeline:
     def _content_encoder(self, artifacts: ModelArtifacts) -> TextEncoder | None:
         if artifacts.content is None:
             return None
-        from model.content import load_encoder
+        from streamrec.model.content import load_encoder
 
         if self._encoder is not None and self._encoder.name == artifacts.content.encoder_name:
             return self._encoder
@@ -199,7 +200,7 @@ class Pipeline:
         hot path reads). Items the model was trained on, and items whose content is unchanged since they were
         last embedded, need none.
         """
-        from model.content import item_text
+        from streamrec.model.content import item_text
 
         encoder = self._encoder
         if encoder is None:

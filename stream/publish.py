@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from stream.events import Event
-from stream.filters import ScoredItem
+from streamrec.model.events import Event
+from streamrec.stream.filters import ScoredItem
 
 
 def recommendation_message(

@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from stream.filters import ScoredItem
+from streamrec.stream.filters import ScoredItem
 
 
 class SequenceScorer(Protocol):

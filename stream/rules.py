@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from stream.catalog import Catalog
-from stream.events import Event
-from stream.user_state import UserState
+from streamrec.model.events import Event
+from streamrec.stream.catalog import Catalog
+from streamrec.stream.user_state import UserState
 
 MAX_REQUEST_EXCLUSIONS = 1_000
 

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stream.events import EVENT_TYPES
+from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, EVENT_TYPES
 
 
 class Settings(BaseSettings):
@@ -170,11 +170,11 @@ class Settings(BaseSettings):
 
     # --- User state ----------------------------------------------------------------------------------------
     event_weights: dict[str, float] = Field(
-        default_factory=lambda: {"view": 1.0, "click": 2.0, "cart": 4.0, "buy": 8.0},
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
         description="Weight of each event type in the user's interest vector (JSON in the environment).",
     )
     interest_half_life_s: float = Field(
-        172_800.0,
+        DEFAULT_HALF_LIFE_S,
         gt=0,
         description="Event-time half-life of interest: an event this much older than the newest counts half.",
     )

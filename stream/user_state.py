@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream.events import Event, EventType
+from streamrec.model.events import Event, EventType
 
 STATE_FORMAT = 2
 """Version of the changelog record written by :func:`encode_state`; 2 added ``updated_at``."""

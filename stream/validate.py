@@ -1,4 +1,4 @@
-"""Stage 2 — validate: a decoded JSON object to a typed :class:`~stream.events.Event`.
+"""Stage 2 — validate: a decoded JSON object to a typed :class:`~streamrec.model.events.Event`.
 
 Unknown fields are ignored so producers can add fields without breaking workers. Integer ids are accepted
 and turned into strings because many shops key users and items by number.
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from stream.events import COMMAND_TYPES, EVENT_TYPES, Command, CommandType, Event, EventType
-from stream.rejection import InvalidEvent
+from streamrec.model.events import EVENT_TYPES, Event, EventType
+from streamrec.stream.events import COMMAND_TYPES, Command, CommandType
+from streamrec.stream.rejection import InvalidEvent
 
 FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
@@ -47,7 +48,7 @@ FORBIDDEN_ID_CHARACTERS = _character_class(FORBIDDEN_CATEGORIES)
 
 @dataclass(frozen=True, slots=True)
 class ValidationRules:
-    """The limits an event must respect; built from :class:`~stream.settings.Settings`."""
+    """The limits an event must respect; built from :class:`~streamrec.stream.settings.Settings`."""
 
     max_id_length: int = 256
     min_event_ts: float = 946_684_800.0

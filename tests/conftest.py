@@ -6,16 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from model.artifacts import ModelArtifacts, load_artifacts
-from model.event_log import EventLog
-from stream.events import Event
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from streamrec.model.artifacts import ModelArtifacts, load_artifacts
+from streamrec.model.event_log import EventLog
+from streamrec.model.events import Event
 
 
 @pytest.fixture(scope="session")
 def shop() -> tuple[list[Event], list[dict]]:
-    from stream.simulate import simulate_shop
+    from streamrec.stream.app.simulate import simulate_shop
 
     return simulate_shop(n_users=400, n_items=300, n_events=30_000, seed=11)
 
@@ -28,7 +26,7 @@ def catalog_categories(shop: tuple[list[Event], list[dict]]) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def trained_artifacts(shop: tuple[list[Event], list[dict]], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real model trained on the simulated shop: small and quick, but learned."""
-    from model.train import TrainConfig, train_artifacts
+    from streamrec.model.train import TrainConfig, train_artifacts
 
     out = tmp_path_factory.mktemp("artifacts")
     config = TrainConfig(

@@ -31,11 +31,10 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from stream.changelog import RestoreFailed, restore_assigned
-from stream.errors import StreamrecError
-from stream.health import Health
-from stream.metrics import WorkerMetrics
-from stream.pipeline import (
+from streamrec.stream.errors import StreamrecError
+from streamrec.stream.health import Health
+from streamrec.stream.metrics import WorkerMetrics
+from streamrec.stream.pipeline import (
     DETAIL_HEADER,
     MAX_DEAD_LETTER_KEY_BYTES,
     ORIGINAL_SIZE_HEADER,
@@ -45,7 +44,8 @@ from stream.pipeline import (
     OutgoingMessage,
     Pipeline,
 )
-from stream.settings import Settings
+from streamrec.stream.runtime.changelog import RestoreFailed, restore_assigned
+from streamrec.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

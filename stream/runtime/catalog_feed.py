@@ -21,11 +21,11 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from stream.catalog import CatalogItem, parse_catalog_item
-from stream.pipeline import Pipeline
-from stream.rejection import InvalidEvent
-from stream.runtime.security import aiokafka_options
-from stream.settings import Settings
+from streamrec.stream.catalog import CatalogItem, parse_catalog_item
+from streamrec.stream.pipeline import Pipeline
+from streamrec.stream.rejection import InvalidEvent
+from streamrec.stream.runtime.security import aiokafka_options
+from streamrec.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

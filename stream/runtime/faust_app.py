@@ -1,4 +1,4 @@
-"""The faust-streaming runtime: the same :class:`~stream.pipeline.Pipeline`, driven by a faust agent.
+"""The faust-streaming runtime: the same :class:`~streamrec.stream.pipeline.Pipeline`, driven by a faust agent.
 
 Faust brings agents, rebalancing and offset management, at a per-event cost measured in ``bench/`` to be many
 times that of the bare aiokafka loop, which is why ``kafka`` is the default runtime. Choose ``faust`` to embed
@@ -29,13 +29,13 @@ from collections.abc import AsyncIterator
 import faust
 from faust.types import TP
 
-from stream.events import SourceRecord
-from stream.health import Health
-from stream.metrics import WorkerMetrics
-from stream.pipeline import OutgoingMessage, Pipeline
-from stream.runtime.base import BatchRuntime, WorkerFailed
-from stream.runtime.security import faust_credentials
-from stream.settings import Settings
+from streamrec.stream.events import SourceRecord
+from streamrec.stream.health import Health
+from streamrec.stream.metrics import WorkerMetrics
+from streamrec.stream.pipeline import OutgoingMessage, Pipeline
+from streamrec.stream.runtime.base import BatchRuntime, WorkerFailed
+from streamrec.stream.runtime.security import faust_credentials
+from streamrec.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from stream.events import SourceRecord
-from stream.pipeline import OutgoingMessage
-from stream.runtime.base import RETRY_BACKOFF_S, BatchRuntime, WorkerFailed
-from stream.runtime.security import aiokafka_options
+from streamrec.stream.events import SourceRecord
+from streamrec.stream.pipeline import OutgoingMessage
+from streamrec.stream.runtime.base import RETRY_BACKOFF_S, BatchRuntime, WorkerFailed
+from streamrec.stream.runtime.security import aiokafka_options
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Kafka TLS and SASL options for every client streamrec creates, built from :class:`~stream.settings.Settings`.
+"""Kafka TLS and SASL options for every client streamrec creates, built from
+:class:`~streamrec.stream.settings.Settings`.
 
 Three client libraries take the same security settings under different names:
 
@@ -26,8 +27,8 @@ from aiokafka.abc import AbstractTokenProvider as AiokafkaTokenProvider
 from aiokafka.helpers import create_ssl_context
 from kafka.net.sasl.oauth import AbstractTokenProvider as KafkaPythonTokenProvider
 
-from stream.errors import StreamrecError
-from stream.settings import Settings, read_secret_file
+from streamrec.stream.errors import StreamrecError
+from streamrec.stream.settings import Settings, read_secret_file
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT

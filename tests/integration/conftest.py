@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import EmbeddedBroker, free_port, stop_process
+from streamrec.stream.app.broker import EmbeddedBroker, stop_process
+from streamrec.stream.runtime.network import free_port
 from tests.certificates import CertificateSet, make_certificates, openssl_unavailable_reason
 
 pytestmark = pytest.mark.integration
@@ -137,7 +138,7 @@ def launch_worker_process(artifacts_dir: Path, topics: TopicNames, log_path: Pat
     }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker", "--log-level", "INFO"],
+            [sys.executable, "-m", "streamrec.stream.app.cli", "worker", "--log-level", "INFO"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

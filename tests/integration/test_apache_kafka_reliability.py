@@ -16,10 +16,10 @@ import orjson
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from stream.apache_kafka import ApacheKafka, kafka_unavailable_reason
-from stream.changelog import restore_partitions
-from stream.forget import send_forget
-from stream.settings import Settings
+from streamrec.stream.app.apache_kafka import ApacheKafka, kafka_unavailable_reason
+from streamrec.stream.app.forget import send_forget
+from streamrec.stream.runtime.changelog import restore_partitions
+from streamrec.stream.settings import Settings
 from tests.integration.conftest import TopicNames
 from tests.integration.kafka_io import TopicReader, event_message, produce, recommendation_for
 from tests.integration.workers import launch, wait_until_ready
@@ -45,7 +45,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
 
 
 def _items(trained_artifacts: Path) -> list[str]:
-    from model.artifacts import load_artifacts
+    from streamrec.model.artifacts import load_artifacts
 
     return load_artifacts(trained_artifacts).item_ids
 

@@ -7,9 +7,9 @@ import time
 import orjson
 import pytest
 
-from stream.broker import EmbeddedBroker
-from stream.settings import Settings
-from stream.topics import ensure_topics
+from streamrec.stream.app.broker import EmbeddedBroker
+from streamrec.stream.runtime.topics import ensure_topics
+from streamrec.stream.settings import Settings
 from tests.integration.conftest import TopicNames
 from tests.integration.kafka_io import TopicReader, event_message, produce, recommendation_for
 

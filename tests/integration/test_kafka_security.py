@@ -3,7 +3,7 @@ against Apache Kafka's own SSL and SASL listeners.
 
 * The embedded broker (Tansu) speaks plaintext only, so stunnel terminates TLS in front of it, requiring client
   certificates; Tansu advertises the terminator's port, so every connection after the bootstrap goes through it too.
-* Apache Kafka 4.4 (``stream/apache_kafka.py``) checks SASL PLAIN, SCRAM and OAUTHBEARER credentials and client
+* Apache Kafka 4.4 (``stream/app/apache_kafka.py``) checks SASL PLAIN, SCRAM and OAUTHBEARER credentials and client
   certificates itself. Those tests skip, saying why, where java or the broker's jars are missing.
 """
 
@@ -31,12 +31,13 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaTimeoutError
 
-from model.artifacts import ModelArtifacts
-from stream.apache_kafka import ApacheKafka, BrokerTls, kafka_unavailable_reason, unsecured_oauth_token
-from stream.broker import LOOPBACK, free_port, tansu_binary
-from stream.runtime.security import aiokafka_options, kafka_python_options
-from stream.settings import Settings
-from stream.topics import ensure_topics, required_topics
+from streamrec.model.artifacts import ModelArtifacts
+from streamrec.stream.app.apache_kafka import ApacheKafka, BrokerTls, kafka_unavailable_reason, unsecured_oauth_token
+from streamrec.stream.app.broker import tansu_binary
+from streamrec.stream.runtime.network import LOOPBACK, free_port
+from streamrec.stream.runtime.security import aiokafka_options, kafka_python_options
+from streamrec.stream.runtime.topics import ensure_topics, required_topics
+from streamrec.stream.settings import Settings
 from tests.certificates import CertificateSet
 from tests.integration.conftest import TopicNames, WorkerProcess, launch_worker_process
 from tests.integration.kafka_io import event_message, recommendation_for
@@ -121,7 +122,7 @@ def settings_from(env: Mapping[str, str], **overrides: Any) -> Settings:
 
 def streamrec_command(*args: str, env: Mapping[str, str], timeout_s: float = 90.0) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "stream.cli", *args],
+        [sys.executable, "-m", "streamrec.stream.app.cli", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

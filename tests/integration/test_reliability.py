@@ -15,8 +15,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.broker import EmbeddedBroker
-from stream.settings import Settings
+from streamrec.stream.app.broker import EmbeddedBroker
+from streamrec.stream.settings import Settings
 from tests.integration.conftest import TopicNames
 from tests.integration.kafka_io import TopicReader, event_message, produce, recommendation_for
 from tests.integration.workers import launch, readiness, wait_until_ready
@@ -27,7 +27,7 @@ LATER_USERS = 40
 
 
 def _known_items(trained_artifacts: Path) -> list[str]:
-    from model.artifacts import load_artifacts
+    from streamrec.model.artifacts import load_artifacts
 
     return load_artifacts(trained_artifacts).item_ids
 
@@ -121,8 +121,8 @@ def test_forget_erases_a_user_from_memory_the_changelog_and_the_recommendations(
     try:
         recommendations.wait_for(recommendation_for("f-2"), timeout_s=60)
         forget = subprocess.run(
-            [sys.executable, "-m", "stream.cli", "forget", "--user", user, "--bootstrap", broker.bootstrap,
-             "--request-id", "gdpr-7"],
+            [sys.executable, "-m", "streamrec.stream.app.cli", "forget", "--user", user,
+             "--bootstrap", broker.bootstrap, "--request-id", "gdpr-7"],
             env={**os.environ, "STREAMREC_EVENTS_TOPIC": topics.events},
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip

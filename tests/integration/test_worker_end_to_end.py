@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.broker import EmbeddedBroker
+from streamrec.stream.app.broker import EmbeddedBroker
 from tests.integration.conftest import TopicNames
 from tests.integration.kafka_io import TopicReader, event_message, produce, recommendation_for
 
@@ -39,7 +39,7 @@ def _share(recommendation: dict, category: str, catalog_categories: dict[str, st
 
 def _closeness(artifacts_dir: Path):
     """Mean cosine similarity between items and the centroid of a user's items, in the served embedding space."""
-    from model.artifacts import load_artifacts
+    from streamrec.model.artifacts import load_artifacts
 
     artifacts = load_artifacts(artifacts_dir)
     unit = artifacts.item_embeddings / np.linalg.norm(artifacts.item_embeddings, axis=1, keepdims=True)
@@ -53,7 +53,7 @@ def _closeness(artifacts_dir: Path):
 
 
 def _known_items(artifacts: Path) -> set[str]:
-    from model.artifacts import load_artifacts
+    from streamrec.model.artifacts import load_artifacts
 
     return set(load_artifacts(artifacts).item_ids)
 

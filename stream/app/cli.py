@@ -1,0 +1,666 @@
+"""The ``streamrec`` command line. Every option also has a ``STREAMREC_*`` environment variable (see
+``streamrec settings``); options given here win over the environment.
+
+A mistake with the input, a file, a port or the broker ends in one line on stderr, ``streamrec: error: <what is
+wrong>; <the fix>``, and a non-zero exit (:func:`main`, the ``streamrec`` script); ``streamrec --debug COMMAND``
+shows the traceback instead. Inputs are checked before torch and FAISS are imported, so a mistake costs a fraction
+of a second rather than the ten of an import.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from typer.core import TyperGroup
+
+from streamrec.stream.errors import StreamrecError, kafka_failure, one_line, os_failure, settings_failure
+from streamrec.stream.settings import Settings, settings_markdown_table
+
+if TYPE_CHECKING:
+    from streamrec.model.event_log import EventLog
+
+PROG = "streamrec"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EVENT_FORMATS = ("auto", "jsonl", "beauty", "taobao", "diginetica")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+
+class _Commands(TyperGroup):
+    """Runs a command; a failure becomes one line on stderr and a non-zero exit, wherever the app is run from (the
+    script, ``python -m streamrec.stream.app.cli``, typer's test
+    runner). Usage mistakes pass through: :func:`main` words them."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.TyperException, typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if _options.debug:
+                raise
+            message, exit_code = describe_failure(exc)
+            print(f"{PROG}: error: {message}", file=sys.stderr)
+            raise typer.Exit(exit_code) from None
+
+
+app = typer.Typer(
+    name="streamrec",
+    help="Real-time e-commerce recommendations from a Kafka event stream.",
+    cls=_Commands,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@dataclass
+class _GlobalOptions:
+    debug: bool = False
+    kafka_bootstrap: str | None = None  # the servers a command talks to, named when a Kafka client fails
+    kafka_security: str | None = None  # how it talks to them, e.g. "SASL_SSL with SCRAM-SHA-512"; None: plaintext
+    # Set once a worker runs: its stream libraries may leave threads that never end (see _exit).
+    abandon_lingering_threads: bool = False
+
+
+_options = _GlobalOptions()
+
+
+@app.callback(invoke_without_command=True)
+def _global_options(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On failure, show the full traceback instead of one line.")
+    ] = False,
+) -> None:
+    """Real-time e-commerce recommendations from a Kafka event stream."""
+    _options.debug, _options.kafka_bootstrap, _options.kafka_security = debug, None, None
+    if ctx.invoked_subcommand is None:  # a bare `streamrec` asks what there is
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
+def _check_log_level(value: str) -> str:
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        raise typer.BadParameter(f"{value!r} is not a log level: use {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _check_format(value: str) -> str:
+    fmt = value.lower()
+    if fmt not in EVENT_FORMATS:
+        raise typer.BadParameter(f"{value!r} is not an event file format: use {', '.join(EVENT_FORMATS)}")
+    return fmt
+
+
+def _check_positive(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not positive")
+    return value
+
+
+LogLevel = Annotated[
+    str, typer.Option("--log-level", help="Logging level: DEBUG, INFO, WARNING, ERROR.", callback=_check_log_level)
+]
+EventFormat = Annotated[
+    str, typer.Option("--format", help="auto, jsonl, beauty, taobao or diginetica.", callback=_check_format)
+]
+
+# The option that sets each setting, where its name is not simply --field-name.
+_OPTION_OF_SETTING = {"bootstrap_servers": "--bootstrap", "artifacts_dir": "--artifacts", "consumer_group": "--group"}
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with the CLI options that were given on top; an invalid value is reported
+    as one line naming its ``--option`` or ``STREAMREC_*`` variable."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValueError as exc:  # pydantic's ValidationError and pydantic-settings' SettingsError
+        options = {name: _OPTION_OF_SETTING.get(name, "--" + name.replace("_", "-")) for name in given}
+        failure = settings_failure(exc, options)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _logging(level: str, *, quiet_kafka_clients: bool = False) -> None:
+    owns_logging = not logging.getLogger().handlers  # not when embedded (a test runner's handlers)
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if owns_logging and not _options.debug:
+        from streamrec.stream.logs import limit_repeats
+
+        limit_repeats()
+    if quiet_kafka_clients and not _options.debug and level.upper() != "DEBUG":
+        # A one-shot command reports a Kafka failure itself, in one line; the clients would log every reconnect.
+        for name in ("kafka", "aiokafka"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _talks_to_kafka(settings: Settings) -> None:
+    """Remember the servers and the security of the command's Kafka clients, for the message if they fail."""
+    _options.kafka_bootstrap = settings.bootstrap_servers
+    protocol = settings.security_protocol
+    _options.kafka_security = None
+    if protocol != "PLAINTEXT":
+        _options.kafka_security = f"{protocol} with {settings.sasl_mechanism}" if "SASL" in protocol else protocol
+
+
+def _readable_file(path: Path, what: str, option: str) -> Path:
+    if not path.exists():
+        raise StreamrecError(f"{what} not found: {path}; check the path given to {option}")
+    if not path.is_file():
+        raise StreamrecError(f"{what} {path} is not a file; pass a file to {option}")
+    if not os.access(path, os.R_OK):
+        raise StreamrecError(f"{what} {path} is not readable by this user; fix its permissions")
+    return path
+
+
+def _artifact_dir(path: Path | None) -> Path:
+    """The artifact path's existence, checked before torch is imported; what it holds is verified on loading."""
+    if path is None:
+        raise StreamrecError(
+            "no model artifacts given; pass --artifacts DIR (the --out of streamrec train) "
+            "or set STREAMREC_ARTIFACTS_DIR"
+        )
+    if not path.is_dir():
+        raise StreamrecError(
+            f"artifact directory not found: {path}; pass the --out directory of streamrec train (or a version in it)"
+        )
+    return path
+
+
+def _writable_dir(path: Path, what: str, option: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise StreamrecError(f"{what} {path} is a file, not a directory; pass a directory to {option}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StreamrecError(f"cannot create {what} {path} ({exc.strerror}); pass another {option}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StreamrecError(f"{what} {path} is not writable by this user; pass another {option}")
+    return path
+
+
+class _Collected(logging.Handler):
+    """Keeps log records instead of printing them (see :func:`_load_event_log`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _skipped_lines(collected: _Collected, path: Path) -> str:
+    """The loader's count of skipped lines with the first reason only: enough to see what the file holds."""
+    if not collected.records:
+        return ""
+    message = one_line(collected.records[0].getMessage()).removeprefix(f"{path}: skipped ")
+    return message.split("; line ")[0]
+
+
+def _load_event_log(path: Path, fmt: str) -> EventLog:
+    """The event log of ``path``, or one line saying why the file is not one; needs numpy, not torch.
+
+    The loader's warning about skipped lines is held back: when nothing valid is left, its first examples belong
+    in the error line; otherwise it is logged as usual.
+    """
+    _readable_file(path, "event file", "--events")
+    from streamrec.stream.app.event_files import load_events
+
+    loader_log = logging.getLogger("streamrec.model.datasets")
+    collected = _Collected()
+    loader_log.addHandler(collected)
+    loader_log.propagate = False
+    fix = (
+        "pass an event file (JSONL events, Beauty.txt, a Taobao CSV, Diginetica sessions), with --format "
+        "if its name does not tell"
+    )
+    try:
+        events = load_events(path, fmt)
+    except (ValueError, csv.Error) as exc:  # UnicodeDecodeError (a binary file) is a ValueError
+        skipped = _skipped_lines(collected, path)
+        if skipped:
+            raise StreamrecError(f"{path} holds no valid event ({skipped}); {fix}") from None
+        reason = one_line(exc).removeprefix(f"{path}: ")
+        raise StreamrecError(f"{path} is not a readable event file ({reason}); {fix}") from None
+    finally:
+        loader_log.removeHandler(collected)
+        loader_log.propagate = True
+    if len(events) == 0:
+        skipped = _skipped_lines(collected, path)
+        as_format = f" read as {fmt}" if fmt != "auto" else ""
+        raise StreamrecError(f"{path} holds no valid event{as_format} ({skipped or 'it is empty'}); {fix}")
+    for record in collected.records:
+        loader_log.handle(record)
+    return events
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).", min=0, max=65535)] = 9092,
+) -> None:
+    """Run the embedded Kafka-protocol broker (Tansu, in memory) on 127.0.0.1 in the foreground.
+
+    SIGTERM or Ctrl-C stops it, and it never outlives this command: it is killed even if this process is."""
+    from streamrec.stream.app.broker import EmbeddedBroker
+    from streamrec.stream.runtime.network import LOOPBACK, require_free_port
+
+    if port:
+        require_free_port(LOOPBACK, port, "the broker", "stop what holds it, or pass --port N (0 picks a free one)")
+    stopping: list[str] = []
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signal.Signals(signum).name)
+
+    # SIGTERM's default would end this process at once and leave the broker running on its port.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+    with EmbeddedBroker(port or None) as running:
+        typer.echo(f"broker listening on {running.bootstrap} (memory only; Ctrl-C or SIGTERM stops it)")
+        while not stopping:
+            if running.process is not None and running.process.poll() is not None:
+                raise StreamrecError(
+                    f"the broker exited by itself with code {running.process.returncode}; start it again"
+                )
+            time.sleep(0.2)
+    typer.echo(f"broker stopped ({stopping[0]})")
+
+
+@app.command()
+def worker(
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,
+    artifacts: Annotated[
+        Path | None, typer.Option(help="Model artifact directory (or its parent with LATEST).")
+    ] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Port of /metrics; 0 disables it.", min=0, max=65535)] = None,
+    metrics_host: Annotated[str | None, typer.Option(help="Address of /metrics.")] = None,
+    group: Annotated[str | None, typer.Option(help="Consumer group id.")] = None,
+    runtime: Annotated[str | None, typer.Option(help="kafka (bare aiokafka loop) or faust.")] = None,
+    connect_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds to wait at startup for Kafka to accept a connection before exiting.", min=0),
+    ] = 10.0,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Consume events, keep user state, publish recommendations, until SIGTERM or Ctrl-C."""
+    from streamrec.stream.runtime.network import require_free_port, wait_for_kafka
+
+    settings = _settings(
+        bootstrap_servers=bootstrap,
+        artifacts_dir=artifacts,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        consumer_group=group,
+        runtime=runtime,
+    )
+    # The checks run_worker makes again, made here before torch and FAISS are imported: seconds saved per mistake.
+    _artifact_dir(settings.artifacts_dir)
+    if settings.metrics_port:
+        require_free_port(
+            settings.metrics_host,
+            settings.metrics_port,
+            "the worker's /metrics",
+            "stop what holds it, or pass --metrics-port N (0 turns /metrics off)",
+        )
+    _talks_to_kafka(settings)
+    wait_for_kafka(settings.bootstrap_servers, connect_timeout)
+    _logging(log_level)
+    from streamrec.stream.runtime.worker import run_worker
+
+    _options.abandon_lingering_threads = True
+    run_worker(settings)
+
+
+@app.command()
+def replay(
+    events: Annotated[Path, typer.Option(help="Event file: JSONL in the event contract, or a shared dataset.")],
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,
+    topic: Annotated[str | None, typer.Option(help="Topic to produce to (default: the events topic).")] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Events per second; unlimited if not given.", callback=_check_positive)
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Send at most this many events.", min=0)] = None,
+    keep_timestamps: Annotated[
+        bool, typer.Option(help="Send the file's timestamps instead of stamping each event with the send time.")
+    ] = False,
+) -> None:
+    """Produce events from a file to Kafka, keyed by user id, optionally paced."""
+    from streamrec.model.datasets import detect_format
+    from streamrec.stream.runtime.network import wait_for_kafka
+
+    _readable_file(events, "event file", "--events")
+    try:
+        detect_format(events)
+    except ValueError as exc:  # the loader's message ends with advice for its Python callers: cut it
+        reason = one_line(exc).split(", or pass fmt=")[0]
+        raise StreamrecError(f"{reason}; rename the file, or convert it to JSONL events") from None
+    settings = _settings(bootstrap_servers=bootstrap)
+    _logging("WARNING", quiet_kafka_clients=True)
+    _talks_to_kafka(settings)
+    wait_for_kafka(settings.bootstrap_servers, timeout_s=0)
+    from streamrec.stream.app.replay import replay as replay_events
+    from streamrec.stream.runtime.security import kafka_python_options
+
+    sent = replay_events(
+        events,
+        settings.bootstrap_servers,
+        topic=topic or settings.events_topic,
+        rate=rate,
+        retime=not keep_timestamps,
+        limit=limit,
+        client_options=kafka_python_options(settings),
+    )
+    typer.echo(f"sent {sent} events to {topic or settings.events_topic}")
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Events JSONL to write; the catalog goes beside it as *.items.jsonl.")],
+    users: Annotated[int, typer.Option(help="Number of shoppers.", min=1)] = 2000,
+    items: Annotated[int, typer.Option(help="Catalog size (complements need at least 2 items).", min=2)] = 1000,
+    events: Annotated[int, typer.Option(help="Number of events.", min=0)] = 100_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same shop).")] = 7,
+) -> None:
+    """Write a realistic synthetic shop: categories, Zipf popularity, sessions with view→buy funnels, drift."""
+    from streamrec.stream.app.simulate import simulate_to_files
+
+    if out.is_dir():
+        raise StreamrecError(f"{out} is a directory; pass the events file to write, e.g. --out {out / 'shop.jsonl'}")
+    _writable_dir(out.parent, "directory", "--out")
+    events_path, catalog_path = simulate_to_files(out, users, items, events, seed)
+    typer.echo(f"wrote {events_path} and {catalog_path}")
+
+
+@app.command("catalog")
+def publish_catalog_command(
+    items: Annotated[Path, typer.Option(help="Catalog JSONL: one item record per line.")],
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Publish catalog records to the items topic (key = item id), as a shop's catalog service would."""
+    from streamrec.stream.runtime.network import wait_for_kafka
+
+    _readable_file(items, "catalog file", "--items")
+    settings = _settings(bootstrap_servers=bootstrap)
+    _logging(log_level, quiet_kafka_clients=True)
+    _talks_to_kafka(settings)
+    wait_for_kafka(settings.bootstrap_servers, timeout_s=0)
+    from streamrec.stream.app.replay import publish_catalog
+    from streamrec.stream.runtime.security import kafka_python_options
+
+    sent = publish_catalog(
+        items, settings.bootstrap_servers, settings.items_topic, client_options=kafka_python_options(settings)
+    )
+    typer.echo(f"published {sent} catalog records to {settings.items_topic}")
+
+
+@app.command()
+def forget(
+    user: Annotated[list[str], typer.Option(help="User id to erase; repeat the option for several users.")],
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,
+    request_id: Annotated[
+        str | None, typer.Option(help="Your reference for the request; workers log it when they apply it.")
+    ] = None,
+) -> None:
+    """Erase users: their state, their last recommendations and their history's influence (see "Erasure")."""
+    from streamrec.stream.app.forget import check_user_ids, send_forget
+    from streamrec.stream.runtime.network import wait_for_kafka
+
+    settings = _settings(bootstrap_servers=bootstrap)
+    check_user_ids(user, settings)
+    _logging("WARNING", quiet_kafka_clients=True)
+    _talks_to_kafka(settings)
+    wait_for_kafka(settings.bootstrap_servers, timeout_s=0)
+
+    sent = send_forget(user, settings, request_id)
+    typer.echo(f"sent {sent} forget command{'s' if sent != 1 else ''} to {settings.events_topic}")
+
+
+@app.command()
+def train(
+    events: Annotated[Path, typer.Option(help="Event log: JSONL, Beauty.txt, Taobao CSV or Diginetica sessions.")],
+    out: Annotated[Path, typer.Option(help="Artifact root: a new version directory is written inside.")],
+    fmt: EventFormat = "auto",
+    epochs: Annotated[
+        int | None, typer.Option(help="Most training epochs (early stopping may end sooner).", min=1)
+    ] = None,
+    dim: Annotated[int | None, typer.Option(help="Embedding dimension (even: the ranker has 2 heads).", min=2)] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(help="Catalog JSONL (item_id, title, category, attributes): lets workers embed new items."),
+    ] = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Train item embeddings and the sequence ranker; write a versioned artifact directory."""
+    if dim is not None and dim % 2:
+        raise StreamrecError(f"--dim {dim} is odd; pass an even dimension (the ranker splits it over 2 heads)")
+    settings = _settings()
+    _logging(log_level)
+    log = _load_event_log(events, fmt)
+    typer.echo(f"loaded {len(log)} events from {events}")
+    records = _read_catalog(catalog) if catalog is not None else None
+    _writable_dir(out, "artifact directory", "--out")
+    from streamrec.stream.app.training import (
+        train_from_settings,  # torch: only now that every input is known to be good
+    )
+
+    directory = train_from_settings(log, out, settings, epochs=epochs, dim=dim, seed=seed, catalog=records)
+    typer.echo(f"wrote {directory}")
+
+
+@app.command("eval")
+def evaluate_model(
+    events: Annotated[Path, typer.Option(help="Event log: JSONL, Beauty.txt, Taobao CSV or Diginetica sessions.")],
+    artifacts: Annotated[Path, typer.Option(help="Model artifact directory (or its parent with LATEST).")],
+    fmt: EventFormat = "auto",
+    output: Annotated[Path | None, typer.Option(help="Write the full report here as JSON.")] = None,
+    served: Annotated[
+        bool, typer.Option(help="Also replay every user's history through the serving pipeline and score its lists.")
+    ] = True,
+    served_users: Annotated[
+        int | None, typer.Option(help="Replay a seeded sample of this many users instead of all.", min=1)
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampled negatives and of tie-breaking.")] = 0,
+    log_level: LogLevel = "WARNING",
+) -> None:
+    """Evaluate a model version against popularity and item-kNN: full and sampled ranking, beyond-accuracy
+    measures, and what the serving pipeline actually recommends (leave-one-out on the event log)."""
+    import orjson
+
+    _artifact_dir(artifacts)
+    if output is not None and output.is_dir():
+        raise StreamrecError(f"--output {output} is a directory; pass a file name, e.g. {output / 'report.json'}")
+    settings = _settings()
+    _logging(log_level)
+    log = _load_event_log(events, fmt)
+    from streamrec.model.artifacts import load_artifacts  # torch: only now that the inputs are known to be good
+    from streamrec.model.evaluate import format_table
+    from streamrec.stream.app.served_eval import evaluate
+
+    model = load_artifacts(artifacts)
+    typer.echo(f"loaded {len(log)} events from {events}; evaluating model {model.version}")
+    report = evaluate(log, model, seed=seed, served=served, settings=settings, served_max_users=served_users)
+    typer.echo(format_table(report))
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        typer.echo(f"wrote {output}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where simulated data and artifacts are kept between runs.")] = Path(
+        "streamrec-demo"
+    ),
+    events: Annotated[int, typer.Option(help="Live events to replay through the worker.", min=1)] = 3000,
+    rate: Annotated[float, typer.Option(help="Replay rate in events per second.", callback=_check_positive)] = 200.0,
+    metrics_port: Annotated[
+        int, typer.Option(help="Port of the worker's /metrics (0 picks a free one).", min=0, max=65535)
+    ] = 9400,
+    keep_running: Annotated[
+        bool, typer.Option(help="Keep broker and worker up after the replay, until Ctrl-C.")
+    ] = False,
+) -> None:
+    """Live demo: embedded broker, a trained model, a worker, events replayed, recommendations printed.
+
+    Exits non-zero, with the cause, when anything it started fails."""
+    from streamrec.stream.runtime.network import LOOPBACK, require_free_port
+
+    if metrics_port:  # found now, not after a minute of training
+        require_free_port(
+            LOOPBACK,
+            metrics_port,
+            "the demo worker's /metrics",
+            "stop what holds it, or pass --metrics-port N (0 picks a free one)",
+        )
+    _writable_dir(workdir, "work directory", "--workdir")
+    _logging("WARNING", quiet_kafka_clients=True)
+    from streamrec.stream.app.demo import run_demo
+
+    run_demo(
+        workdir,
+        n_live_events=events,
+        rate=rate,
+        metrics_port=metrics_port,
+        keep_running=keep_running,
+        debug=_options.debug,
+    )
+
+
+@app.command("settings")
+def show_settings(
+    markdown: Annotated[bool, typer.Option(help="Print the reference table in Markdown.")] = False,
+) -> None:
+    """Print every setting with its current value (or the Markdown reference table)."""
+    if markdown:
+        typer.echo(settings_markdown_table())
+        return
+    for name, value in _settings().model_dump().items():
+        typer.echo(f"STREAMREC_{name.upper()}={value}")
+
+
+def _read_catalog(path: Path) -> list[dict[str, Any]]:
+    _readable_file(path, "catalog file", "--catalog")
+    from streamrec.stream.app.replay import read_catalog_jsonl
+
+    try:
+        return read_catalog_jsonl(path)
+    except ValueError as exc:  # orjson's JSONDecodeError, UnicodeDecodeError
+        raise StreamrecError(
+            f"catalog {path} is not JSONL ({one_line(exc)}); pass one JSON item record per line"
+        ) from None
+
+
+def _artifact_failure(exc: BaseException) -> StreamrecError | None:
+    artifacts = sys.modules.get("streamrec.model.artifacts")  # not imported: not an artifact failure
+    if artifacts is None or not isinstance(exc, artifacts.ArtifactError):
+        return None
+    message = one_line(exc)
+    fix = "" if ";" in message else "; point --artifacts at a directory written by streamrec train, or retrain"
+    return StreamrecError(f"the model artifacts cannot be used: {message}{fix}")
+
+
+def _unexpected(exc: BaseException) -> str:
+    """One line for a failure nobody foresaw, with the traceback kept in a file: a bug must stay visible."""
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", prefix="streamrec-traceback-", suffix=".txt", delete=False, encoding="utf-8"
+        ) as saved:
+            saved.write("".join(traceback.format_exception(exc)))
+        kept = f"traceback in {saved.name}, or "
+    except OSError:
+        kept = ""
+    return (
+        f"unexpected {type(exc).__name__}: {one_line(exc)}; probably a bug: {kept}rerun as "
+        f"'{PROG} --debug {' '.join(sys.argv[1:])}' to see the traceback"
+    )
+
+
+def describe_failure(exc: BaseException) -> tuple[str, int]:
+    """The error line (without the ``streamrec: error:`` prefix) and exit code of a failed command."""
+    if isinstance(exc, StreamrecError):
+        return one_line(exc, limit=2000), exc.exit_code
+    for translate in (settings_failure, _artifact_failure, os_failure):
+        failure = translate(exc)
+        if failure is not None:
+            return str(failure), failure.exit_code
+    failure = kafka_failure(exc, _options.kafka_bootstrap, _options.kafka_security)
+    if failure is not None:
+        return str(failure), failure.exit_code
+    return _unexpected(exc), 1
+
+
+def _usage_line(exc: typer.TyperException) -> str:
+    """A usage mistake (typer's own click exceptions: bad value, missing option, unknown command) as one line."""
+    message = one_line(exc.format_message()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else PROG
+    if "--debug" in message and command != PROG:  # a global option given after the command
+        return f"{message[:1].lower()}{message[1:]}; put it before the command: '{PROG} --debug {ctx.info_name} ...'"
+    return f"{message[:1].lower()}{message[1:]}; see '{command} --help'"
+
+
+def _fail(message: str, exit_code: int) -> NoReturn:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    _exit(exit_code)
+
+
+#: How long a stopped worker's leftover threads get to end before the process exits without them.
+LINGERING_THREADS_WAIT_S = 2.0
+
+
+def _exit(exit_code: int) -> NoReturn:
+    """``sys.exit``, except after a worker ran: a thread its stream libraries failed to stop (faust's consumer
+    thread, when the broker cannot take the last output) would keep the process alive until the shutdown watchdog
+    killed it with another exit code, so after a short wait the process ends without it."""
+    if _options.abandon_lingering_threads:
+        deadline = time.monotonic() + LINGERING_THREADS_WAIT_S
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() and not t.daemon and t is not threading.main_thread() for t in threading.enumerate()):
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exit_code)
+    sys.exit(exit_code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``streamrec`` script: runs a command and turns every failure into one line on stderr and a non-zero exit
+    (2 for a usage mistake, 130 for Ctrl-C, 1 or the error's own code otherwise); with ``--debug``, a traceback."""
+    _options.debug = False
+    try:
+        exit_code = app(args=argv, prog_name=PROG, standalone_mode=False)
+    except typer.TyperException as exc:
+        _fail(_usage_line(exc), exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", 1)
+    except Exception as exc:  # failed before a command ran (the group's own parsing): the same one line
+        if _options.debug:
+            raise
+        _fail(*describe_failure(exc))
+    if exit_code == EXIT_INTERRUPTED:  # typer turns a KeyboardInterrupt into this exit code
+        print(f"{PROG}: interrupted", file=sys.stderr)
+    _exit(exit_code if isinstance(exit_code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Starting a worker: load the model, serve ``/metrics``, run the chosen runtime until SIGTERM or SIGINT.
+
+A worker holds the whole catalog, read from the ``items`` topic before the first event is processed and
+followed from then on (``stream/runtime/catalog_feed.py``). It also watches the artifact directory: when
+``streamrec train`` writes a new version and moves ``LATEST`` to it, the worker loads and checks it in the
+background and swaps it in between two batches, so a model update needs no restart and loses no event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import torch
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from streamrec.model.artifacts import MANIFEST_FILE, ArtifactError, ModelArtifacts, load_artifacts, resolve_artifact_dir
+from streamrec.stream.health import Health, start_http_server
+from streamrec.stream.logs import limit_repeats
+from streamrec.stream.metrics import WorkerMetrics
+from streamrec.stream.pipeline import Pipeline
+from streamrec.stream.runtime.base import BatchRuntime, WorkerFailed
+from streamrec.stream.runtime.catalog_feed import CatalogFeed
+from streamrec.stream.runtime.topics import ensure_topics
+from streamrec.stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def start_metrics_server(settings: Settings, registry: CollectorRegistry, health: Health | None = None) -> None:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` (see ``stream/health.py``); raises ``OSError`` when the
+    port is taken."""
+    if settings.metrics_port:
+        start_http_server(settings.metrics_host, settings.metrics_port, health or Health(), registry)
+        log.info(
+            "metrics on http://%s:%d/metrics (liveness /healthz, readiness /readyz)",
+            settings.metrics_host,
+            settings.metrics_port,
+        )
+
+
+def build_pipeline(settings: Settings) -> tuple[Pipeline, WorkerMetrics]:
+    if settings.artifacts_dir is None:
+        raise ValueError("no model artifacts: pass --artifacts DIR or set STREAMREC_ARTIFACTS_DIR")
+    torch.set_num_threads(settings.torch_threads)
+    artifacts = load_artifacts(settings.artifacts_dir)
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    metrics = WorkerMetrics(registry)
+    pipeline = Pipeline(settings, artifacts, metrics)
+    log.info("serving model %s (%d items, dim %d)", artifacts.version, len(artifacts.item_ids), artifacts.dim)
+    return pipeline, metrics
+
+
+def settle_heap() -> float:
+    """Collect garbage once, then exempt every surviving object from later collections; returns the seconds taken.
+
+    A full pass of Python's cyclic garbage collector walks every tracked object. After startup most of them are the
+    imported libraries and the model, which live as long as the process: frozen (``gc.freeze``), they stop costing
+    each full pass. Called at startup and after each model swap; unfreezing first lets the replaced model's
+    reference cycles be collected.
+    """
+    started = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    return time.perf_counter() - started
+
+
+class ModelWatcher:
+    """Swaps in a new artifact version when ``LATEST`` changes; a broken new version is refused and logged once.
+
+    Versions are told apart by their directory, not by the manifest's version string (a copied or renamed version
+    directory keeps its manifest). A refused directory is not loaded and hashed again until ``LATEST`` names another
+    one or its manifest changes, and a ``LATEST`` that names nothing usable is logged once per distinct problem.
+    """
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, lock: asyncio.Lock) -> None:
+        assert settings.artifacts_dir is not None
+        self.root = Path(settings.artifacts_dir)
+        self.settings = settings
+        self.pipeline = pipeline
+        self.lock = lock
+        self._refused: tuple[Path, int] | None = None  # (directory, manifest mtime) last refused
+        self._last_problem: str | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.model_poll_interval_s)
+            if not stop.is_set():
+                await self.check()
+
+    async def check(self) -> bool:
+        """Look at ``LATEST`` once; True when a new version was swapped in."""
+        try:
+            latest = resolve_artifact_dir(self.root).resolve()
+        except (ArtifactError, OSError) as exc:
+            self._problem(f"cannot follow {self.root}: {exc}")
+            return False
+        if latest == self.pipeline.artifacts.directory.resolve():
+            self._last_problem = None
+            return False
+        stamp = (latest, _mtime_ns(latest / MANIFEST_FILE))
+        if stamp == self._refused:
+            return False
+        try:
+            artifacts: ModelArtifacts = await asyncio.to_thread(load_artifacts, latest)
+        except (ArtifactError, OSError) as exc:
+            self._refused = stamp
+            log.error("not swapping to %s: %s (kept serving %s)", latest, exc, self.pipeline.artifacts.version)
+            return False
+        async with self.lock:
+            self.pipeline.use_model(artifacts)
+            del artifacts
+            pause = settle_heap()
+        self._refused = self._last_problem = None
+        log.info(
+            "now serving model %s from %s (heap settled in %.3f s)", self.pipeline.artifacts.version, latest, pause
+        )
+        return True
+
+    def _problem(self, text: str) -> None:
+        if text != self._last_problem:
+            log.warning("%s; kept serving %s", text, self.pipeline.artifacts.version)
+            self._last_problem = text
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker in the foreground until SIGTERM/SIGINT; then finish the batch, commit and leave.
+
+    Raises
+    :class:`~streamrec.stream.runtime.base.WorkerFailed` when the worker had to stop (a restore or delivery that failed
+    for good): the CLI exits non-zero with its message. Before loading the model it checks, in at most
+    ``KAFKA_STARTUP_WAIT_S`` (10 s), what would otherwise fail late or noisily: the artifact setting, the metrics
+    port, and that Kafka accepts a connection (one line instead of the clients' endless reconnect log).
+    """
+    import errno
+
+    from streamrec.stream.errors import StreamrecError
+    from streamrec.stream.runtime.network import KAFKA_STARTUP_WAIT_S, require_free_port, wait_for_kafka
+
+    if settings.artifacts_dir is None:
+        raise StreamrecError(
+            "no model artifacts given; pass --artifacts DIR (the --out of streamrec train) "
+            "or set STREAMREC_ARTIFACTS_DIR"
+        )
+    metrics_port_fix = "stop what holds it, or pass --metrics-port N (0 turns /metrics off)"
+    if settings.metrics_port:
+        require_free_port(settings.metrics_host, settings.metrics_port, "the worker's /metrics", metrics_port_fix)
+    wait_for_kafka(settings.bootstrap_servers, KAFKA_STARTUP_WAIT_S)
+    pipeline, metrics = build_pipeline(settings)
+    health = Health(metrics.ready)
+    try:
+        start_metrics_server(settings, metrics.registry, health)
+    except OSError as exc:  # taken while the model loaded
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        where = f"{settings.metrics_port} on {settings.metrics_host}"
+        raise StreamrecError(f"port {where} is already in use (the worker's /metrics); {metrics_port_fix}") from exc
+    partitions = ensure_topics(settings)
+    log.info("topics ready: %s", partitions)
+    settle_heap()
+    _run_then_abandon(_serve(settings, pipeline, metrics, health), CLEANUP_TIMEOUT_S)
+
+
+#: How long the event loop's leftover tasks (a client's retries, faust's supervisors) get to end once the worker has
+#: stopped; what is still running then is abandoned with the process.
+CLEANUP_TIMEOUT_S = 2.0
+
+
+def _run_then_abandon(main: Coroutine[Any, Any, None], cleanup_timeout_s: float) -> None:
+    """``asyncio.run(main)``, except that the tasks left behind get ``cleanup_timeout_s`` to end after their
+    cancellation instead of as long as they like: a library task that retries forever (faust restarts its agents
+    and flushes its producer on stop) must not keep a stopped worker's process alive."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.wait(leftovers, timeout=cleanup_timeout_s))
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), cleanup_timeout_s))
+        except (TimeoutError, asyncio.CancelledError):
+            pass
+        finally:
+            loop.close()
+
+
+async def _serve(settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics, health: Health) -> None:
+    limit_repeats()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, sig, stop)
+    if settings.runtime == "faust":
+        from streamrec.stream.runtime.faust_app import FaustWorker
+
+        worker: BatchRuntime = FaustWorker(settings, pipeline, metrics, health)
+    else:
+        from streamrec.stream.runtime.kafka_loop import KafkaWorker
+
+        worker = KafkaWorker(settings, pipeline, metrics, health)
+    tasks = [
+        asyncio.create_task(health.keep_ticking(stop)),
+        asyncio.create_task(_exit_if_stop_takes_too_long(stop, settings.shutdown_timeout_s)),
+    ]
+    if settings.model_poll_interval_s > 0:
+        tasks.append(asyncio.create_task(ModelWatcher(settings, pipeline, worker.batch_lock).run(stop)))
+    catalog = CatalogFeed(settings, pipeline, worker.batch_lock)
+    catalog_task = asyncio.create_task(catalog.run(stop))
+    catalog_task.add_done_callback(lambda task: _catalog_ended(task, worker, stop))
+    health.problem("catalog", "reading the catalog topic")
+    try:
+        # Events wait for the catalog: availability must be known before the first recommendation.
+        await _first_of(catalog.caught_up.wait(), stop.wait())
+        if not stop.is_set():
+            health.resolved("catalog")
+            await worker.run(stop)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception, asyncio.CancelledError):  # aiokafka's stop() can end in CancelledError
+            await catalog_task
+        for task in tasks:
+            task.cancel()
+    if worker.failure is not None:
+        raise worker.failure
+    log.info("worker stopped")
+
+
+def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    if stop.is_set():
+        log.warning("%s again: exiting now", sig.name)
+        logging.shutdown()
+        os._exit(128 + sig)
+    log.info("%s: finishing the batch in flight, then leaving the group", sig.name)
+    stop.set()
+
+
+async def _exit_if_stop_takes_too_long(stop: asyncio.Event, timeout_s: float) -> None:
+    """Once stopping begins, a thread ends the process if it is still running ``timeout_s`` later: a stop that
+    waits on a dead broker, or an event loop that no longer turns, must not keep the process (and its partitions)
+    hanging for its supervisor."""
+    await stop.wait()
+
+    def exit_now() -> None:
+        log.error("the worker did not stop within %.0f s (shutdown_timeout_s); exiting", timeout_s)
+        logging.shutdown()
+        os._exit(WorkerFailed.exit_code)
+
+    timer = threading.Timer(timeout_s, exit_now)
+    timer.daemon = True
+    timer.start()
+
+
+def _catalog_ended(task: asyncio.Task, worker: BatchRuntime, stop: asyncio.Event) -> None:
+    """The catalog feed only ends when the worker stops; ending otherwise, it would leave availability stale."""
+    if task.cancelled() or stop.is_set():
+        return
+    error = task.exception()
+    reason = f"{type(error).__name__}: {error}" if error is not None else "it stopped"
+    worker.fail(WorkerFailed(f"the catalog feed failed ({reason})"))
+    stop.set()
+
+
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()

@@ -1,0 +1,218 @@
+"""Training end to end on data with known structure, and the artifact directory it publishes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from streamrec.model.artifacts import (
+    CURVE_FILE,
+    INDEX_FILE,
+    ITEM_IDS_FILE,
+    ITEM_KNN_FILE,
+    LATEST_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SEGMENTS_FILE,
+    load_artifacts,
+)
+from streamrec.model.evaluate import interest_vectors
+from streamrec.model.event_log import EventLog
+from streamrec.model.events import Event, EventType
+from streamrec.model.splits import leave_one_out
+from streamrec.model.train import (
+    TrainConfig,
+    attach_item_knn,
+    build_vocabulary,
+    fit_blend,
+    interest_queries,
+    train_artifacts,
+)
+from streamrec.stream.user_state import InterestModel
+
+N_CATEGORIES, PER_CATEGORY = 6, 20
+CONFIG = TrainConfig(dim=32, max_len=20, layers=1, heads=2, batch_size=64, max_epochs=20, patience=4, seed=7)
+
+
+def structured_log(n_users: int = 300, seed: int = 0) -> EventLog:
+    """Users walk through one category in a fixed order (item k -> k + 1), sometimes clicking.
+
+    Popularity is nearly flat, so it cannot beat chance; the successor rule is learnable by a sequence model,
+    and the category by the interest vector.
+    """
+    rng = np.random.default_rng(seed)
+    events = []
+    for user in range(n_users):
+        category, position = rng.integers(N_CATEGORIES), rng.integers(PER_CATEGORY)
+        ts = 1.7e9 + rng.uniform(0, 10 * 86_400)
+        for _ in range(rng.integers(8, 16)):
+            item = f"i{category * PER_CATEGORY + position}"
+            events.append(Event(f"u{user}", item, EventType.VIEW, ts))
+            ts += rng.uniform(30, 600)
+            if rng.random() < 0.3:
+                events.append(Event(f"u{user}", item, EventType.CLICK, ts))
+                ts += rng.uniform(30, 600)
+            position = (position + 1) % PER_CATEGORY if rng.random() < 0.85 else rng.integers(PER_CATEGORY)
+    return EventLog.from_events(events, name="structured")
+
+
+@pytest.fixture(scope="module")
+def log() -> EventLog:
+    return structured_log()
+
+
+@pytest.fixture(scope="module")
+def trained(log: EventLog, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_artifacts(log, tmp_path_factory.mktemp("train"), CONFIG, progress=False)
+
+
+def manifest_of(directory: Path) -> dict:
+    return orjson.loads((directory / MANIFEST_FILE).read_bytes())
+
+
+def test_ranker_and_interest_vector_beat_popularity(trained: Path) -> None:
+    test = manifest_of(trained)["metrics"]["test"]
+    popularity = test["popularity"]["HR@10"]
+    assert test["ranker"]["HR@10"] > popularity + 0.3
+    assert test["retrieval"]["HR@10"] > popularity + 0.1
+    assert test["retrieve_rerank"]["HR@10"] > popularity + 0.3
+    assert test["ranker"]["NDCG@10"] > test["popularity"]["NDCG@10"]
+
+
+def test_artifact_directory_and_manifest(trained: Path, log: EventLog) -> None:
+    root = trained.parent
+    assert (root / LATEST_FILE).read_text().strip() == trained.name
+    assert {p.name for p in trained.iterdir()} == {
+        MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE, CURVE_FILE, MANIFEST_FILE, ITEM_KNN_FILE, SEGMENTS_FILE,
+    }  # fmt: skip
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging or temporary files left
+    assert (trained / CURVE_FILE).read_bytes().startswith(b"\x89PNG")
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in trained.iterdir())  # readable by a worker user
+
+    manifest = manifest_of(trained)
+    fingerprint = log.fingerprint()
+    assert manifest["format_version"] == 1
+    assert manifest["version"] == trained.name
+    assert trained.name.endswith("-" + fingerprint[:8])
+    assert datetime.fromisoformat(manifest["created_at"]).tzinfo is not None
+    assert manifest["data_fingerprint"] == fingerprint
+    assert manifest["dataset"] == "structured"
+    assert (
+        manifest["n_items"] == N_CATEGORIES * PER_CATEGORY == len(orjson.loads((trained / ITEM_IDS_FILE).read_bytes()))
+    )
+    assert manifest["dim"] == 32
+    assert manifest["ranker_config"] == {
+        "n_items": 120, "dim": 32, "max_len": 20, "n_layers": 1, "n_heads": 2, "dropout": 0.2,
+    }  # fmt: skip
+    assert manifest["train_config"]["event_weights"] == CONFIG.event_weights
+    assert manifest["train_config"]["half_life_s"] == CONFIG.half_life_s
+    assert manifest["index"]["kind"] == "flat" and manifest["index"]["recall@100"] == pytest.approx(1.0)
+    for name in ("ranker", "retrieval", "popularity"):
+        assert {"HR@10", "NDCG@10", "MRR"} <= set(manifest["metrics"]["test"][name])
+    assert set(manifest["files"]) == {MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE, CURVE_FILE, ITEM_KNN_FILE, SEGMENTS_FILE}
+    assert sum(manifest["segments"]["users_per_segment"]) == manifest["data"]["users"]
+    assert "content" not in manifest  # trained without a catalog: new items cannot be embedded
+    # The item-kNN blend weight is the grid's best by validation NDCG@10.
+    by_weight = manifest["blend_validation"]["NDCG@10"]
+    assert set(by_weight) == {str(float(w)) for w in CONFIG.blend_weights}
+    assert by_weight[str(manifest["blend_weight"])] == max(by_weight.values())
+    assert manifest["item_knn"] == manifest["item_knn"] | {"n_recent": 3, "decay": 0.6, "max_neighbors": 200}
+    history = manifest["training"]["history"]
+    assert 1 <= manifest["training"]["best_epoch"] <= len(history) <= CONFIG.max_epochs
+
+
+def test_training_is_deterministic_and_publishes_a_new_version(trained: Path, log: EventLog) -> None:
+    config = replace(CONFIG, max_epochs=2)
+    first = train_artifacts(log, trained.parent / "again", config, progress=False)
+    second = train_artifacts(log, trained.parent / "again", config, progress=False)
+    assert first != second and first.parent == second.parent
+    assert (second.parent / LATEST_FILE).read_text().strip() == second.name
+    assert first.is_dir()  # an older version stays until someone removes it
+    assert manifest_of(first)["metrics"]["test"] == manifest_of(second)["metrics"]["test"]
+
+
+def test_training_query_is_the_workers_interest_vector(log: EventLog) -> None:
+    """The loss's query at every event equals what ``stream/user_state.py`` computes incrementally."""
+    config = TrainConfig(half_life_s=900.0)  # short, so the decay really matters over these sessions
+    item_ids = build_vocabulary(log)
+    row_of = {item: row for row, item in enumerate(item_ids)}
+    table = np.random.default_rng(1).normal(size=(len(item_ids), 8)).astype(np.float32)
+    interest = InterestModel(table, row_of, config.event_weights, config.half_life_s, 50, 0, "v")
+    user_events = [e for e in log.events() if e.user_id == "u3"]
+    state = interest.new_state("u3")
+    expected = []
+    for event in user_events:
+        interest.apply(state, event)
+        assert state.vector is not None
+        expected.append(state.vector.copy())
+
+    split = leave_one_out(log, row_of)
+    user = split.users.tolist().index("u3")
+    span = slice(split.offsets[user], split.offsets[user + 1])
+    weights = torch.tensor(config.type_weights()[split.event_types[span]])
+    stamps = split.timestamps[span]
+    exponent = torch.tensor((stamps - stamps[-1]) / config.half_life_s, dtype=torch.float32)
+    embedded = torch.from_numpy(table[split.items[span]])
+    queries = interest_queries(embedded[None], weights[None], exponent[None])[0].numpy()
+    np.testing.assert_allclose(queries, np.stack(expected), rtol=1e-4, atol=1e-5)
+
+    # The evaluation path (whole history, numpy) agrees too.
+    offline = interest_vectors(
+        split, split.offsets[:-1], split.offsets[1:], table, config.type_weights(), config.half_life_s
+    )
+    np.testing.assert_allclose(offline[user], expected[-1], rtol=1e-4, atol=1e-5)
+
+
+def test_config_and_data_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="event_weights"):
+        TrainConfig(event_weights={"view": 1.0})
+    with pytest.raises(ValueError):
+        TrainConfig(half_life_s=0)
+    too_short = EventLog.from_events([Event("u", "a", EventType.VIEW, 1.0), Event("u", "b", EventType.VIEW, 2.0)])
+    with pytest.raises(ValueError, match="3 interactions"):
+        train_artifacts(too_short, tmp_path, CONFIG, progress=False)
+    assert build_vocabulary(structured_log(n_users=5), min_item_count=10_000) == []
+
+
+def test_blending_can_be_turned_off(log: EventLog) -> None:
+    split = leave_one_out(log, {item: row for row, item in enumerate(build_vocabulary(log))})
+    for weights in ((), (0.0,)):
+        assert fit_blend(None, split, 120, replace(CONFIG, blend_weights=weights)) == (None, {})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="blend_weights"):
+        replace(CONFIG, blend_weights=(-1.0,))
+
+
+def test_attach_item_knn_publishes_a_new_version_of_an_old_artifact(trained: Path, log: EventLog) -> None:
+    attached = attach_item_knn(trained, log)
+    assert attached.parent == trained.parent and attached != trained
+    assert (trained.parent / LATEST_FILE).read_text().strip() == attached.name
+    old, new = manifest_of(trained), manifest_of(attached)
+    assert new["derived_from"] == trained.name
+    assert new["blend_weight"] == old["blend_weight"] and new["blend_validation"] == old["blend_validation"]
+    assert {name: digest for name, digest in new["files"].items() if name != MANIFEST_FILE} == old["files"]
+    artifacts = load_artifacts(attached)
+    assert artifacts.item_knn is not None and artifacts.blend_weight == old["blend_weight"]
+
+
+def test_a_catalog_gives_the_artifacts_a_content_projection(trained_artifacts: Path, shop) -> None:
+    """The session model was trained with the simulated shop's catalog (tests/conftest.py)."""
+    from streamrec.model.artifacts import load_artifacts
+    from streamrec.model.content import item_text, load_encoder
+
+    artifacts = load_artifacts(trained_artifacts)
+    assert artifacts.content is not None and artifacts.segments is not None
+    assert artifacts.manifest["content"]["encoder"] == artifacts.content.encoder_name == "hashed-512"
+    assert artifacts.manifest["content"]["items"] == len(shop[1])
+    # The projection places an item's text nearer to its own learned embedding than the average item is.
+    encoder = load_encoder(artifacts.content.encoder_name)
+    projected = artifacts.content.project(encoder.encode([item_text(record) for record in shop[1]]))
+    learned = artifacts.item_embeddings[[artifacts.row_of[record["item_id"]] for record in shop[1]]]
+    unit = learned / np.linalg.norm(learned, axis=1, keepdims=True)
+    own = np.einsum("id,id->i", projected, unit)
+    assert own.mean() > (projected @ unit.T).mean() + 0.1
