@@ -66,8 +66,9 @@ def prepare_model(cache: Path = CACHE) -> Model:
             return Model(root, list(loaded.item_ids), loaded.version)
         except ArtifactError as exc:  # written by an older format: train again rather than fail in every worker
             print(f"cached model unusable ({exc}); training again")
+    from streamrec.model.config import TrainConfig
     from streamrec.model.event_log import EventLog
-    from streamrec.model.train import TrainConfig, train_artifacts
+    from streamrec.model.train import train_artifacts
     from streamrec.stream.app.simulate import simulate_shop
 
     events, catalog = simulate_shop(SHOP_USERS, SHOP_ITEMS, SHOP_EVENTS, SHOP_SEED)

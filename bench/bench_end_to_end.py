@@ -82,8 +82,9 @@ def prepare(cache: Path = CACHE, train_budget_s: float = 150.0) -> tuple[Path, l
         events, _catalog = simulate_shop(SHOP_USERS, SHOP_ITEMS, SHOP_EVENTS, SHOP_SEED)
         rows = [(e.user_id, e.item_id, e.event_type.value) for e in events]
     if not (artifacts / "LATEST").exists():
+        from streamrec.model.config import TrainConfig
         from streamrec.model.event_log import EventLog
-        from streamrec.model.train import TrainConfig, train_artifacts
+        from streamrec.model.train import train_artifacts
         from streamrec.stream.app.simulate import simulate_shop
 
         if events is None:

@@ -262,8 +262,9 @@ def _load_taobao(path: Path, max_events: int) -> tuple[list, list[dict[str, Any]
 
 def prepare_model(spec: DataSpec, dataset: Dataset, quick: bool, retrain: bool) -> tuple[Path, dict[str, Any]]:
     """Train on the events before the cut, with the catalog (so a content projection is fitted); cached."""
+    from streamrec.model.config import TrainConfig
     from streamrec.model.event_log import EventLog
-    from streamrec.model.train import TrainConfig, train_artifacts
+    from streamrec.model.train import train_artifacts
 
     kwargs = train_config_kwargs(spec, quick)
     # The trainer's code is part of the key: a model cached before model/ or index/ changed would be measured as

@@ -1,5 +1,2 @@
-"""Approximate nearest-neighbour retrieval over the model's item embeddings."""
-
-from streamrec.index.item_index import ItemIndex, exact_recall
-
-__all__ = ["ItemIndex", "exact_recall"]
+"""Approximate nearest-neighbour retrieval over the model's item embeddings (FAISS is imported only by
+:mod:`streamrec.index.item_index`)."""

@@ -29,21 +29,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, cast
+from typing import cast
 
 import faiss
 import numpy as np
 
-IndexKind = Literal["hnsw", "flat", "ivf"]
-IndexKindOrAuto = Literal["auto", "hnsw", "flat", "ivf"]
-INDEX_KINDS: tuple[str, ...] = ("hnsw", "flat", "ivf")
-
-AUTO_FLAT_MAX_ITEMS = 5_000
-"""Catalogues smaller than this get an exact ``flat`` index under ``kind="auto"`` (see module docstring)."""
-
-DEFAULT_EF_SEARCH = 128
-DEFAULT_NPROBE = 16
-DEFAULT_N_CANDIDATES = 200  # candidates retrieved per query and re-scored by the ranker
+from streamrec.index.params import (
+    AUTO_FLAT_MAX_ITEMS,
+    DEFAULT_EF_SEARCH,
+    DEFAULT_NPROBE,
+    INDEX_KINDS,
+    IndexKind,
+    IndexKindOrAuto,
+)
 
 
 def resolve_kind(kind: IndexKindOrAuto, n_items: int) -> IndexKind:

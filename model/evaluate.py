@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamrec.index.item_index import DEFAULT_N_CANDIDATES, exact_recall, unit_rows
+from streamrec.index.item_index import exact_recall, unit_rows
+from streamrec.index.params import DEFAULT_N_CANDIDATES
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import Histories, ItemKNNModel, PopularityModel, Scorer, user_item_pairs
 from streamrec.model.event_log import EventLog

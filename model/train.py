@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,14 +37,7 @@ from matplotlib.figure import Figure
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from streamrec.index.item_index import (
-    DEFAULT_EF_SEARCH,
-    DEFAULT_N_CANDIDATES,
-    DEFAULT_NPROBE,
-    IndexKindOrAuto,
-    ItemIndex,
-    exact_recall,
-)
+from streamrec.index.item_index import ItemIndex, exact_recall
 from streamrec.model.artifacts import (
     CONTENT_FILE,
     CURVE_FILE,
@@ -61,10 +54,11 @@ from streamrec.model.artifacts import (
     write_latest,
 )
 from streamrec.model.baselines import Histories, ItemKNNModel, Scorer, interaction_counts
+from streamrec.model.config import TrainConfig
 from streamrec.model.content import ContentProjection, item_text, load_encoder
 from streamrec.model.evaluate import RankerScorer, RetrievalScorer, retrieve_rerank_ranks
 from streamrec.model.event_log import EventLog
-from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, EVENT_TYPES
+from streamrec.model.events import EVENT_TYPES
 from streamrec.model.metrics import full_ranks, hit_rate, ndcg, summarize
 from streamrec.model.ranker import PAD, RankerConfig, SequenceRanker
 from streamrec.model.segments import Segments, fit_segments
@@ -77,88 +71,21 @@ EVAL_MAX_SCORES = 1 << 24  # scores per evaluation batch (64 MiB of float32 per 
 RECALL_SAMPLE = 2_000  # queries used to measure the ANN index's recall against exact search
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one training run; recorded in full in the artifact manifest.
+def ranker_config(config: TrainConfig, n_items: int) -> RankerConfig:
+    """The sequence ranker's shape for a catalogue of ``n_items`` items."""
+    return RankerConfig(
+        n_items=n_items,
+        dim=config.dim,
+        max_len=config.max_len,
+        n_layers=config.layers,
+        n_heads=config.heads,
+        dropout=config.dropout,
+    )
 
-    The full softmax holds ``[target positions in a batch, n_items]`` logits (twice, with the retrieval loss):
-    about ``batch_size · max_len · n_items · 16`` bytes at worst. On catalogues of several hundred thousand
-    items lower ``batch_size`` or raise ``min_item_count``.
-    """
 
-    dim: int = 64
-    max_len: int = 50
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.2
-    lr: float = 2e-3  # with full-softmax CE this converges in half the epochs of 1e-3 at the same final quality
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    max_epochs: int = 200
-    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
-    seed: int = 0
-    event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
-    half_life_s: float = DEFAULT_HALF_LIFE_S
-    retrieval_loss_weight: float = 1.0  # weight of the interest-vector (retrieval) loss next to the ranker's
-    min_item_count: int = 1  # items with fewer events are left out of the vocabulary
-    torch_threads: int | None = None  # None: 2
-    time_budget_s: float | None = None  # stop after the epoch that exceeds it (best epoch is still kept)
-    index_kind: IndexKindOrAuto = "auto"
-    hnsw_m: int = 32
-    ef_construction: int = 200
-    ivf_nlist: int | None = None
-    ef_search: int = DEFAULT_EF_SEARCH
-    nprobe: int = DEFAULT_NPROBE
-    n_candidates: int = DEFAULT_N_CANDIDATES  # retrieval candidates re-ranked in the retrieve→rerank test metric
-    eval_batch_size: int = 512
-    # Served score = ranker logits + blend_weight · item-kNN score; the weight is picked from this grid by
-    # validation NDCG@10 (item-kNN fit on the validation stage). Empty or (0,) serves the ranker alone.
-    blend_weights: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0, 16.0)
-    item_knn_n_recent: int = 3
-    item_knn_decay: float = 0.6
-    item_knn_max_neighbors: int | None = 200  # per item, in the served item-kNN (bounds its memory)
-    n_segments: int = 16  # K-means segments of user interest vectors (trending per segment); 0: none
-    n_item_clusters: int = 0  # K-means clusters of items (category stand-ins); 0: about sqrt(n_items / 2)
-    content_encoder: str = "auto"  # text model of new items: auto (MiniLM if installed), minilm, hashed
-    content_ridge: float = 1.0  # ridge penalty of the text → item-embedding projection
-
-    def __post_init__(self) -> None:
-        missing = set(EVENT_TYPES) - set(self.event_weights)
-        if missing:
-            raise ValueError(f"event_weights lacks {sorted(missing)}")
-        if any(w < 0 for w in self.event_weights.values()):
-            raise ValueError("event weights must be non-negative")
-        if self.half_life_s <= 0:
-            raise ValueError("half_life_s must be positive")
-        if min(self.batch_size, self.max_epochs, self.patience, self.min_item_count, self.eval_batch_size) < 1:
-            raise ValueError("batch_size, max_epochs, patience, min_item_count and eval_batch_size must be >= 1")
-        if self.lr <= 0 or self.retrieval_loss_weight < 0:
-            raise ValueError("lr must be positive and retrieval_loss_weight non-negative")
-        if any(not 0 <= w < math.inf for w in self.blend_weights):
-            raise ValueError("blend_weights must be non-negative and finite")
-        if self.item_knn_n_recent < 1 or not 0 < self.item_knn_decay <= 1:
-            raise ValueError("item_knn_n_recent must be >= 1 and item_knn_decay in (0, 1]")
-        if self.item_knn_max_neighbors is not None and self.item_knn_max_neighbors < 1:
-            raise ValueError("item_knn_max_neighbors must be >= 1 or None")
-
-    @property
-    def blends(self) -> bool:
-        """Whether training fits an item-kNN to blend into the served ranker scores."""
-        return any(w > 0 for w in self.blend_weights)
-
-    def ranker_config(self, n_items: int) -> RankerConfig:
-        return RankerConfig(
-            n_items=n_items,
-            dim=self.dim,
-            max_len=self.max_len,
-            n_layers=self.layers,
-            n_heads=self.heads,
-            dropout=self.dropout,
-        )
-
-    def type_weights(self) -> np.ndarray:
-        """float32 [n_event_types]: the weight of each event type code."""
-        return np.array([self.event_weights[name] for name in EVENT_TYPES], dtype=np.float32)
+def type_weights(config: TrainConfig) -> np.ndarray:
+    """float32 [n_event_types]: the weight of each event type code."""
+    return np.array([config.event_weights[name] for name in EVENT_TYPES], dtype=np.float32)
 
 
 # --- entry points ------------------------------------------------------------------------------------------------
@@ -197,7 +124,7 @@ def train_artifacts(
         log.name, split.n_users, len(item_ids), split.n_events, len(windows.items),
     )  # fmt: skip
 
-    model = SequenceRanker(config.ranker_config(len(item_ids)))
+    model = SequenceRanker(ranker_config(config, len(item_ids)))
     history, best_epoch = _fit(model, windows, split, config, rng, progress)
     train_seconds = time.perf_counter() - started
 
@@ -230,7 +157,7 @@ def train_artifacts(
         "n_items": len(item_ids),
         "dim": config.dim,
         "ranker_config": model.config.to_dict(),
-        "train_config": asdict(config),
+        "train_config": config.model_dump(mode="json"),
         "index": {
             "kind": index.kind,
             "file": INDEX_FILE,
@@ -398,11 +325,8 @@ def attach_item_knn(artifact_dir: Path, log: EventLog, config: TrainConfig | Non
     artifacts = load_artifacts(artifact_dir)
     recorded = dict(artifacts.manifest.get("train_config", {}))
     if config is None:
-        known = {name for name in TrainConfig.__dataclass_fields__}
-        kept = {key: value for key, value in recorded.items() if key in known}
-        if "blend_weights" in kept:
-            kept["blend_weights"] = tuple(kept["blend_weights"])
-        config = TrainConfig(**kept)
+        # Fields of other versions of the configuration are left out; JSON lists are read back as tuples.
+        config = TrainConfig(**{key: value for key, value in recorded.items() if key in TrainConfig.model_fields})
     split = leave_one_out(log, artifacts.row_of)
     torch.set_num_threads(config.torch_threads or 2)
     ranker = RankerScorer(artifacts.ranker, artifacts.ranker.config.max_len)
@@ -423,7 +347,7 @@ def attach_item_knn(artifact_dir: Path, log: EventLog, config: TrainConfig | Non
     }
     manifest["train_config"] = {
         **recorded,
-        **{k: v for k, v in asdict(config).items() if k.startswith(("blend", "item_knn"))},
+        **{k: v for k, v in config.model_dump(mode="json").items() if k.startswith(("blend", "item_knn"))},
     }
     manifest["derived_from"] = artifacts.version
     manifest |= blend_manifest
@@ -477,7 +401,7 @@ def _training_windows(split: LeaveOneOutSplit, config: TrainConfig) -> _Windows:
     positions = np.where(valid, positions, 0)
     items = np.where(valid, split.items[positions], PAD)
     targets = np.where(valid, targets_all[positions], -1)
-    weights = np.where(valid, config.type_weights()[split.event_types[positions]], 0.0)
+    weights = np.where(valid, type_weights(config)[split.event_types[positions]], 0.0)
     newest = split.timestamps[window_end - 1]
     exponent = np.where(valid, (split.timestamps[positions] - newest[:, None]) / config.half_life_s, 0.0)
     keep = (targets >= 0).any(axis=1)
@@ -636,7 +560,7 @@ def _evaluate(
     n_items = model.config.n_items
     targets = split.targets(stage)
     ranker = RankerScorer(model, config.max_len)
-    retrieval = RetrievalScorer(model.item_embeddings().detach().numpy(), config.type_weights(), config.half_life_s)
+    retrieval = RetrievalScorer(model.item_embeddings().detach().numpy(), type_weights(config), config.half_life_s)
     popularity = interaction_counts(split, split.history_end(stage), n_items) if with_baselines else None
     ranks: dict[str, list[np.ndarray]] = {"ranker": [], "retrieval": []}
     if with_baselines:

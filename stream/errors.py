@@ -102,6 +102,9 @@ def kafka_failure(exc: BaseException, bootstrap: str | None, security: str | Non
     return None
 
 
+_NESTED_SETTINGS = ("train",)  # sections of Settings set one field per variable
+
+
 def settings_failure(exc: BaseException, cli_options: Mapping[str, str] | None = None) -> StreamrecError | None:
     """The one-line failure for invalid settings, naming the ``--option`` (``cli_options``: field → option given on
     the command line) or else the ``STREAMREC_*`` variable that holds the bad value; ``None`` for other errors."""
@@ -124,6 +127,8 @@ def settings_failure(exc: BaseException, cli_options: Mapping[str, str] | None =
             problems.append(message)
             continue
         field = str(error["loc"][0])
+        if field in _NESTED_SETTINGS and len(error["loc"]) > 1:  # STREAMREC_TRAIN__DIM sets train.dim
+            field = f"{field}__{error['loc'][1]}"
         source = cli_options.get(field, f"STREAMREC_{field.upper()}")
         problems.append(f"{source}={one_line(error.get('input'), 80)!r} is invalid: {message}")
     return StreamrecError(f"{one_line('; '.join(problems))}; {fix}")

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamrec.index.params import DEFAULT_EF_SEARCH, DEFAULT_N_CANDIDATES, DEFAULT_NPROBE
+from streamrec.model.config import TrainConfig
 from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, EVENT_TYPES
 
 
@@ -20,7 +22,9 @@ class Settings(BaseSettings):
     """Configuration of a streamrec worker, the CLI and training."""
 
     # hide_input_in_errors: a validation error would otherwise quote the raw input, passwords included.
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_", frozen=True, extra="ignore", hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_", env_nested_delimiter="__", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     # --- Kafka -------------------------------------------------------------------------------------------
     bootstrap_servers: str = Field(
@@ -189,7 +193,7 @@ class Settings(BaseSettings):
     # --- Retrieval and ranking ------------------------------------------------------------------------------
     top_k: int = Field(20, ge=1, le=1000, description="Items per published recommendation.")
     n_candidates: int = Field(
-        200, ge=1, description="Candidates retrieved from the ANN index and re-scored by the ranker."
+        DEFAULT_N_CANDIDATES, ge=1, description="Candidates retrieved from the ANN index and re-scored by the ranker."
     )
     covisitation_candidates: int = Field(
         100,
@@ -207,8 +211,10 @@ class Settings(BaseSettings):
     covisitation_window: int = Field(
         3, ge=1, description="How many of the user's latest items vote for co-visitation candidates."
     )
-    hnsw_ef_search: int = Field(128, ge=1, description="HNSW search breadth: higher is more exact and slower.")
-    ivf_nprobe: int = Field(16, ge=1, description="IVF lists probed per query (IVF indexes only).")
+    hnsw_ef_search: int = Field(
+        DEFAULT_EF_SEARCH, ge=1, description="HNSW search breadth: higher is more exact and slower."
+    )
+    ivf_nprobe: int = Field(DEFAULT_NPROBE, ge=1, description="IVF lists probed per query (IVF indexes only).")
     torch_threads: int = Field(
         1, ge=1, description="Intra-op threads of the ranker. One per worker process scales best per core."
     )
@@ -329,6 +335,15 @@ class Settings(BaseSettings):
         "group before it exits anyway (non-zero).",
     )
 
+    # --- Training ---------------------------------------------------------------------------------------------
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description="Training hyper-parameters for `streamrec train`, one variable per field (`STREAMREC_TRAIN__DIM`, "
+        "...; listed below). The serving settings `event_weights`, `interest_half_life_s`, `max_recent_items`, "
+        "`hnsw_ef_search`, `ivf_nprobe` and `n_candidates` override their training twins, so that a model is "
+        "trained as it is served.",
+    )
+
     @model_validator(mode="after")
     def _dead_letters_fit_in_a_request(self) -> Settings:
         if self.dead_letter_max_bytes + 65_536 > self.producer_max_request_bytes:
@@ -353,6 +368,12 @@ def settings_markdown_table() -> str:
     """The settings reference as a Markdown table, for the README."""
     rows = ["| env var | default | description |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
+        if name == "train":
+            rows.append(f"| `STREAMREC_TRAIN__*` | | {field.description} |")
+            for sub, sub_field in TrainConfig.model_fields.items():
+                default = sub_field.get_default(call_default_factory=True)
+                rows.append(f"| `STREAMREC_TRAIN__{sub.upper()}` | `{default}` | {sub_field.description} |")
+            continue
         default = field.get_default(call_default_factory=True)
         rows.append(f"| `STREAMREC_{name.upper()}` | `{default}` | {field.description} |")
     return "\n".join(rows)

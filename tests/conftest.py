@@ -26,7 +26,8 @@ def catalog_categories(shop: tuple[list[Event], list[dict]]) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def trained_artifacts(shop: tuple[list[Event], list[dict]], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real model trained on the simulated shop: small and quick, but learned."""
-    from streamrec.model.train import TrainConfig, train_artifacts
+    from streamrec.model.config import TrainConfig
+    from streamrec.model.train import train_artifacts
 
     out = tmp_path_factory.mktemp("artifacts")
     config = TrainConfig(

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from streamrec.model.config import TrainConfig
 from streamrec.model.event_log import EventLog
-from streamrec.model.train import TrainConfig, train_artifacts
+from streamrec.model.train import train_artifacts
 from streamrec.stream.settings import Settings
 
 
@@ -23,7 +24,9 @@ def train_from_settings(
     progress: bool = True,
     catalog: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Train with the serving settings (event weights, half-life, history length, index search breadth)."""
+    """Train with ``settings.train`` (``STREAMREC_TRAIN__*``), except where a serving setting has a training twin
+    (event weights, half-life, history length, index search breadth): the serving value wins, so the model is
+    trained as it will be served. ``epochs``, ``dim`` and ``seed`` (the command's options) win over both."""
     overrides: dict[str, Any] = {
         "event_weights": dict(settings.event_weights),
         "half_life_s": settings.interest_half_life_s,
@@ -38,4 +41,5 @@ def train_from_settings(
         overrides["dim"] = dim
     if seed is not None:
         overrides["seed"] = seed
-    return train_artifacts(log, Path(out_dir), TrainConfig(**overrides), progress=progress, catalog=catalog)
+    config = TrainConfig(**(settings.train.model_dump() | overrides))
+    return train_artifacts(log, Path(out_dir), config, progress=progress, catalog=catalog)

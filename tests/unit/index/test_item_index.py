@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrec.index import ItemIndex, exact_recall
-from streamrec.index.item_index import AUTO_FLAT_MAX_ITEMS, default_ivf_nlist, exact_top_k, resolve_kind
+from streamrec.index.item_index import ItemIndex, default_ivf_nlist, exact_recall, exact_top_k, resolve_kind
+from streamrec.index.params import AUTO_FLAT_MAX_ITEMS
 
 DIM = 16
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -22,22 +21,28 @@ from streamrec.model.artifacts import (
     SEGMENTS_FILE,
     load_artifacts,
 )
+from streamrec.model.config import TrainConfig
 from streamrec.model.evaluate import interest_vectors
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import Event, EventType
 from streamrec.model.splits import leave_one_out
 from streamrec.model.train import (
-    TrainConfig,
     attach_item_knn,
     build_vocabulary,
     fit_blend,
     interest_queries,
     train_artifacts,
+    type_weights,
 )
 from streamrec.stream.user_state import InterestModel
 
 N_CATEGORIES, PER_CATEGORY = 6, 20
 CONFIG = TrainConfig(dim=32, max_len=20, layers=1, heads=2, batch_size=64, max_epochs=20, patience=4, seed=7)
+
+
+def changed(config: TrainConfig, **changes: object) -> TrainConfig:
+    """``config`` with ``changes``, validated as a new configuration is."""
+    return TrainConfig(**(config.model_dump() | changes))
 
 
 def structured_log(n_users: int = 300, seed: int = 0) -> EventLog:
@@ -128,7 +133,7 @@ def test_artifact_directory_and_manifest(trained: Path, log: EventLog) -> None:
 
 
 def test_training_is_deterministic_and_publishes_a_new_version(trained: Path, log: EventLog) -> None:
-    config = replace(CONFIG, max_epochs=2)
+    config = changed(CONFIG, max_epochs=2)
     first = train_artifacts(log, trained.parent / "again", config, progress=False)
     second = train_artifacts(log, trained.parent / "again", config, progress=False)
     assert first != second and first.parent == second.parent
@@ -155,7 +160,7 @@ def test_training_query_is_the_workers_interest_vector(log: EventLog) -> None:
     split = leave_one_out(log, row_of)
     user = split.users.tolist().index("u3")
     span = slice(split.offsets[user], split.offsets[user + 1])
-    weights = torch.tensor(config.type_weights()[split.event_types[span]])
+    weights = torch.tensor(type_weights(config)[split.event_types[span]])
     stamps = split.timestamps[span]
     exponent = torch.tensor((stamps - stamps[-1]) / config.half_life_s, dtype=torch.float32)
     embedded = torch.from_numpy(table[split.items[span]])
@@ -164,7 +169,7 @@ def test_training_query_is_the_workers_interest_vector(log: EventLog) -> None:
 
     # The evaluation path (whole history, numpy) agrees too.
     offline = interest_vectors(
-        split, split.offsets[:-1], split.offsets[1:], table, config.type_weights(), config.half_life_s
+        split, split.offsets[:-1], split.offsets[1:], table, type_weights(config), config.half_life_s
     )
     np.testing.assert_allclose(offline[user], expected[-1], rtol=1e-4, atol=1e-5)
 
@@ -183,9 +188,9 @@ def test_config_and_data_are_validated(tmp_path: Path) -> None:
 def test_blending_can_be_turned_off(log: EventLog) -> None:
     split = leave_one_out(log, {item: row for row, item in enumerate(build_vocabulary(log))})
     for weights in ((), (0.0,)):
-        assert fit_blend(None, split, 120, replace(CONFIG, blend_weights=weights)) == (None, {})  # type: ignore[arg-type]
+        assert fit_blend(None, split, 120, changed(CONFIG, blend_weights=weights)) == (None, {})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="blend_weights"):
-        replace(CONFIG, blend_weights=(-1.0,))
+        changed(CONFIG, blend_weights=(-1.0,))
 
 
 def test_attach_item_knn_publishes_a_new_version_of_an_old_artifact(trained: Path, log: EventLog) -> None:

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 from pydantic import ValidationError
@@ -36,7 +38,10 @@ def test_invalid_settings_are_refused(bad: dict) -> None:
 
 
 def test_every_setting_is_documented_and_the_readme_table_is_current() -> None:
+    from streamrec.model.config import TrainConfig
+
     assert all(field.description for field in Settings.model_fields.values())
+    assert all(field.description for field in TrainConfig.model_fields.values())
     text = README.read_text()
     start, end = "<!-- settings-table:start -->\n", "<!-- settings-table:end -->"
     table = text[text.index(start) + len(start) : text.index(end)].strip()
@@ -44,12 +49,16 @@ def test_every_setting_is_documented_and_the_readme_table_is_current() -> None:
 
 
 def test_serving_defaults_match_the_training_and_index_defaults() -> None:
-    """The settings module stays free of FAISS and torch imports (the CLI checks its inputs before loading them),
-    so these defaults are written out twice; this keeps the copies equal."""
-    from streamrec.index.item_index import DEFAULT_EF_SEARCH, DEFAULT_N_CANDIDATES, DEFAULT_NPROBE
-    from streamrec.model.train import TrainConfig
+    """A serving setting and its training twin start equal, so a model trained with the defaults is served as it
+    was trained; and reading the settings loads neither FAISS nor torch (the CLI checks its inputs first)."""
+    from streamrec.index.params import DEFAULT_EF_SEARCH, DEFAULT_N_CANDIDATES, DEFAULT_NPROBE
+    from streamrec.model.config import TrainConfig
 
     settings, config = Settings(), TrainConfig()
     assert settings.n_candidates == DEFAULT_N_CANDIDATES == config.n_candidates
     assert settings.hnsw_ef_search == DEFAULT_EF_SEARCH and settings.ivf_nprobe == DEFAULT_NPROBE
     assert settings.event_weights == config.event_weights and settings.interest_half_life_s == config.half_life_s
+    assert settings.max_recent_items == config.max_len
+    probe = "import sys, streamrec.stream.settings; print('torch' in sys.modules, 'faiss' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert loaded.stdout.split() == ["False", "False"]

@@ -27,3 +27,16 @@ def test_train_from_settings_uses_the_serving_settings(log: EventLog, tmp_path: 
     assert train_config["event_weights"] == settings.event_weights
     assert (train_config["half_life_s"], train_config["max_len"], train_config["ef_search"]) == (1234.0, 12, 77)
     assert (train_config["max_epochs"], train_config["dim"], train_config["seed"]) == (1, 16, 1)
+
+
+def test_the_train_section_of_the_settings_configures_training(
+    log: EventLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMREC_TRAIN__LAYERS", "1")
+    monkeypatch.setenv("STREAMREC_TRAIN__BLEND_WEIGHTS", "[0.0, 3.0]")
+    monkeypatch.setenv("STREAMREC_TRAIN__HALF_LIFE_S", "99.0")  # the serving setting's twin: serving wins
+    settings = Settings()
+    directory = train_from_settings(log, tmp_path, settings, epochs=1, dim=16, seed=1, progress=False)
+    train_config = manifest_of(directory)["train_config"]
+    assert train_config["layers"] == 1 and train_config["blend_weights"] == [0.0, 3.0]
+    assert train_config["half_life_s"] == settings.interest_half_life_s != 99.0

@@ -1,0 +1,120 @@
+"""The training configuration: every hyper-parameter of a run, recorded in full in the artifact manifest.
+
+It is also the ``train`` section of :class:`streamrec.stream.settings.Settings` (environment variables
+``STREAMREC_TRAIN__<FIELD>``, e.g. ``STREAMREC_TRAIN__DIM=128``), so the settings reference documents it; a
+few serving settings (event weights, half-life, history length, index search breadth) take precedence over their
+training twins when ``streamrec train`` runs, so that training and serving agree.
+
+This module imports neither torch nor FAISS: the command line reads it before deciding to load them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from streamrec.index.params import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_N_CANDIDATES,
+    DEFAULT_NPROBE,
+    IndexKindOrAuto,
+)
+from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, EVENT_TYPES
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one training run.
+
+    The full softmax holds ``[target positions in a batch, n_items]`` logits (twice, with the retrieval loss):
+    about ``batch_size · max_len · n_items · 16`` bytes at worst. On catalogues of several hundred thousand
+    items lower ``batch_size`` or raise ``min_item_count``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- the sequence ranker ---------------------------------------------------------------------------------
+    dim: int = Field(64, ge=2, description="Item embedding and model width.")
+    max_len: int = Field(50, ge=1, description="Longest history (recent items) the ranker reads.")
+    layers: int = Field(2, ge=1, description="Self-attention blocks of the ranker.")
+    heads: int = Field(2, ge=1, description="Attention heads per block (must divide `dim`).")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout inside the ranker.")
+    # --- optimisation ----------------------------------------------------------------------------------------
+    lr: float = Field(
+        2e-3, gt=0, description="Adam learning rate; with full-softmax CE 2e-3 converges in half the epochs of 1e-3."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
+    batch_size: int = Field(256, ge=1, description="Training windows per batch.")
+    max_epochs: int = Field(200, ge=1, description="Most epochs; early stopping usually ends training first.")
+    patience: int = Field(5, ge=1, description="Epochs without a better validation NDCG@10 before stopping.")
+    seed: int = Field(0, description="Seed of every random choice (initialisation, batches, sampling, ties).")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="Stop after the epoch that exceeds this many seconds (the best epoch is kept)."
+    )
+    torch_threads: int | None = Field(None, ge=1, description="Torch CPU threads; unset: 2.")
+    # --- what the model learns from ---------------------------------------------------------------------------
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
+        description="Weight of each event type in the interest vector (serving's `event_weights` wins in "
+        "`streamrec train`).",
+    )
+    half_life_s: float = Field(
+        DEFAULT_HALF_LIFE_S, gt=0, description="Event-time half-life of interest (serving's wins in `streamrec train`)."
+    )
+    retrieval_loss_weight: float = Field(
+        1.0, ge=0, description="Weight of the interest-vector (retrieval) loss next to the ranker's."
+    )
+    min_item_count: int = Field(1, ge=1, description="Items with fewer events are left out of the vocabulary.")
+    # --- the index ---------------------------------------------------------------------------------------------
+    index_kind: IndexKindOrAuto = Field(
+        "auto", description="FAISS index: auto (flat under 5,000 items), hnsw, flat, ivf."
+    )
+    hnsw_m: int = Field(32, ge=2, description="HNSW graph degree.")
+    ef_construction: int = Field(200, ge=1, description="HNSW build breadth.")
+    ivf_nlist: int | None = Field(None, ge=1, description="IVF cells; unset: about 4·sqrt(items).")
+    ef_search: int = Field(DEFAULT_EF_SEARCH, ge=1, description="HNSW search breadth recorded for serving.")
+    nprobe: int = Field(DEFAULT_NPROBE, ge=1, description="IVF cells searched, recorded for serving.")
+    n_candidates: int = Field(
+        DEFAULT_N_CANDIDATES, ge=1, description="Retrieval candidates re-ranked in the retrieve→rerank test metric."
+    )
+    eval_batch_size: int = Field(512, ge=1, description="Users scored at once in evaluation.")
+    # --- the item-kNN blend ------------------------------------------------------------------------------------
+    blend_weights: tuple[float, ...] = Field(
+        (0.0, 2.0, 4.0, 8.0, 16.0),
+        description="Grid of weights of the item-kNN score added to the ranker's logits, picked by validation "
+        "NDCG@10; empty or (0,) serves the ranker alone.",
+    )
+    item_knn_n_recent: int = Field(3, ge=1, description="Recent items the item-kNN scores from.")
+    item_knn_decay: float = Field(0.6, gt=0, le=1, description="Weight decay per step back in the recent items.")
+    item_knn_max_neighbors: int | None = Field(
+        200, ge=1, description="Neighbours kept per item in the served item-kNN (bounds its memory); unset: all."
+    )
+    # --- segments and content ----------------------------------------------------------------------------------
+    n_segments: int = Field(16, ge=0, description="K-means segments of user interest vectors (trending per segment).")
+    n_item_clusters: int = Field(0, ge=0, description="K-means clusters of items; 0: about sqrt(n_items / 2).")
+    content_encoder: str = Field(
+        "auto", description="Text model of new items: auto (MiniLM if installed), minilm, hashed."
+    )
+    content_ridge: float = Field(1.0, ge=0, description="Ridge penalty of the text → item-embedding projection.")
+
+    @field_validator("event_weights")
+    @classmethod
+    def _weights_cover_event_types(cls, weights: dict[str, float]) -> dict[str, float]:
+        missing = set(EVENT_TYPES) - set(weights)
+        if missing:
+            raise ValueError(f"event_weights lacks {sorted(missing)}")
+        if any(w < 0 for w in weights.values()):
+            raise ValueError("event weights must be non-negative")
+        return weights
+
+    @field_validator("blend_weights")
+    @classmethod
+    def _finite_blend_weights(cls, weights: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 <= w < math.inf for w in weights):
+            raise ValueError("blend_weights must be non-negative and finite")
+        return weights
+
+    @property
+    def blends(self) -> bool:
+        """Whether training fits an item-kNN to blend into the served ranker scores."""
+        return any(w > 0 for w in self.blend_weights)
