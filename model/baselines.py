@@ -126,6 +126,13 @@ class PopularityModel:
         return np.tile(self.counts, (len(histories), 1))
 
 
+def blend_scores(ranker_scores: np.ndarray, item_knn_scores: np.ndarray, weight: float) -> np.ndarray:
+    """The served score: ranker logits plus ``weight`` times the item-kNN score (float32). Ranking is per user, so
+    adding to the logits equals adding to their log-softmax. Training picks ``weight`` with it, the worker ranks
+    with it, the evaluation measures it."""
+    return ranker_scores + np.float32(weight) * np.asarray(item_knn_scores, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class ItemKNNModel:
     """Recency-weighted item-kNN over a sparse item-item cosine similarity (CSR, one row per item).

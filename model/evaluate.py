@@ -35,7 +35,7 @@ import torch
 from streamrec.index.item_index import exact_recall, unit_rows
 from streamrec.index.params import DEFAULT_N_CANDIDATES
 from streamrec.model.artifacts import ModelArtifacts
-from streamrec.model.baselines import Histories, ItemKNNModel, PopularityModel, Scorer, user_item_pairs
+from streamrec.model.baselines import Histories, ItemKNNModel, PopularityModel, Scorer, blend_scores, user_item_pairs
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, EVENT_TYPES
 from streamrec.model.metrics import full_ranks, mask_history, sampled_ranks, summarize
@@ -146,7 +146,7 @@ class BlendedScorer:
     def score_users(self, histories: Histories) -> np.ndarray:
         scores = self.ranker.score_users(histories)
         if self.weight > 0:
-            scores = scores + np.float32(self.weight) * self.item_knn.score_users(histories).astype(np.float32)
+            scores = blend_scores(scores, self.item_knn.score_users(histories), self.weight)
         return scores
 
 

@@ -53,7 +53,7 @@ from streamrec.model.artifacts import (
     sha256_file,
     write_latest,
 )
-from streamrec.model.baselines import Histories, ItemKNNModel, Scorer, interaction_counts
+from streamrec.model.baselines import Histories, ItemKNNModel, Scorer, blend_scores, interaction_counts
 from streamrec.model.config import TrainConfig
 from streamrec.model.content import ContentProjection, item_text, load_encoder
 from streamrec.model.evaluate import RankerScorer, RetrievalScorer, retrieve_rerank_ranks
@@ -293,7 +293,7 @@ def fit_blend(
         ranker_scores = ranker.score_users(histories)
         knn_scores = validation.score_users(histories).astype(np.float32)
         for w in weights:
-            ranks[w].append(full_ranks(ranker_scores + np.float32(w) * knn_scores, targets[users], exclude, rng)[0])
+            ranks[w].append(full_ranks(blend_scores(ranker_scores, knn_scores, w), targets[users], exclude, rng)[0])
     ndcgs = {w: summarize(np.concatenate(parts))["NDCG@10"] for w, parts in ranks.items()}
     best = max(weights, key=lambda w: (ndcgs[w], -w))  # the smallest weight among equals
     logger.info("item-kNN blend: validation NDCG@10 per weight %s; serving weight %s", ndcgs, best)

@@ -214,3 +214,44 @@ class WorkerMetrics:
             self.recommendations_published.labels(recommendation.kind).inc()
             latency.labels("event_time").observe(max(0.0, acknowledged_at - recommendation.event_ts))
             latency.labels("consume_time").observe(max(0.0, acknowledged_at - recommendation.received_at))
+
+
+class _Nothing:
+    """A metric that records nothing, whatever is asked of it."""
+
+    def labels(self, *_: object, **__: object) -> _Nothing:
+        return self
+
+    def inc(self, *_: object) -> None:
+        pass
+
+    def set(self, *_: object) -> None:
+        pass
+
+    def observe(self, *_: object) -> None:
+        pass
+
+    def info(self, *_: object) -> None:
+        pass
+
+
+_NOTHING = _Nothing()
+
+
+class NullMetrics(WorkerMetrics):
+    """Metrics for a pipeline without a worker (tests, the served evaluation, benches): every metric of
+    :class:`WorkerMetrics` exists and records nothing, so the code that counts needs no ``if metrics`` branch."""
+
+    def __init__(self) -> None:  # no registry, no collectors
+        self.segment_label_limit = 0
+
+    def __getattr__(self, name: str) -> _Nothing:  # only for the metric attributes __init__ did not create
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _NOTHING
+
+    def observe_lists(self, *_: object, **__: object) -> None:
+        pass
+
+    def observe_published(self, *_: object, **__: object) -> None:
+        pass

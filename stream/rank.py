@@ -1,4 +1,9 @@
-"""Stage 5 — rank: re-score every user's candidates with the sequence ranker, one forward per batch."""
+"""Stage 5 — rank: re-score every user's candidates, one ranker forward per batch.
+
+Rankers answer one question (:class:`CandidateRanker`): a float32 score per candidate, aligned with the candidates.
+:class:`SequenceRankerScores` is the trained sequence ranker; :class:`BlendedRanker` adds the item-kNN with the
+artifact's weight (``streamrec.model.baselines.blend_scores``, the blend training chose and evaluation measures).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from streamrec.model.baselines import ItemKNNModel, blend_scores
 from streamrec.stream.filters import ScoredItem
+from streamrec.stream.item_table import ItemTable
+from streamrec.stream.sources import UserQuery, recent_interactions
 
 
 class SequenceScorer(Protocol):
@@ -104,4 +112,41 @@ class RankedCandidates:
             for row, score, code in zip(
                 self.rows[where].tolist(), self.scores[where].tolist(), self.sources[where].tolist(), strict=True
             )
+        ]
+
+
+class CandidateRanker(Protocol):
+    """Scores the candidates of a batch of users."""
+
+    def score(self, users: Sequence[UserQuery], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One float32 array per user, aligned with that user's candidates (finite for every row)."""
+        ...
+
+
+class SequenceRankerScores:
+    """The trained sequence ranker over each user's trained history; live items are scored ``h · E[item]``."""
+
+    def __init__(self, ranker: SequenceScorer, items: ItemTable, max_history: int) -> None:
+        self.ranker, self.items, self.max_history = ranker, items, max_history
+
+    def score(self, users: Sequence[UserQuery], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        histories = [user.trained_history for user in users]
+        return rank_candidates(self.ranker, histories, candidates, self.max_history, self.items.embeddings)
+
+
+class BlendedRanker:
+    """``ranker + weight · item-kNN``: the served score. Items added live have no item-kNN score (0)."""
+
+    def __init__(self, ranker: CandidateRanker, item_knn: ItemKNNModel, weight: float, items: ItemTable) -> None:
+        self.ranker, self.item_knn, self.weight, self.items = ranker, item_knn, weight, items
+
+    def score(self, users: Sequence[UserQuery], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        scores = self.ranker.score(users, candidates)
+        n_trained = self.items.n_trained
+        recent = [recent_interactions(user.trained_history, self.item_knn.n_recent) for user in users]
+        trained = [np.where(rows < n_trained, rows, 0) for rows in candidates]
+        knn = self.item_knn.score_candidates(recent, trained)
+        return [
+            blend_scores(ranker, np.where(rows < n_trained, item_knn, 0.0), self.weight)
+            for ranker, item_knn, rows in zip(scores, knn, candidates, strict=True)
         ]

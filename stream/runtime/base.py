@@ -34,7 +34,8 @@ from aiokafka.errors import (
 from streamrec.stream.errors import StreamrecError
 from streamrec.stream.health import Health
 from streamrec.stream.metrics import WorkerMetrics
-from streamrec.stream.pipeline import (
+from streamrec.stream.pipeline import Pipeline
+from streamrec.stream.results import (
     DETAIL_HEADER,
     MAX_DEAD_LETTER_KEY_BYTES,
     ORIGINAL_SIZE_HEADER,
@@ -42,7 +43,6 @@ from streamrec.stream.pipeline import (
     TRUNCATED_HEADER,
     BatchResult,
     OutgoingMessage,
-    Pipeline,
 )
 from streamrec.stream.runtime.changelog import RestoreFailed, restore_assigned
 from streamrec.stream.settings import Settings

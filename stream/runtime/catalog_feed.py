@@ -118,13 +118,11 @@ class CatalogFeed:
                 log.warning(
                     "rejected catalog record %s/%d@%d: %s", record.topic, record.partition, record.offset, rejection
                 )
-                if metrics:
-                    metrics.catalog_rejected.labels(rejection.reason).inc()
+                metrics.catalog_rejected.labels(rejection.reason).inc()
         vectors = await asyncio.to_thread(self.pipeline.text_vectors, items) if items else {}
         async with self.lock:
             self.pipeline.apply_catalog(items, vectors)
             for item_id in removed:
                 self.pipeline.remove_catalog_item(item_id)
         self.records_applied += len(records)
-        if metrics:
-            metrics.catalog_update_seconds.observe(time.perf_counter() - started)
+        metrics.catalog_update_seconds.observe(time.perf_counter() - started)

@@ -176,9 +176,8 @@ async def restore_assigned(
         return
     for partition, states in restored.users.items():
         pipeline.restore_state(partition, states)
-    if pipeline.metrics:
-        pipeline.metrics.assigned_partitions.set(len(partitions))
-        pipeline.metrics.state_records_skipped.inc(restored.skipped_records)
+    pipeline.metrics.assigned_partitions.set(len(partitions))
+    pipeline.metrics.state_records_skipped.inc(restored.skipped_records)
     log.info(
         "partitions assigned: %s; restored %d users in %.2f s%s",
         sorted(partitions),

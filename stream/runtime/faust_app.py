@@ -32,7 +32,8 @@ from faust.types import TP
 from streamrec.stream.events import SourceRecord
 from streamrec.stream.health import Health
 from streamrec.stream.metrics import WorkerMetrics
-from streamrec.stream.pipeline import OutgoingMessage, Pipeline
+from streamrec.stream.pipeline import Pipeline
+from streamrec.stream.results import OutgoingMessage
 from streamrec.stream.runtime.base import BatchRuntime, WorkerFailed
 from streamrec.stream.runtime.security import faust_credentials
 from streamrec.stream.settings import Settings

@@ -25,7 +25,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from streamrec.stream.events import SourceRecord
-from streamrec.stream.pipeline import OutgoingMessage
+from streamrec.stream.results import OutgoingMessage
 from streamrec.stream.runtime.base import RETRY_BACKOFF_S, BatchRuntime, WorkerFailed
 from streamrec.stream.runtime.security import aiokafka_options
 

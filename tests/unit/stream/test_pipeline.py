@@ -13,13 +13,8 @@ from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import ItemKNNModel
 from streamrec.stream.catalog import CatalogItem
 from streamrec.stream.events import SourceRecord
-from streamrec.stream.pipeline import (
-    ORIGINAL_SIZE_HEADER,
-    REASON_HEADER,
-    SOURCE_HEADER,
-    TRUNCATED_HEADER,
-    Pipeline,
-)
+from streamrec.stream.pipeline import Pipeline
+from streamrec.stream.results import ORIGINAL_SIZE_HEADER, REASON_HEADER, SOURCE_HEADER, TRUNCATED_HEADER
 from streamrec.stream.settings import Settings
 from streamrec.stream.user_state import decode_state
 
@@ -143,12 +138,10 @@ def test_a_failing_ranker_degrades_to_trending_instead_of_losing_the_batch(pipel
     pipeline.process([records.event("w", artifacts.item_ids[2], "buy")], now=NOW)
 
     class Broken:
-        config = artifacts.ranker.config
-
         def score(self, *_):
             raise RuntimeError("boom")
 
-    pipeline.artifacts = ModelArtifacts(**{**vars(artifacts), "ranker": Broken()})
+    pipeline.ranker = Broken()
     rec = recommendations(pipeline.process([records.event("u1", artifacts.item_ids[3], "view")], now=NOW))["u1"]
     assert rec["items"] and {i["source"] for i in rec["items"]} <= TRENDING
 

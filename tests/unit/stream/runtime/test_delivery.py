@@ -16,13 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from streamrec.stream.health import Health
 from streamrec.stream.metrics import WorkerMetrics
-from streamrec.stream.pipeline import (
-    ORIGINAL_SIZE_HEADER,
-    REASON_HEADER,
-    TRUNCATED_HEADER,
-    BatchResult,
-    OutgoingMessage,
-)
+from streamrec.stream.results import ORIGINAL_SIZE_HEADER, REASON_HEADER, TRUNCATED_HEADER, BatchResult, OutgoingMessage
 from streamrec.stream.runtime.base import BatchRuntime, WorkerFailed
 from streamrec.stream.settings import Settings
 

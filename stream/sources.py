@@ -1,0 +1,112 @@
+"""Stage 4 — retrieve: candidate sources propose item rows for the users of a batch; the pipeline merges them.
+
+Every source answers the same question the same way (:class:`CandidateSource`): for each user of the batch, at
+most ``n`` item rows, best first, none of the user's excluded rows. The pipeline asks each configured source by name
+and :func:`merge` keeps the ANN's order, appends what the others add, and remembers which source proposed each row
+(a collaborative source wins the explanation of a row the ANN found too). Trending items are blended later, per
+user context, by the list builder (``stream/select.py``): they are not rows of the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from streamrec.index.covisitation import CoVisitation
+from streamrec.model.baselines import ItemKNNModel
+from streamrec.stream.item_table import ItemTable
+from streamrec.stream.retrieve import retrieve_candidates
+
+
+@dataclass(frozen=True, slots=True)
+class UserQuery:
+    """What a candidate source (and the ranker) may read about one user of the batch."""
+
+    vector: np.ndarray  # float32 [dim]: the interest vector
+    history: tuple[int, ...]  # rows of the user's known recent items, oldest first
+    trained_history: tuple[int, ...]  # the same, only rows the model was trained on (the ranker's vocabulary)
+    excluded: frozenset[int]  # rows never to propose: purchases, the current item, the request's exclusions
+
+
+class CandidateSource(Protocol):
+    """Proposes candidates for a batch of users."""
+
+    name: str
+
+    def candidates(self, users: Sequence[UserQuery]) -> list[np.ndarray]:
+        """One int64 array per user: at most the source's size, best first, no excluded row, no repeat."""
+        ...
+
+
+class AnnSource:
+    """Nearest items to the interest vector in the FAISS index: one search for the whole batch."""
+
+    name = "ann"
+
+    def __init__(self, items: ItemTable, n: int) -> None:
+        self.items, self.n = items, n
+
+    def candidates(self, users: Sequence[UserQuery]) -> list[np.ndarray]:
+        if not users:
+            return []
+        queries = np.stack([user.vector for user in users]).astype(np.float32, copy=False)
+        return retrieve_candidates(self.items.index, queries, [set(user.excluded) for user in users], self.n)
+
+
+class CoVisitationSource:
+    """Items other shoppers touched right after the user's latest items, learned from the stream."""
+
+    name = "covisitation"
+
+    def __init__(self, covisitation: CoVisitation, n: int) -> None:
+        self.covisitation, self.n = covisitation, n
+
+    def candidates(self, users: Sequence[UserQuery]) -> list[np.ndarray]:
+        return [self.covisitation.candidates(user.history, self.n, set(user.excluded))[0] for user in users]
+
+
+class ItemKnnSource:
+    """The trained item-kNN's neighbours of the user's latest interactions."""
+
+    name = "item_knn"
+
+    def __init__(self, item_knn: ItemKNNModel, n: int) -> None:
+        self.item_knn, self.n = item_knn, n
+
+    def candidates(self, users: Sequence[UserQuery]) -> list[np.ndarray]:
+        return [
+            self.item_knn.top_neighbors(
+                recent_interactions(user.trained_history, self.item_knn.n_recent), self.n, set(user.excluded)
+            )
+            for user in users
+        ]
+
+
+def recent_interactions(history: Sequence[int], n: int) -> list[int]:
+    """Rows of the user's ``n`` latest interactions, most recent first: consecutive events on one item count once,
+    as in the item-kNN's training (``model/baselines.py``)."""
+    runs = [row for i, row in enumerate(history) if i + 1 == len(history) or history[i + 1] != row]
+    return runs[::-1][:n]
+
+
+def merge(proposed: dict[str, list[np.ndarray]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each user's union of the sources' rows (the first source's order, then each further source's new rows) and,
+    aligned with it, the int8 code of the source that explains each row (its index in ``proposed``)."""
+    names = list(proposed)
+    if not names:
+        return [], []
+    candidates = list(proposed[names[0]])
+    origin = [np.zeros(len(rows), dtype=np.int8) for rows in candidates]
+    for code, name in enumerate(names[1:], start=1):
+        merged = []
+        for i, (rows, more) in enumerate(zip(candidates, proposed[name], strict=True)):
+            new = more[~np.isin(more, rows)]
+            # An item a collaborative source proposed is explained by it, even if the first source found it too.
+            origin[i][np.isin(rows, more)] = code
+            origin[i] = np.concatenate([origin[i], np.full(len(new), code, dtype=np.int8)])
+            merged.append(np.concatenate([rows, new]))
+        candidates = merged
+    return candidates, origin
