@@ -20,7 +20,7 @@ from streamrec.index.params import (
     DEFAULT_NPROBE,
     IndexKindOrAuto,
 )
-from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, EVENT_TYPES
+from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, checked_event_weights
 
 
 class TrainConfig(BaseModel):
@@ -100,12 +100,7 @@ class TrainConfig(BaseModel):
     @field_validator("event_weights")
     @classmethod
     def _weights_cover_event_types(cls, weights: dict[str, float]) -> dict[str, float]:
-        missing = set(EVENT_TYPES) - set(weights)
-        if missing:
-            raise ValueError(f"event_weights lacks {sorted(missing)}")
-        if any(w < 0 for w in weights.values()):
-            raise ValueError("event weights must be non-negative")
-        return weights
+        return checked_event_weights(weights)
 
     @field_validator("blend_weights")
     @classmethod

@@ -57,3 +57,13 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "click": 2.0, "cart": 4.
 
 #: Event-time half-life of interest, seconds: an event this much older than the newest counts half.
 DEFAULT_HALF_LIFE_S = 172_800.0
+
+
+def checked_event_weights(weights: dict[str, float]) -> dict[str, float]:
+    """``weights`` if it gives every event type a non-negative weight; else ``ValueError`` saying what is wrong."""
+    missing = set(EVENT_TYPES) - set(weights)
+    if missing:
+        raise ValueError(f"event_weights lacks {sorted(missing)}")
+    if any(w < 0 for w in weights.values()):
+        raise ValueError("event weights must be non-negative")
+    return weights

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamrec.index.params import DEFAULT_EF_SEARCH, DEFAULT_N_CANDIDATES, DEFAULT_NPROBE
 from streamrec.model.config import TrainConfig
-from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, EVENT_TYPES
+from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, checked_event_weights
 
 
 class Settings(BaseSettings):
@@ -356,12 +356,7 @@ class Settings(BaseSettings):
     @field_validator("event_weights")
     @classmethod
     def _weights_cover_event_types(cls, weights: dict[str, float]) -> dict[str, float]:
-        missing = set(EVENT_TYPES) - set(weights)
-        if missing:
-            raise ValueError(f"event_weights lacks {sorted(missing)}")
-        if any(w < 0 for w in weights.values()):
-            raise ValueError("event weights must be non-negative")
-        return weights
+        return checked_event_weights(weights)
 
 
 def settings_markdown_table() -> str:
