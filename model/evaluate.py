@@ -38,7 +38,7 @@ from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import Histories, ItemKNNModel, PopularityModel, Scorer, blend_scores, user_item_pairs
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, EVENT_TYPES
-from streamrec.model.metrics import full_ranks, mask_history, sampled_ranks, summarize
+from streamrec.model.metrics import full_ranks, intra_list_distances, mask_history, sampled_ranks, summarize
 from streamrec.model.ranker import PAD, SequenceRanker
 from streamrec.model.splits import LeaveOneOutSplit, leave_one_out
 
@@ -289,18 +289,6 @@ def _top_of_masked(masked: np.ndarray, k: int) -> np.ndarray:
 def coverage(lists: np.ndarray, n_items: int) -> float:
     """Share of the catalogue that appears in at least one list."""
     return len(np.unique(lists[lists >= 0])) / n_items
-
-
-def intra_list_distances(lists: np.ndarray, unit_embeddings: np.ndarray) -> np.ndarray:
-    """float64 [B]: each list's mean pairwise ``1 - cosine`` (NaN for lists of fewer than two items)."""
-    real = lists >= 0
-    vectors = unit_embeddings[np.maximum(lists, 0)] * real[:, :, None]
-    gram = np.einsum("bid,bjd->bij", vectors, vectors)
-    size = real.sum(axis=1).astype(np.float64)
-    pairs = size * (size - 1)
-    similarity_sum = gram.sum(axis=(1, 2)) - np.einsum("bii->b", gram)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pairs > 0, 1.0 - similarity_sum / pairs, np.nan)
 
 
 def list_novelty(lists: np.ndarray, self_information: np.ndarray) -> np.ndarray:

@@ -137,3 +137,15 @@ def sampled_ranks(
     above = np.count_nonzero(real & (negative_scores > target_scores[:, None]), axis=1)
     ties = np.count_nonzero(real & (negative_scores == target_scores[:, None]), axis=1)
     return np.where(np.isnan(target_scores), real.sum(axis=1), break_ties(above, ties, rng)).astype(np.int64)
+
+
+def intra_list_distances(lists: np.ndarray, unit_embeddings: np.ndarray) -> np.ndarray:
+    """float64 [B]: each list's mean pairwise ``1 - cosine`` (NaN for lists of fewer than two items)."""
+    real = lists >= 0
+    vectors = unit_embeddings[np.maximum(lists, 0)] * real[:, :, None]
+    gram = np.einsum("bid,bjd->bij", vectors, vectors)
+    size = real.sum(axis=1).astype(np.float64)
+    pairs = size * (size - 1)
+    similarity_sum = gram.sum(axis=(1, 2)) - np.einsum("bii->b", gram)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, 1.0 - similarity_sum / pairs, np.nan)

@@ -54,15 +54,6 @@ def diversify(
     return chosen
 
 
-def intra_list_diversity(vectors: np.ndarray) -> float:
-    """Mean pairwise cosine distance ``1 − cos`` of a list's unit-norm item vectors (0 for fewer than 2)."""
-    n = len(vectors)
-    if n < 2:
-        return 0.0
-    gram = vectors @ vectors.T
-    return float((n * n - gram.sum()) / (n * (n - 1)))
-
-
 def _unit_range(values: np.ndarray) -> np.ndarray:
     low, high = float(values.min()), float(values.max())
     if not np.isfinite(low) or not np.isfinite(high) or high == low:

@@ -15,7 +15,6 @@ from streamrec.model.evaluate import (
     coverage,
     evaluate_offline,
     format_table,
-    intra_list_distances,
     list_novelty,
     sample_negatives,
     top_items,
@@ -23,6 +22,7 @@ from streamrec.model.evaluate import (
 )
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import Event, EventType
+from streamrec.model.metrics import intra_list_distances
 from streamrec.model.splits import leave_one_out
 
 MODELS = ("model", "retrieval", "item_knn", "popularity")
