@@ -248,6 +248,7 @@ class NullMetrics(WorkerMetrics):
     def __getattr__(self, name: str) -> _Nothing:  # only for the metric attributes __init__ did not create
         if name.startswith("__"):
             raise AttributeError(name)
+        setattr(self, name, _NOTHING)  # found by plain lookup next time: the hot path asks once per event
         return _NOTHING
 
     def observe_lists(self, *_: object, **__: object) -> None:
