@@ -1,14 +1,12 @@
 """The path of every event: decode → validate → update user state → retrieve → rank → filter/diversify → publish.
 
-:class:`Pipeline` knows nothing of Kafka. A runtime (``stream/runtime``) feeds it micro-batches of raw
-records and sends the messages it returns; tests call :meth:`Pipeline.process` directly. Per batch there is one
-ANN search and one ranker forward, whatever the number of users in it. The live catalog reaches it through
-:meth:`Pipeline.apply_catalog`, between batches.
-
-Per user, the filter stage blends the personalised ranking with context trending (``stream/cold_start.py``),
-keeps what the business rules allow (``stream/rules.py``, ``stream/filters.py``), diversifies
-(``stream/diversify.py``), fills exploration slots (``stream/explore.py``) and explains every item
-(``stream/explain.py``).
+:class:`Pipeline` orchestrates; each step lives in a module named after it: ``decode.py``, ``validate.py``,
+``user_state.py``, the candidate sources of ``sources.py``, the ranker of ``rank.py``, the list builder of
+``select.py`` and the message of ``publish.py``; the typed results are in ``results.py``, and the live catalog
+reaches the model through ``catalog_sync.py``, between batches. It knows nothing of Kafka: a runtime
+(``stream/runtime``) feeds it micro-batches of raw records and sends the messages it returns; tests call
+:meth:`Pipeline.process` directly. Per batch there is one ANN search and one ranker forward, whatever the number of
+users in it.
 """
 
 from __future__ import annotations
