@@ -96,7 +96,6 @@ class Mistake:
     expected: list[str]
     env: dict[str, str] = field(default_factory=dict)
     exit_code: int | None = None
-    max_seconds: float = 10.0
 
 
 def _mistakes(files: dict[str, Path], taken_port: int, dead: str) -> dict[str, Mistake]:
@@ -206,32 +205,52 @@ class _AnyFile(dict[str, Path]):
 MISTAKES = list(_mistakes(_AnyFile(), 0, "127.0.0.1:1"))  # the names only, for the test ids
 
 
-@pytest.fixture(scope="module")
-def mistakes(files: dict[str, Path], taken_port: int) -> dict[str, tuple[Mistake, subprocess.CompletedProcess, float]]:
-    """Every mistake run once, a few at a time: each is a fresh interpreter, and they do not interfere."""
-    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+# Loaded into every interpreter of the mistakes (PYTHONPATH): at exit it writes down which heavy libraries the
+# command had imported, so the tests see that inputs are checked before torch and FAISS are loaded.
+_IMPORT_PROBE = """
+import atexit, os, sys
 
-    def attempt(mistake: Mistake) -> tuple[Mistake, subprocess.CompletedProcess, float]:
-        started = time.monotonic()
-        result = run_cli(*mistake.args, env=_clean_env(**mistake.env))
-        return mistake, result, time.monotonic() - started
+def _record():
+    with open(os.environ["STREAMREC_TEST_IMPORTS"], "w") as out:
+        out.write(" ".join(name for name in ("torch", "faiss") if name in sys.modules))
+
+atexit.register(_record)
+"""
+
+
+@pytest.fixture(scope="module")
+def mistakes(
+    files: dict[str, Path], taken_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Mistake, subprocess.CompletedProcess, str]]:
+    """Every mistake run once, a few at a time: each is a fresh interpreter, and they do not interfere. With each
+    result, the heavy libraries the command had imported when it failed."""
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    probe = tmp_path_factory.mktemp("import-probe")
+    (probe / "sitecustomize.py").write_text(_IMPORT_PROBE)
+
+    def attempt(numbered: tuple[int, Mistake]) -> tuple[Mistake, subprocess.CompletedProcess, str]:
+        n, mistake = numbered
+        imports = probe / f"imports-{n}.txt"
+        env = _clean_env(**mistake.env, PYTHONPATH=str(probe), STREAMREC_TEST_IMPORTS=str(imports))
+        result = run_cli(*mistake.args, env=env)
+        return mistake, result, imports.read_text() if imports.exists() else "?"
 
     table = _mistakes(files, taken_port, dead)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(table, pool.map(attempt, table.values()), strict=True))
+        return dict(zip(table, pool.map(attempt, enumerate(table.values())), strict=True))
 
 
 @pytest.mark.parametrize("name", MISTAKES)
 def test_a_mistake_is_one_line_naming_the_problem(
-    name: str, mistakes: dict[str, tuple[Mistake, subprocess.CompletedProcess, float]]
+    name: str, mistakes: dict[str, tuple[Mistake, subprocess.CompletedProcess, str]]
 ) -> None:
-    mistake, result, seconds = mistakes[name]
+    mistake, result, heavy_imports = mistakes[name]
     line = error_line(result)
     for fragment in mistake.expected:
         assert fragment in line, line
     if mistake.exit_code is not None:
         assert result.returncode == mistake.exit_code, line
-    assert seconds < mistake.max_seconds, f"{name} took {seconds:.1f} s"
+    assert heavy_imports == "", f"{name} failed only after importing {heavy_imports}"
 
 
 def test_debug_shows_the_traceback(files: dict[str, Path]) -> None:
