@@ -356,8 +356,8 @@ def eval_batches(events: list, start: int) -> list[tuple[int, int]]:
 def run_variant(variant: Variant) -> dict[str, Any]:
     """Replay the whole stream through a fresh pipeline with ``variant``'s settings; score every replayed event."""
     from streamrec.model.artifacts import load_artifacts
+    from streamrec.model.metrics import intra_list_distances
     from streamrec.stream.catalog import parse_catalog_item
-    from streamrec.stream.diversify import intra_list_diversity
     from streamrec.stream.pipeline import Pipeline
     from streamrec.stream.settings import Settings
 
@@ -420,7 +420,7 @@ def run_variant(variant: Variant) -> dict[str, Any]:
             rows = [row_of[item] for item in shown[:K] if item in row_of]
             unscored_items += min(K, len(shown)) - len(rows)
             if len(rows) >= 2:
-                ild[slot] = intra_list_diversity(table[rows])
+                ild[slot] = intra_list_distances(np.array([rows]), table)[0]
             target_index = int(dataset.next_index[i])
             if target_index < 0:
                 continue
