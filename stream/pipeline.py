@@ -1,7 +1,7 @@
 """The path of every event: decode → validate → update user state → retrieve → rank → filter/diversify → publish.
 
 :class:`Pipeline` orchestrates; each step lives in a module named after it: ``decode.py``, ``validate.py``,
-``user_state.py``, the candidate sources of ``sources.py``, the ranker of ``rank.py``, the list builder of
+``update_state.py``, the candidate sources of ``sources.py``, the ranker of ``rank.py``, the list builder of
 ``select.py`` and the message of ``publish.py``; the typed results are in ``results.py``, and the live catalog
 reaches the model through ``catalog_sync.py``, between batches. It knows nothing of Kafka: a runtime
 (``stream/runtime``) feeds it micro-batches of raw records and sends the messages it returns; tests call
@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,6 +47,7 @@ from streamrec.stream.select import ListBuilder
 from streamrec.stream.settings import Settings
 from streamrec.stream.sources import AnnSource, CandidateSource, CoVisitationSource, ItemKnnSource, UserQuery, merge
 from streamrec.stream.trending import TrendingBoard
+from streamrec.stream.update_state import StateUpdater, Trigger
 from streamrec.stream.user_state import InterestModel, UserState, UserStateStore, encode_state
 from streamrec.stream.validate import ValidationRules, validate, validate_command
 
@@ -56,17 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NOTHING_RANKED = RankedCandidates()  # a user the personalised sources had nothing for (or did not reach)
-
-
-@dataclass(slots=True)
-class _Trigger:
-    """The latest event of a user in the batch: the one their recommendation answers."""
-
-    partition: int
-    event: Event
-    received_at: float
-    state: UserState
-    segment: int | None = None
 
 
 class Pipeline:
@@ -129,6 +119,16 @@ class Pipeline:
         self.lists = ListBuilder(
             self.settings, self.rules, self.explorer, self.trending, self.items, self.explainer, self.category_of
         )
+        self.updater = StateUpdater(
+            self.store,
+            self.interest,
+            self.covisitation if self.settings.covisitation_candidates else None,
+            artifacts.segments,
+            self.explorer.exposure,
+            self.trending,
+            self.category_of,
+            self.settings.event_weights,
+        )
         self.catalog_sync.use_model(artifacts, self.items)
         if len(self.catalog):
             self.apply_catalog(list(self.catalog), self.text_vectors(list(self.catalog)), replay=True)
@@ -162,7 +162,7 @@ class Pipeline:
         """Apply catalog records (see :meth:`CatalogSync.apply`); returns the count of each kind of change."""
         counts, grown = self.catalog_sync.apply(items, text_vectors, replay=replay)
         if grown:
-            self.interest = replace(self.interest, embeddings=self.items.embeddings)
+            self.interest = self.updater.interest = replace(self.interest, embeddings=self.items.embeddings)
             self.covisitation.grow(len(self.items))
         self._record_index_metrics()
         return counts
@@ -225,7 +225,7 @@ class Pipeline:
                         accepted.append((record, event))
 
         with self._stage("state", timings):
-            triggers, forgotten = self._update_state(accepted, now)
+            triggers, forgotten = self.updater.apply(accepted, now)
 
         recommendations, published = self._recommend(list(triggers.values()), timings)
         with self._stage("state", timings):
@@ -280,63 +280,8 @@ class Pipeline:
         self.metrics.events_invalid.labels(rejection.reason).inc()
         return dead_letter(record, rejection, self.settings.dead_letter_topic, self.settings.dead_letter_max_bytes)
 
-    def _update_state(
-        self, accepted: list[tuple[SourceRecord, Event | Command]], now: float
-    ) -> tuple[dict[str, _Trigger], dict[str, int]]:
-        """Apply the batch's events in order; returns the users to answer and the users a command erased."""
-        triggers: dict[str, _Trigger] = {}
-        forgotten: dict[str, int] = {}  # user -> partition
-        applied: list[Event] = []
-        for record, event in accepted:
-            if isinstance(event, Command):
-                # The only command is `forget`: the user's state goes, and their events earlier in the batch are
-                # not answered. Aggregates they fed (trending, co-visitation, exposure) hold no user id.
-                self.store.remove(record.partition, event.user_id)
-                triggers.pop(event.user_id, None)
-                forgotten[event.user_id] = record.partition
-                log.info("forgot user %r (request %s)", event.user_id, event.request_id)
-                continue
-            state = self.store.get(record.partition, event.user_id)
-            if state is None:
-                state = self.interest.new_state(event.user_id)
-                self.store.put(record.partition, state)
-            if not state.already_applied(record.partition, record.offset):
-                row = self.interest.row_of.get(event.item_id)
-                if row is not None and self.settings.covisitation_candidates:
-                    self.covisitation.add(self.interest.latest_rows(state, self.covisitation.window), row)
-                if state.record_engaged(event.item_id):
-                    self.explorer.exposure.engaged(event.item_id)
-                self.interest.apply(state, event)
-                state.last_partition, state.last_offset = record.partition, record.offset
-                state.updated_at = now
-                applied.append(event)
-            # A user's later events in the batch supersede earlier ones: one recommendation per user per batch.
-            triggers.pop(event.user_id, None)
-            triggers[event.user_id] = _Trigger(record.partition, event, record.received_at, state)
-        self._assign_segments(list(triggers.values()))
-        weights = self.settings.event_weights
-        for event in applied:
-            # Counted in the segment of the user as of the batch's end (one assignment per user and batch).
-            self.trending.add(
-                event.item_id,
-                weights[event.event_type.value],
-                event.ts,
-                self.category_of(event.item_id),
-                triggers[event.user_id].segment if event.user_id in triggers else None,
-            )
-        return triggers, forgotten
-
-    def _assign_segments(self, triggers: list[_Trigger]) -> None:
-        segments = self.artifacts.segments
-        warm = [t for t in triggers if t.state.vector is not None]
-        if segments is None or not warm:
-            return
-        assigned = segments.assign_users(np.stack([t.state.vector for t in warm]))
-        for trigger, segment in zip(warm, assigned.tolist(), strict=True):
-            trigger.segment = segment
-
     def _recommend(
-        self, triggers: list[_Trigger], timings: dict[str, float]
+        self, triggers: list[Trigger], timings: dict[str, float]
     ) -> tuple[list[OutgoingMessage], list[PublishedRecommendation]]:
         settings = self.settings
         requests = {t.event.user_id: Request.of(t.state, t.event) for t in triggers}
@@ -385,7 +330,7 @@ class Pipeline:
         return messages, published
 
     def _personalized(
-        self, warm: list[_Trigger], requests: dict[str, Request], timings: dict[str, float]
+        self, warm: list[Trigger], requests: dict[str, Request], timings: dict[str, float]
     ) -> tuple[dict[str, RankedCandidates], dict[str, int]]:
         """Each warm user's candidates from every source, merged and ranked; also how many of the user's events
         the model knows."""
