@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from bench_end_to_end import scrape, value
 
 from streamrec.stream.app.broker import die_with_parent, free_port
 
@@ -139,23 +140,6 @@ class Topics:
 # --- workers -------------------------------------------------------------------------------------------------
 
 
-def scrape(port: int, timeout_s: float = 3.0) -> Samples:
-    """One ``/metrics`` scrape: {(sample name, sorted labels): value}; raises ``OSError`` when unreachable."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
 def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
     """Every series of ``name`` keyed by one label's value."""
     return {
@@ -177,7 +161,7 @@ class Worker:
         return self.process.poll() is None
 
     def scrape(self) -> Samples:
-        return scrape(self.port)
+        return scrape(self.port, timeout_s=3.0)
 
     def metric(self, name: str, **labels: str) -> float:
         return value(self.scrape(), name, **labels)

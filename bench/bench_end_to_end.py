@@ -299,7 +299,7 @@ async def latency_phase(
 
 
 def scrape(port: int, timeout_s: float = 2.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """One /metrics scrape: {(sample name, sorted labels): value}."""
+    """One /metrics scrape: {(sample name, sorted labels): value}; raises ``OSError`` when unreachable."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as response:

@@ -340,15 +340,9 @@ class Pipeline:
             for t in warm:
                 # Known-item history, oldest first: read once, used by every source and the ranker, which (like
                 # the item-kNN) knows only the trained rows; live items enter them as candidates.
-                history = tuple(self.interest.history_rows(t.state))
-                users.append(
-                    UserQuery(
-                        t.state.vector,
-                        history,
-                        tuple(row for row in history if row < n_trained),
-                        frozenset(self._excluded_rows(requests[t.event.user_id])),
-                    )
-                )
+                history = self.interest.history_rows(t.state)
+                excluded = self._excluded_rows(requests[t.event.user_id])
+                users.append(UserQuery.of(t.state.vector, history, n_trained, excluded))
             proposed = {source.name: source.candidates(users) for source in self.sources}
             if self.candidate_observer is not None:
                 for i, t in enumerate(warm):

@@ -17,7 +17,7 @@ import torch
 from streamrec.model.baselines import ItemKNNModel, blend_scores
 from streamrec.stream.filters import ScoredItem
 from streamrec.stream.item_table import ItemTable
-from streamrec.stream.sources import UserQuery, recent_interactions
+from streamrec.stream.sources import UserQuery
 
 
 class SequenceScorer(Protocol):
@@ -143,7 +143,7 @@ class BlendedRanker:
     def score(self, users: Sequence[UserQuery], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
         scores = self.ranker.score(users, candidates)
         n_trained = self.items.n_trained
-        recent = [recent_interactions(user.trained_history, self.item_knn.n_recent) for user in users]
+        recent = [list(user.recent[: self.item_knn.n_recent]) for user in users]
         trained = [np.where(rows < n_trained, rows, 0) for rows in candidates]
         knn = self.item_knn.score_candidates(recent, trained)
         return [

@@ -28,7 +28,14 @@ class UserQuery:
     vector: np.ndarray  # float32 [dim]: the interest vector
     history: tuple[int, ...]  # rows of the user's known recent items, oldest first
     trained_history: tuple[int, ...]  # the same, only rows the model was trained on (the ranker's vocabulary)
+    recent: tuple[int, ...]  # trained rows of the latest interactions, most recent first (see recent_interactions)
     excluded: frozenset[int]  # rows never to propose: purchases, the current item, the request's exclusions
+
+    @classmethod
+    def of(cls, vector: np.ndarray, history: Sequence[int], n_trained: int, excluded: set[int]) -> UserQuery:
+        """The query of a user whose known history is ``history``; rows from ``n_trained`` on were added live."""
+        trained = tuple(row for row in history if row < n_trained)
+        return cls(vector, tuple(history), trained, tuple(recent_interactions(trained)), frozenset(excluded))
 
 
 class CandidateSource(Protocol):
@@ -78,18 +85,16 @@ class ItemKnnSource:
 
     def candidates(self, users: Sequence[UserQuery]) -> list[np.ndarray]:
         return [
-            self.item_knn.top_neighbors(
-                recent_interactions(user.trained_history, self.item_knn.n_recent), self.n, set(user.excluded)
-            )
+            self.item_knn.top_neighbors(list(user.recent[: self.item_knn.n_recent]), self.n, set(user.excluded))
             for user in users
         ]
 
 
-def recent_interactions(history: Sequence[int], n: int) -> list[int]:
-    """Rows of the user's ``n`` latest interactions, most recent first: consecutive events on one item count once,
-    as in the item-kNN's training (``model/baselines.py``)."""
+def recent_interactions(history: Sequence[int]) -> list[int]:
+    """Rows of the user's interactions, most recent first: consecutive events on one item count once, as in the
+    item-kNN's training (``model/baselines.py``)."""
     runs = [row for i, row in enumerate(history) if i + 1 == len(history) or history[i + 1] != row]
-    return runs[::-1][:n]
+    return runs[::-1]
 
 
 def merge(proposed: dict[str, list[np.ndarray]]) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -37,11 +37,11 @@ def users(histories: list[list[int]], artifacts: ModelArtifacts) -> list[UserQue
     embeddings = artifacts.item_embeddings
     chosen = [*[h[-12:] for h in histories if len(h) >= 4][:11], histories[0][-1:]]
     return [
-        UserQuery(
+        UserQuery.of(
             embeddings[history].mean(axis=0).astype(np.float32),
-            tuple(history),
-            tuple(history),
-            frozenset({history[-1], (history[0] + 7) % len(artifacts.item_ids)}),
+            history,
+            len(artifacts.item_ids),
+            {history[-1], (history[0] + 7) % len(artifacts.item_ids)},
         )
         for history in chosen
     ]

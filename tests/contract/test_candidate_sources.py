@@ -104,7 +104,7 @@ class TestItemKnnSource(CandidateSourceContract):
     def reference_scores(self, source: CandidateSource, user: UserQuery) -> np.ndarray:
         assert isinstance(source, ItemKnnSource)
         knn = source.item_knn
-        recent = recent_interactions(user.trained_history, knn.n_recent)
+        recent = recent_interactions(user.trained_history)[: knn.n_recent]
         return knn.score_candidates([recent], [np.arange(knn.n_items)])[0]
 
 

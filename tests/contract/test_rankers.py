@@ -83,7 +83,7 @@ def test_the_blend_at_weight_zero_is_the_ranker_and_otherwise_adds_the_item_knn(
     at_zero = BlendedRanker(base, item_knn, 0.0, items).score(users, candidates)
     assert all(np.array_equal(a, b) for a, b in zip(plain, at_zero, strict=True))
     blended = BlendedRanker(base, item_knn, 2.5, items).score(users, candidates)
-    recent = [recent_interactions(user.trained_history, item_knn.n_recent) for user in users]
+    recent = [recent_interactions(user.trained_history)[: item_knn.n_recent] for user in users]
     knn = item_knn.score_candidates(recent, candidates)
     for ranker_scores, knn_scores, scores in zip(plain, knn, blended, strict=True):
         np.testing.assert_array_equal(scores, blend_scores(ranker_scores, knn_scores, 2.5))
