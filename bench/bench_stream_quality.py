@@ -367,7 +367,7 @@ def run_variant(variant: Variant) -> dict[str, Any]:
     artifacts = load_artifacts(_WORKER.artifacts_dir)
     started = time.perf_counter()
     pipeline = Pipeline(settings, artifacts)
-    rules, max_bytes = pipeline.validation_rules, settings.max_payload_bytes
+    rules, max_bytes = pipeline.intake.rules, settings.max_payload_bytes
     items = [parse_catalog_item(orjson.dumps(r), r["item_id"].encode(), rules, max_bytes) for r in dataset.catalog]
     catalog_changes = pipeline.apply_catalog(items, pipeline.text_vectors(items))
     setup_s = time.perf_counter() - started

@@ -24,6 +24,8 @@ from typing import Protocol
 
 import numpy as np
 
+from streamrec.index.covisitation import CoVisitation
+from streamrec.model.baselines import ItemKNNModel
 from streamrec.stream.filters import ScoredItem
 from streamrec.stream.user_state import RecentItem
 
@@ -43,6 +45,20 @@ class ItemRows(Protocol):
 
     @property
     def unit_embeddings(self) -> np.ndarray: ...
+
+
+def co_occurrence_of(
+    covisitation: CoVisitation, item_knn: ItemKNNModel | None
+) -> Callable[[list[int], list[int]], np.ndarray]:
+    """``[anchors, rows]``: how strongly the collaborative sources (co-visitation, the item-kNN) tie each pair."""
+
+    def co_occurrence(anchors: list[int], rows: list[int]) -> np.ndarray:
+        strength = covisitation.strengths(anchors, rows)
+        if item_knn is not None:
+            strength += item_knn.similarities_between(anchors, rows)
+        return strength
+
+    return co_occurrence
 
 
 class Explainer:

@@ -1,13 +1,73 @@
-"""Stage 7 — publish: the output contract on topic ``recommendations`` (key = user id)."""
+"""Stage 7 — publish: a batch's messages, the output contract on topic ``recommendations`` (key = user id).
+
+Besides each user's list, the batch publishes the users' new states to the changelog (after the lists: the state
+records what was just shown) and, for users a ``forget`` command erased, tombstones on both topics.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
 import orjson
 
 from streamrec.model.events import Event
+from streamrec.stream.explore import ExposureStats
 from streamrec.stream.filters import ScoredItem
+from streamrec.stream.results import OutgoingMessage, PublishedRecommendation
+from streamrec.stream.settings import Settings
+from streamrec.stream.update_state import Trigger
+from streamrec.stream.user_state import encode_state
+
+
+class Publisher:
+    """Turns a batch's chosen lists and changed states into messages, and records what each user was shown."""
+
+    def __init__(self, settings: Settings, exposure: ExposureStats) -> None:
+        self.recommendations_topic = settings.recommendations_topic
+        self.state_topic = settings.state_topic
+        self.exposure = exposure
+
+    def recommendations(
+        self,
+        triggers: Sequence[Trigger],
+        chosen: Mapping[str, Sequence[ScoredItem]],
+        personalized: Mapping[str, object],
+        model_version: str,
+    ) -> tuple[list[OutgoingMessage], list[PublishedRecommendation]]:
+        """One message per trigger; ``personalized`` holds the users whose list the model ranked."""
+        generated_at = time.time()
+        messages, published = [], []
+        for trigger in triggers:
+            user_id = trigger.event.user_id
+            items = chosen[user_id]
+            value = recommendation_message(user_id, items, model_version, trigger.event, generated_at, trigger.segment)
+            messages.append(OutgoingMessage(self.recommendations_topic, user_id.encode(), value))
+            kind = "personalized" if user_id in personalized else "trending"
+            published.append(PublishedRecommendation(kind, trigger.event.ts, trigger.received_at))
+            trigger.state.record_shown([item.item_id for item in items])
+            for item in items:
+                self.exposure.shown(item.item_id)
+        return messages, published
+
+    def state_updates(
+        self, triggers: Sequence[Trigger], forgotten: Mapping[str, int]
+    ) -> tuple[list[OutgoingMessage], list[OutgoingMessage]]:
+        """The changed users' states and the forgotten users' tombstones: (changelog messages, recommendation
+        tombstones)."""
+        states = [
+            OutgoingMessage(self.state_topic, t.event.user_id.encode(), encode_state(t.state), partition=t.partition)
+            for t in triggers
+        ]
+        answered = {t.event.user_id for t in triggers}
+        tombstones = []
+        # A forgotten user's tombstones, unless events after the `forget` already started a new state: its record
+        # supersedes the old ones just as well, and one message per key keeps retries order-free.
+        for user_id, partition in forgotten.items():
+            if user_id not in answered:
+                states.append(OutgoingMessage(self.state_topic, user_id.encode(), None, partition))
+                tombstones.append(OutgoingMessage(self.recommendations_topic, user_id.encode(), None))
+        return states, tombstones
 
 
 def recommendation_message(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -17,7 +17,11 @@ import torch
 from streamrec.model.baselines import ItemKNNModel, blend_scores
 from streamrec.stream.filters import ScoredItem
 from streamrec.stream.item_table import ItemTable
+from streamrec.stream.retrieve import Candidates
 from streamrec.stream.sources import UserQuery
+
+if TYPE_CHECKING:
+    from streamrec.model.artifacts import ModelArtifacts
 
 
 class SequenceScorer(Protocol):
@@ -150,3 +154,26 @@ class BlendedRanker:
             blend_scores(ranker, np.where(rows < n_trained, item_knn, 0.0), self.weight)
             for ranker, item_knn, rows in zip(scores, knn, candidates, strict=True)
         ]
+
+
+def served_ranker(artifacts: ModelArtifacts, items: ItemTable) -> CandidateRanker:
+    """The sequence ranker, blended with the item-kNN where training chose a weight above 0."""
+    ranker: CandidateRanker = SequenceRankerScores(artifacts.ranker, items, artifacts.ranker.config.max_len)
+    if artifacts.item_knn is not None and artifacts.blend_weight > 0:
+        ranker = BlendedRanker(ranker, artifacts.item_knn, artifacts.blend_weight, items)
+    return ranker
+
+
+def rank(
+    ranker: CandidateRanker,
+    user_ids: Sequence[str],
+    users: Sequence[UserQuery],
+    candidates: Candidates,
+    item_ids: Sequence[str],
+) -> dict[str, RankedCandidates]:
+    """Each user's merged candidates scored by ``ranker`` in one forward and sorted, best first."""
+    scores = ranker.score(users, candidates.rows)
+    return {
+        user_id: RankedCandidates.by_score(rows, row_scores, codes, candidates.source_names, item_ids)
+        for user_id, rows, row_scores, codes in zip(user_ids, candidates.rows, scores, candidates.origin, strict=True)
+    }

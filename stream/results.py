@@ -6,6 +6,9 @@ their reason and their source in headers (the README's event contract lists them
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from streamrec.stream.events import SourceRecord
@@ -72,3 +75,18 @@ def dead_letter(record: SourceRecord, rejection: InvalidEvent, topic: str, max_b
         headers.append((TRUNCATED_HEADER, b"key"))
         key = key[:MAX_DEAD_LETTER_KEY_BYTES]
     return OutgoingMessage(topic, key, value, headers=headers)
+
+
+class StageClock:
+    """Seconds spent in each named stage of one batch (a stage entered twice adds up)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start

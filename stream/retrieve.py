@@ -1,43 +1,76 @@
-"""Stage 4 — retrieve: candidate items for many users with one ANN search.
+"""Stage 4 — retrieve: every candidate source asked once for all warm users of a batch, their proposals merged.
 
-Users with an interest vector query the FAISS index; items they must not get (purchases, the item they just
-touched) are removed here so the ranker spends no work on them. The search over-fetches by the largest
-exclusion count in the batch so excluded items do not shrink the candidate list.
+The sources (``sources.py``) are chosen from the settings and the model: the ANN over the interest vector always,
+co-visitation counted from the stream and the trained item-kNN where configured. Each user's query is read once
+and shared by every source and the ranker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from streamrec.index.covisitation import CoVisitation
+from streamrec.stream.item_table import ItemTable
+from streamrec.stream.rules import Request
+from streamrec.stream.settings import Settings
+from streamrec.stream.sources import AnnSource, CandidateSource, CoVisitationSource, ItemKnnSource, UserQuery, merge
+from streamrec.stream.user_state import InterestModel
 
-class VectorIndex(Protocol):
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+if TYPE_CHECKING:
+    from streamrec.model.artifacts import ModelArtifacts
 
-    def __len__(self) -> int: ...
+#: Called with (user id, {source name: candidate rows}) for every personalised user.
+CandidateObserver = Callable[[str, dict[str, np.ndarray]], None]
 
 
-def retrieve_candidates(
-    index: VectorIndex,
-    queries: np.ndarray,
-    excluded_rows: Sequence[set[int]],
-    n_candidates: int,
-) -> list[np.ndarray]:
-    """Candidate item rows per query, best first, with each user's excluded rows removed.
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """The merged candidates of a batch's users, aligned with the queries they answer."""
 
-    ``queries`` is float32 ``[B, dim]``; returns ``B`` int64 arrays of at most ``n_candidates`` rows.
-    """
-    if len(queries) == 0:
-        return []
-    over_fetch = max((len(rows) for rows in excluded_rows), default=0)
-    k = min(n_candidates + over_fetch, len(index))
-    _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    candidates = []
-    for found, excluded in zip(rows, excluded_rows, strict=True):
-        keep = found[found >= 0]
-        if excluded:
-            keep = keep[~np.isin(keep, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))]
-        candidates.append(keep[:n_candidates])
-    return candidates
+    rows: list[np.ndarray]  # int64 item rows per user, the first source's order first
+    origin: list[np.ndarray]  # int8 per row: the index in ``source_names`` of the source that explains it
+    source_names: list[str]
+
+
+class Retriever:
+    """Builds each user's :class:`UserQuery` and merges what every configured source proposes for it."""
+
+    def __init__(self, sources: Sequence[CandidateSource], items: ItemTable) -> None:
+        self.sources = list(sources)
+        self.items = items
+
+    @classmethod
+    def for_model(
+        cls, settings: Settings, artifacts: ModelArtifacts, items: ItemTable, covisitation: CoVisitation
+    ) -> Retriever:
+        """The sources the settings and the model ask for, the ANN first (it leads the merge)."""
+        sources: list[CandidateSource] = [AnnSource(items, settings.n_candidates)]
+        if settings.covisitation_candidates:
+            sources.append(CoVisitationSource(covisitation, settings.covisitation_candidates))
+        if artifacts.item_knn is not None and artifacts.blend_weight > 0 and settings.item_knn_candidates:
+            sources.append(ItemKnnSource(artifacts.item_knn, settings.item_knn_candidates))
+        return cls(sources, items)
+
+    def query(self, interest: InterestModel, request: Request) -> UserQuery:
+        """One user's query. The known-item history (oldest first) is read once for every source and the ranker,
+        which, like the item-kNN, knows only the trained rows; live items enter them as candidates."""
+        row_of = self.items.row_of
+        excluded = [*request.state.bought, request.trigger.item_id, *request.exclude_items]
+        excluded_rows = {row for item in excluded if (row := row_of.get(item)) is not None}
+        history = interest.history_rows(request.state)
+        return UserQuery.of(request.state.vector, history, self.items.n_trained, excluded_rows)
+
+    def retrieve(
+        self, user_ids: Sequence[str], users: Sequence[UserQuery], observer: CandidateObserver | None = None
+    ) -> Candidates:
+        """The merged candidates of ``users``; ``observer`` (evaluation's) sees what each source proposed."""
+        proposed = {source.name: source.candidates(users) for source in self.sources}
+        if observer is not None:
+            for i, user_id in enumerate(user_ids):
+                observer(user_id, {name: rows[i] for name, rows in proposed.items()})
+        rows, origin = merge(proposed)
+        return Candidates(rows, origin, list(proposed))

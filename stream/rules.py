@@ -18,6 +18,7 @@ from typing import Protocol
 
 from streamrec.model.events import Event
 from streamrec.stream.catalog import Catalog
+from streamrec.stream.settings import Settings
 from streamrec.stream.user_state import UserState
 
 MAX_REQUEST_EXCLUSIONS = 1_000
@@ -128,6 +129,16 @@ class RuleSet:
     def __init__(self, rules: Sequence[ItemRule]) -> None:
         self.rules = list(rules)
         self.blocked: dict[str, int] = {rule.name: 0 for rule in self.rules}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, catalog: Catalog) -> RuleSet:
+        """The rules every list obeys, then the deny lists and the ignored-item cap where configured."""
+        rules: list[ItemRule] = [ExcludeBought(), ExcludeCurrentItem(), ExcludeUnavailable(catalog)]
+        if settings.deny_items or settings.tenant_deny_items:
+            rules.append(DenyList(settings.deny_items, settings.tenant_deny_items))
+        if settings.max_impressions_without_engagement:
+            rules.append(ExcludeIgnored(settings.max_impressions_without_engagement))
+        return cls(rules)
 
     def blocking_rule(self, item_id: str, request: Request) -> str | None:
         for rule in self.rules:

@@ -1,10 +1,10 @@
-"""Stage 4 — retrieve: candidate sources propose item rows for the users of a batch; the pipeline merges them.
+"""The candidate sources of stage 4: each proposes item rows for the users of a batch; the retriever merges them.
 
-Every source answers the same question the same way (:class:`CandidateSource`): for each user of the batch, at
-most ``n`` item rows, best first, none of the user's excluded rows. The pipeline asks each configured source by name
-and :func:`merge` keeps the ANN's order, appends what the others add, and remembers which source proposed each row
-(a collaborative source wins the explanation of a row the ANN found too). Trending items are blended later, per
-user context, by the list builder (``stream/select.py``): they are not rows of the model.
+Every source answers the same question the same way (:class:`CandidateSource`): for each user of the batch, at most
+``n`` item rows, best first, none of the user's excluded rows. The retriever (``retrieve.py``) asks each configured
+source by name and :func:`merge` keeps the ANN's order, appends what the others add, and remembers which source
+proposed each row (a collaborative source wins the explanation of a row the ANN found too). Trending items are
+blended later, per user context, by the list builder (``stream/select.py``): they are not rows of the model.
 """
 
 from __future__ import annotations
@@ -18,7 +18,39 @@ import numpy as np
 from streamrec.index.covisitation import CoVisitation
 from streamrec.model.baselines import ItemKNNModel
 from streamrec.stream.item_table import ItemTable
-from streamrec.stream.retrieve import retrieve_candidates
+
+
+class VectorIndex(Protocol):
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def __len__(self) -> int: ...
+
+
+def retrieve_candidates(
+    index: VectorIndex,
+    queries: np.ndarray,
+    excluded_rows: Sequence[set[int]],
+    n_candidates: int,
+) -> list[np.ndarray]:
+    """Candidate item rows per query, best first, with each user's excluded rows removed.
+
+    Excluded items (purchases, the item just touched) are removed here so the ranker spends no work on them; the
+    search over-fetches by the largest exclusion count in the batch so they do not shrink the candidate list.
+
+    ``queries`` is float32 ``[B, dim]``; returns ``B`` int64 arrays of at most ``n_candidates`` rows.
+    """
+    if len(queries) == 0:
+        return []
+    over_fetch = max((len(rows) for rows in excluded_rows), default=0)
+    k = min(n_candidates + over_fetch, len(index))
+    _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    candidates = []
+    for found, excluded in zip(rows, excluded_rows, strict=True):
+        keep = found[found >= 0]
+        if excluded:
+            keep = keep[~np.isin(keep, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))]
+        candidates.append(keep[:n_candidates])
+    return candidates
 
 
 @dataclass(frozen=True, slots=True)

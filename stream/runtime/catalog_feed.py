@@ -111,7 +111,7 @@ class CatalogFeed:
             try:
                 items.append(
                     parse_catalog_item(
-                        record.value, record.key, self.pipeline.validation_rules, self.settings.max_payload_bytes
+                        record.value, record.key, self.pipeline.intake.rules, self.settings.max_payload_bytes
                     )
                 )
             except InvalidEvent as rejection:
