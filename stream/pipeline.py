@@ -78,14 +78,8 @@ class Pipeline:
         self.artifacts = artifacts
         self.items = ItemTable(artifacts, settings.max_live_items)
         self.items.index.set_search_params(settings.hnsw_ef_search, settings.ivf_nprobe)
-        self.interest = InterestModel(
-            embeddings=self.items.embeddings,
-            row_of=self.items.row_of,
-            event_weights=dict(settings.event_weights),
-            half_life_s=settings.interest_half_life_s,
-            max_recent_items=settings.max_recent_items,
-            max_bought_items=settings.max_bought_items,
-            model_version=artifacts.version,
+        self.interest = InterestModel.from_settings(
+            settings, self.items.embeddings, self.items.row_of, artifacts.version
         )
         # Co-visitation is counted in the model's rows, so a new model starts it afresh from the stream.
         self.covisitation = CoVisitation(len(artifacts.item_ids), window=settings.covisitation_window)

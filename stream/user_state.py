@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 
 from streamrec.model.events import Event, EventType
+from streamrec.stream.settings import Settings
 
 STATE_FORMAT = 2
 """Version of the changelog record written by :func:`encode_state`; 2 added ``updated_at``."""
@@ -83,6 +84,20 @@ class InterestModel:
     max_recent_items: int
     max_bought_items: int
     model_version: str
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, embeddings: np.ndarray, row_of: dict[str, int], model_version: str
+    ) -> InterestModel:
+        return cls(
+            embeddings=embeddings,
+            row_of=row_of,
+            event_weights=dict(settings.event_weights),
+            half_life_s=settings.interest_half_life_s,
+            max_recent_items=settings.max_recent_items,
+            max_bought_items=settings.max_bought_items,
+            model_version=model_version,
+        )
 
     def new_state(self, user_id: str) -> UserState:
         return UserState(user_id=user_id, recent=deque(maxlen=self.max_recent_items))

@@ -62,15 +62,7 @@ def test_the_settings_choose_the_sources_ann_first(artifacts: ModelArtifacts) ->
 def test_the_query_excludes_purchases_the_current_item_and_the_requests_own(artifacts: ModelArtifacts) -> None:
     settings = Settings()
     items = ItemTable(artifacts, max_live_items=0)
-    interest = InterestModel(
-        embeddings=items.embeddings,
-        row_of=items.row_of,
-        event_weights=dict(settings.event_weights),
-        half_life_s=settings.interest_half_life_s,
-        max_recent_items=settings.max_recent_items,
-        max_bought_items=settings.max_bought_items,
-        model_version=artifacts.version,
-    )
+    interest = InterestModel.from_settings(settings, items.embeddings, items.row_of, artifacts.version)
     first, bought, current, on_page = artifacts.item_ids[:4]
     state = UserState("u1", deque(maxlen=settings.max_recent_items))
     for ts, (item, kind) in enumerate([(first, EventType.VIEW), (bought, EventType.BUY), (current, EventType.VIEW)]):

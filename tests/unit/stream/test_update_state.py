@@ -17,15 +17,7 @@ NOW = 1_800_000_000.0
 
 def _updater(artifacts: ModelArtifacts) -> StateUpdater:
     settings = Settings()
-    interest = InterestModel(
-        embeddings=artifacts.item_embeddings,
-        row_of=artifacts.row_of,
-        event_weights=dict(settings.event_weights),
-        half_life_s=settings.interest_half_life_s,
-        max_recent_items=settings.max_recent_items,
-        max_bought_items=settings.max_bought_items,
-        model_version=artifacts.version,
-    )
+    interest = InterestModel.from_settings(settings, artifacts.item_embeddings, artifacts.row_of, artifacts.version)
     return StateUpdater(
         UserStateStore(),
         interest,
