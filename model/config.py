@@ -11,6 +11,7 @@ This module imports neither torch nor FAISS: the command line reads it before de
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,13 +23,18 @@ from streamrec.index.params import (
 )
 from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, checked_event_weights
 
+FULL_SOFTMAX_MAX_ITEMS = 20_000
+SAMPLED_NEGATIVES = 2_048
+EVAL_MAX_SCORES = 2_000_000_000
+
 
 class TrainConfig(BaseModel):
     """Hyper-parameters of one training run.
 
     The full softmax holds ``[target positions in a batch, n_items]`` logits (twice, with the retrieval loss):
-    about ``batch_size · max_len · n_items · 16`` bytes at worst. On catalogues of several hundred thousand
-    items lower ``batch_size`` or raise ``min_item_count``.
+    about ``batch_size · max_len · n_items · 16`` bytes at worst; the sampled softmax holds
+    ``batch_size · max_len · (1 + sampled_negatives) · 16`` bytes, whatever the catalogue's size
+    (``model/softmax.py``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,6 +71,25 @@ class TrainConfig(BaseModel):
         1.0, ge=0, description="Weight of the interest-vector (retrieval) loss next to the ranker's."
     )
     min_item_count: int = Field(1, ge=1, description="Items with fewer events are left out of the vocabulary.")
+    # --- the loss over the catalogue ----------------------------------------------------------------------------
+    softmax: Literal["auto", "full", "sampled"] = Field(
+        "auto",
+        description="Loss over the catalogue: full (every item scored), sampled (shared negatives, log-Q "
+        "corrected) or auto (full up to `full_softmax_max_items` items).",
+    )
+    full_softmax_max_items: int = Field(
+        FULL_SOFTMAX_MAX_ITEMS, ge=0, description="Largest catalogue `softmax` auto trains with the full softmax."
+    )
+    sampled_negatives: int = Field(
+        SAMPLED_NEGATIVES, ge=1, description="Negatives shared by the positions of a batch in the sampled softmax."
+    )
+    negative_popularity_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of the negatives drawn by training-target frequency (like in-batch negatives); the "
+        "rest are drawn uniformly.",
+    )
     # --- the index ---------------------------------------------------------------------------------------------
     index_kind: IndexKindOrAuto = Field(
         "auto", description="FAISS index: auto (flat under 5,000 items), hnsw, flat, ivf."
@@ -78,6 +103,12 @@ class TrainConfig(BaseModel):
         DEFAULT_N_CANDIDATES, ge=1, description="Retrieval candidates re-ranked in the retrieve→rerank test metric."
     )
     eval_batch_size: int = Field(512, ge=1, description="Users scored at once in evaluation.")
+    eval_max_scores: int = Field(
+        EVAL_MAX_SCORES,
+        ge=1,
+        description="Most user × item scores of one evaluation pass (validation each epoch, test): above, a seeded "
+        "sample of users is evaluated, the same in every pass.",
+    )
     # --- the item-kNN blend ------------------------------------------------------------------------------------
     blend_weights: tuple[float, ...] = Field(
         (0.0, 2.0, 4.0, 8.0, 16.0),

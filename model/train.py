@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import orjson
 import torch
-import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from safetensors.torch import save_file
@@ -62,12 +61,13 @@ from streamrec.model.events import EVENT_TYPES
 from streamrec.model.metrics import full_ranks, hit_rate, ndcg, summarize
 from streamrec.model.ranker import PAD, RankerConfig, SequenceRanker
 from streamrec.model.segments import Segments, fit_segments
+from streamrec.model.softmax import Softmax, softmax_for
 from streamrec.model.splits import LeaveOneOutSplit, Stage, leave_one_out
 
 logger = logging.getLogger(__name__)
 
 
-EVAL_MAX_SCORES = 1 << 24  # scores per evaluation batch (64 MiB of float32 per matrix)
+EVAL_BATCH_SCORES = 1 << 24  # scores per evaluation batch (64 MiB of float32 per matrix)
 RECALL_SAMPLE = 2_000  # queries used to measure the ANN index's recall against exact search
 
 
@@ -117,19 +117,21 @@ def train_artifacts(
     if split.n_users == 0:
         raise ValueError("no user has the 3 interactions leave-one-out needs")
     windows = _training_windows(split, config)
-    if len(windows.items) == 0:
+    if len(windows) == 0:
         raise ValueError("no training targets: users need a 4th interaction to train on")
     logger.info(
         "training on %s: %d users, %d items, %d events, %d windows",
-        log.name, split.n_users, len(item_ids), split.n_events, len(windows.items),
+        log.name, split.n_users, len(item_ids), split.n_events, len(windows),
     )  # fmt: skip
 
     model = SequenceRanker(ranker_config(config, len(item_ids)))
-    history, best_epoch = _fit(model, windows, split, config, rng, progress)
+    softmax = softmax_for(config, windows.target_counts(len(item_ids)), config.seed)
+    eval_users = evaluation_users(split.n_users, len(item_ids), config)
+    history, best_epoch = _fit(model, windows, split, config, rng, progress, softmax, eval_users)
     train_seconds = time.perf_counter() - started
 
     model.eval()
-    test_ranks, queries = _evaluate(model, split, "test", config, with_baselines=True)
+    test_ranks, queries = _evaluate(model, split, "test", config, with_baselines=True, users=eval_users)
     test_metrics = {name: summarize(ranks) | {"users": len(ranks)} for name, ranks in test_ranks.items()}
     embeddings = model.item_embeddings().detach().numpy().astype(np.float32)
     index = ItemIndex.build(
@@ -168,13 +170,14 @@ def train_artifacts(
             "events": len(log),
             "users": split.n_users,
             "items": len(item_ids),
-            "training_windows": len(windows.items),
+            "training_windows": len(windows),
         },
         "training": {
             "epochs": len(history),
             "best_epoch": best_epoch,
             "seconds": round(train_seconds, 2),
             "torch_threads": torch.get_num_threads(),
+            "softmax": softmax.name,
             "history": history,
         },
         "metrics": {
@@ -285,9 +288,10 @@ def fit_blend(
     targets = split.targets("valid")
     rng = np.random.default_rng(config.seed)
     ranks: dict[float, list[np.ndarray]] = {w: [] for w in weights}
-    step = max(1, min(config.eval_batch_size, EVAL_MAX_SCORES // n_items))
-    for begin in range(0, split.n_users, step):
-        users = slice(begin, begin + step)
+    evaluated = evaluation_users(split.n_users, n_items, config)
+    step = max(1, min(config.eval_batch_size, EVAL_BATCH_SCORES // n_items))
+    for begin in range(0, len(evaluated), step):
+        users = evaluated[begin : begin + step]
         histories = Histories.of_users(split, users, "valid")
         exclude = histories.item_sets()
         ranker_scores = ranker.score_users(histories)
@@ -367,13 +371,46 @@ def build_vocabulary(log: EventLog, min_item_count: int = 1) -> list[str]:
 
 @dataclass(frozen=True)
 class _Windows:
-    """Training inputs: runs of at most ``max_len`` consecutive train events of one user, left-padded."""
+    """Training inputs: runs of at most ``max_len`` consecutive train events of one user.
 
-    items: torch.Tensor  # int64 [W, L], -1 = padding
-    targets: torch.Tensor  # int64 [W, L], -1 = no target at this position
-    weights: torch.Tensor  # float32 [W, L]: event-type weight, 0 at padding
-    decay_exponent: torch.Tensor  # float32 [W, L]: (t − t_last) / half_life ≤ 0, 0 at padding
+    Only each window's end and length are held; :meth:`batch` gathers a batch's events from the split when it is
+    trained on, so memory grows with the events, not with windows × ``max_len``.
+    """
+
+    split: LeaveOneOutSplit
+    targets: np.ndarray  # int64 [N]: each event's training target row, -1 for none (split.train_targets())
+    event_weights: np.ndarray  # float64 [event types]: weight of each event type
+    half_life_s: float
+    ends: np.ndarray  # int64 [W]: exclusive end position of each window
     lengths: np.ndarray  # int64 [W]
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def batch(self, windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(items, targets, weights, decay exponents) of ``windows``, each ``[B, width]`` left-padded to the
+        longest of them: items -1 and targets -1 at padding, weights the event-type weight (0 at padding), and
+        exponents ``(t − t_last) / half_life ≤ 0``."""
+        split, ends, lengths = self.split, self.ends[windows], self.lengths[windows]
+        width = int(lengths.max())
+        positions = ends[:, None] - width + np.arange(width)[None, :]
+        valid = np.arange(width)[None, :] >= (width - lengths)[:, None]
+        positions = np.where(valid, positions, 0)
+        items = np.where(valid, split.items[positions], PAD)
+        targets = np.where(valid, self.targets[positions], -1)
+        weights = np.where(valid, self.event_weights[split.event_types[positions]], 0.0)
+        newest = split.timestamps[ends - 1]
+        exponent = np.where(valid, (split.timestamps[positions] - newest[:, None]) / self.half_life_s, 0.0)
+        return (
+            torch.from_numpy(items.astype(np.int64)),
+            torch.from_numpy(targets.astype(np.int64)),
+            torch.from_numpy(weights.astype(np.float32)),
+            torch.from_numpy(np.minimum(exponent, 0.0).astype(np.float32)),
+        )
+
+    def target_counts(self, n_items: int) -> np.ndarray:
+        """How often each item row is a training target (what the sampled softmax's popularity share follows)."""
+        return np.bincount(self.targets[self.targets >= 0], minlength=n_items)
 
 
 def _training_windows(split: LeaveOneOutSplit, config: TrainConfig) -> _Windows:
@@ -395,22 +432,15 @@ def _training_windows(split: LeaveOneOutSplit, config: TrainConfig) -> _Windows:
     first_window = np.repeat(np.cumsum(per_user) - per_user, per_user)
     window_end = np.repeat(ends, per_user) - length * (np.arange(per_user.sum()) - first_window)
     window_start = np.maximum(np.repeat(starts, per_user), window_end - length)
-
-    positions = window_end[:, None] - length + np.arange(length)[None, :]
-    valid = positions >= window_start[:, None]
-    positions = np.where(valid, positions, 0)
-    items = np.where(valid, split.items[positions], PAD)
-    targets = np.where(valid, targets_all[positions], -1)
-    weights = np.where(valid, type_weights(config)[split.event_types[positions]], 0.0)
-    newest = split.timestamps[window_end - 1]
-    exponent = np.where(valid, (split.timestamps[positions] - newest[:, None]) / config.half_life_s, 0.0)
-    keep = (targets >= 0).any(axis=1)
+    with_target = np.concatenate([[0], np.cumsum(targets_all >= 0)])
+    keep = with_target[window_end] > with_target[window_start]
     return _Windows(
-        items=torch.from_numpy(items[keep].astype(np.int64)),
-        targets=torch.from_numpy(targets[keep].astype(np.int64)),
-        weights=torch.from_numpy(weights[keep].astype(np.float32)),
-        decay_exponent=torch.from_numpy(np.minimum(exponent[keep], 0.0).astype(np.float32)),
-        lengths=valid[keep].sum(axis=1).astype(np.int64),
+        split=split,
+        targets=targets_all,
+        event_weights=type_weights(config).astype(np.float64),
+        half_life_s=config.half_life_s,
+        ends=window_end[keep].astype(np.int64),
+        lengths=(window_end - window_start)[keep].astype(np.int64),
     )
 
 
@@ -447,32 +477,34 @@ def interest_queries(embeddings: torch.Tensor, weights: torch.Tensor, decay_expo
 
 
 def _losses(
-    model: SequenceRanker, log_scale: torch.Tensor, windows: _Windows, batch: np.ndarray, retrieval_weight: float
+    model: SequenceRanker,
+    log_scale: torch.Tensor,
+    windows: _Windows,
+    batch: np.ndarray,
+    retrieval_weight: float,
+    softmax: Softmax,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, ranking, retrieval) losses of one batch; each is a mean over the batch's target positions."""
-    index = torch.from_numpy(batch)
-    width = int(windows.lengths[batch].max())  # left-padded: the last `width` columns hold every event
-    items = windows.items[index, -width:]
-    targets = windows.targets[index, -width:]
+    items, targets, weights, exponent = windows.batch(batch)
     # Flat indexes of the positions with a target: index_select's backward (index_add) is much cheaper on CPU
     # than the index_put that boolean-mask indexing needs.
     positions = (targets.reshape(-1) >= 0).nonzero().squeeze(1)
     wanted = targets.reshape(-1)[positions]
     table = model.item_embeddings()
+    softmax.start_batch()
 
     hidden = _select(model(items), positions)
-    ranking = F.cross_entropy(hidden @ table.T, wanted)
+    ranking = softmax.loss(hidden, table, wanted).mean()
     if retrieval_weight == 0.0:
         return ranking, ranking, torch.zeros(())
 
     embedded = model.item_embedding(torch.where(items >= 0, items, model.config.n_items))
-    weights, exponent = windows.weights[index, -width:], windows.decay_exponent[index, -width:]
     queries = _select(interest_queries(embedded, weights, exponent), positions)
     norms = queries.norm(dim=-1, keepdim=True)
     usable = (norms.squeeze(-1) > 0).to(queries.dtype)  # all-zero event weights leave no query to learn from
-    logits = log_scale.exp() * (queries / norms.clamp_min(1e-12)) @ table.T
+    scaled = log_scale.exp() * (queries / norms.clamp_min(1e-12))
     # A masked mean rather than boolean indexing: no index_put over the [positions, n_items] logits backward.
-    per_position = F.cross_entropy(logits, wanted, reduction="none")
+    per_position = softmax.loss(scaled, table, wanted)
     retrieval = (per_position * usable).sum() / usable.sum().clamp_min(1.0)
     return ranking + retrieval_weight * retrieval, ranking, retrieval
 
@@ -489,6 +521,8 @@ def _fit(
     config: TrainConfig,
     rng: np.random.Generator,
     progress: bool,
+    softmax: Softmax,
+    eval_users: np.ndarray,
 ) -> tuple[list[dict[str, float]], int]:
     """Train with early stopping on validation NDCG@10 of the ranker; leaves the best epoch's weights loaded."""
     # Temperature of the normalised interest-vector logits; starts where the ranker's logits are (≈ sqrt(dim)).
@@ -505,7 +539,7 @@ def _fit(
         totals = np.zeros(3)
         batches = _batches(windows.lengths, config.batch_size, rng)
         for batch in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress):
-            losses = _losses(model, log_scale, windows, batch, config.retrieval_loss_weight)
+            losses = _losses(model, log_scale, windows, batch, config.retrieval_loss_weight, softmax)
             optimizer.zero_grad(set_to_none=True)
             losses[0].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -513,7 +547,7 @@ def _fit(
             totals += [float(loss.detach()) for loss in losses]
 
         model.eval()
-        ranks, _ = _evaluate(model, split, "valid", config, with_baselines=False)
+        ranks, _ = _evaluate(model, split, "valid", config, with_baselines=False, users=eval_users)
         record = {
             "epoch": epoch,
             "loss": float(totals[0] / len(batches)),
@@ -548,11 +582,25 @@ def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 # --- evaluation --------------------------------------------------------------------------------------------------
 
 
+def evaluation_users(n_users: int, n_items: int, config: TrainConfig) -> np.ndarray:
+    """The users every evaluation pass of a run scores: all of them, or a seeded sample where scoring them all
+    against the catalogue would take more than ``config.eval_max_scores`` scores."""
+    most = max(1, config.eval_max_scores // max(1, n_items))
+    if n_users <= most:
+        return np.arange(n_users)
+    return np.sort(np.random.default_rng([config.seed, 3]).choice(n_users, most, replace=False))
+
+
 def _evaluate(
-    model: SequenceRanker, split: LeaveOneOutSplit, stage: Stage, config: TrainConfig, with_baselines: bool
+    model: SequenceRanker,
+    split: LeaveOneOutSplit,
+    stage: Stage,
+    config: TrainConfig,
+    with_baselines: bool,
+    users: np.ndarray,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Target ranks of the ranker and the interest-vector retrieval (plus, on request, popularity and
-    retrieve→rerank), each user's history excluded; also returns the interest vectors ``[U, dim]``.
+    """Target ranks of ``users`` under the ranker and the interest-vector retrieval (plus, on request, popularity
+    and retrieve→rerank), each user's history excluded; also returns their interest vectors ``[len(users), dim]``.
 
     The scorers and the rank protocol (ties broken at random, seeded) are the evaluator's (``model/evaluate.py``,
     ``model/metrics.py``), so the manifest's metrics and ``streamrec eval`` measure the same thing."""
@@ -565,17 +613,17 @@ def _evaluate(
     ranks: dict[str, list[np.ndarray]] = {"ranker": [], "retrieval": []}
     if with_baselines:
         ranks |= {"popularity": [], "retrieve_rerank": []}
-    queries = np.empty((split.n_users, retrieval.embeddings.shape[1]), dtype=np.float32)
+    queries = np.empty((len(users), retrieval.embeddings.shape[1]), dtype=np.float32)
     # Several [users, n_items] score matrices are alive at once: bound their size on large catalogues.
-    step = max(1, min(config.eval_batch_size, EVAL_MAX_SCORES // n_items))
-    for begin in range(0, split.n_users, step):
-        users = slice(begin, begin + step)
-        histories = Histories.of_users(split, users, stage)
-        t = targets[users]
+    step = max(1, min(config.eval_batch_size, EVAL_BATCH_SCORES // n_items))
+    for begin in range(0, len(users), step):
+        batch = users[begin : begin + step]
+        histories = Histories.of_users(split, batch, stage)
+        t = targets[batch]
         exclude = histories.item_sets()
         ranker_scores = ranker.score_users(histories)
-        queries[users] = retrieval.queries(histories)
-        retrieval_scores = queries[users] @ retrieval.embeddings.T
+        queries[begin : begin + step] = retrieval.queries(histories)
+        retrieval_scores = queries[begin : begin + step] @ retrieval.embeddings.T
         ranks["ranker"].append(full_ranks(ranker_scores, t, exclude, tie_rng)[0])
         ranks["retrieval"].append(full_ranks(retrieval_scores, t, exclude, tie_rng)[0])
         if popularity is not None:

@@ -1,0 +1,99 @@
+"""The training loss over the catalogue: a full softmax, or a sampled one whose cost does not grow with it.
+
+Both losses score a batch's target positions (hidden states ``[P, dim]``) against item embeddings and return a
+cross-entropy per position.
+
+* :class:`FullSoftmax` scores every item: exact, and best where it fits (``[P, n_items]`` logits per loss).
+* :class:`SampledSoftmax` scores each position's own target and ``K`` negatives shared by the whole batch, drawn
+  with replacement from a mix of the uniform distribution (the long tail) and the training targets' frequency
+  (what in-batch negatives would give, without the ``P × P`` cost). Every logit is corrected by the log of the
+  item's expected count in the sample (the log-Q correction of Bengio & Senécal, Jean et al.; Yi et al. 2019 for
+  recommendation): without it popular items, sampled often, would be pushed down too far. A negative that is the
+  position's own target (an accidental hit) is masked. The logits are ``[P, 1 + K]`` whatever the catalogue's
+  size. When ``K`` reaches the catalogue every item is taken exactly once with expected count 1: the loss, and
+  its gradient, are then the full softmax's.
+
+:func:`softmax_for` picks one from the training configuration (``auto``: the full softmax up to
+``full_softmax_max_items`` items).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from streamrec.model.config import TrainConfig
+
+
+class FullSoftmax:
+    """Cross-entropy over the whole catalogue."""
+
+    name = "full"
+
+    def start_batch(self) -> None:
+        pass
+
+    def loss(self, hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-position cross-entropy ``[P]`` of ``hidden @ table.T`` against ``targets``."""
+        return F.cross_entropy(hidden @ table.T, targets, reduction="none")
+
+
+class SampledSoftmax:
+    """Cross-entropy over each target and ``n_negatives`` shared negatives, log-Q corrected."""
+
+    name = "sampled"
+
+    def __init__(
+        self, target_counts: np.ndarray, n_negatives: int, popularity_share: float, generator: torch.Generator
+    ) -> None:
+        """``target_counts[i]``: how often item ``i`` is a training target; ``popularity_share``: the share of the
+        sampling distribution that follows those counts (the rest is uniform)."""
+        n_items = len(target_counts)
+        if n_items == 0:
+            raise ValueError("no items to sample negatives from")
+        counts = torch.as_tensor(target_counts, dtype=torch.float64)
+        share = popularity_share if counts.sum() > 0 else 0.0
+        frequency = counts / counts.sum().clamp_min(1.0)
+        self.probabilities = ((1.0 - share) / n_items + share * frequency).to(torch.float32)
+        self.n_items, self.n_negatives, self.generator = n_items, n_negatives, generator
+        self.covers_catalogue = n_negatives >= n_items
+        self._log_expected = torch.log(self.probabilities * n_negatives)
+        self.negatives = torch.arange(n_items)
+        self.negatives_log_q = torch.zeros(n_items)
+
+    def start_batch(self) -> None:
+        """Draw the negatives every position of the next batch shares (once for both losses of a batch)."""
+        if self.covers_catalogue:
+            return  # every item once, expected count 1: already set
+        self.negatives = torch.multinomial(self.probabilities, self.n_negatives, True, generator=self.generator)
+        self.negatives_log_q = self._log_expected[self.negatives]
+
+    def log_q(self, items: torch.Tensor) -> torch.Tensor:
+        """Log of each item's expected count in one batch's sample (0 when the sample is the whole catalogue)."""
+        return torch.zeros(items.shape) if self.covers_catalogue else self._log_expected[items]
+
+    def loss(self, hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-position cross-entropy ``[P]`` of the target against the batch's negatives."""
+        positive = (hidden * table.index_select(0, targets)).sum(-1) - self.log_q(targets)
+        negative = hidden @ table.index_select(0, self.negatives).T - self.negatives_log_q
+        negative = negative.masked_fill(self.negatives.unsqueeze(0) == targets.unsqueeze(1), -math.inf)
+        logits = torch.cat([positive.unsqueeze(1), negative], dim=1)
+        return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long), reduction="none")
+
+
+Softmax = FullSoftmax | SampledSoftmax
+
+
+def softmax_for(config: TrainConfig, target_counts: np.ndarray, seed: int) -> Softmax:
+    """The loss ``config.softmax`` names; ``auto`` takes the full softmax up to ``full_softmax_max_items`` items."""
+    n_items = len(target_counts)
+    kind = config.softmax
+    if kind == "auto":
+        kind = "full" if n_items <= config.full_softmax_max_items else "sampled"
+    if kind == "full":
+        return FullSoftmax()
+    generator = torch.Generator().manual_seed(seed)
+    return SampledSoftmax(target_counts, config.sampled_negatives, config.negative_popularity_share, generator)
