@@ -149,6 +149,11 @@ class WorkerMetrics:
             ["segment"],
             registry=registry,
         )
+        self.users_evicted = Counter(
+            "streamrec_users_evicted_total",
+            "Users idle longer than user_idle_ttl_s: dropped from memory and tombstoned in the state topic.",
+            registry=registry,
+        )
         self.users_forgotten = Counter(
             "streamrec_users_forgotten_total",
             "Users erased by a `forget` command: state, changelog and recommendations tombstoned.",

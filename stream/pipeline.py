@@ -140,11 +140,14 @@ class Pipeline:
     # --- state restore (called by runtimes on partition assignment) -----------------------------------------
     def restore_state(self, partition: int, states: Sequence[UserState]) -> None:
         """Hold restored users. A vector that cannot be this model's (wrong length) is rebuilt from the user's
-        recent items on their next event rather than trusted."""
+        recent items on their next event rather than trusted. A state from before idle eviction (no update
+        time) counts as updated now."""
         dim = self.items.embeddings.shape[1]
-        for state in states:
+        now = time.time()
+        for state in sorted(states, key=lambda state: state.updated_at or now):  # least recently updated first
             if state.vector is not None and state.vector.shape != (dim,):
                 state.vector, state.model_version = None, None
+            state.updated_at = state.updated_at or now
             self.store.put(partition, state)
         self.metrics.users_restored.inc(len(states))
         self.metrics.users_in_state.set(len(self.store))
@@ -167,6 +170,8 @@ class Pipeline:
         admitted = self.intake.admit(records, now, clock)
         with clock("state"):
             triggers, forgotten = self.updater.apply(admitted.accepted, now)
+            ttl = self.settings.user_idle_ttl_s
+            evicted = self.store.evict_idle(now - ttl) if ttl is not None else {}
         answered = list(triggers.values())
         requests = {t.event.user_id: Request.of(t.state, t.event) for t in answered}
         ranked, known_events = self._rank(answered, requests, clock)
@@ -180,7 +185,7 @@ class Pipeline:
             n_segments = 0 if segments is None else segments.n_segments
             self.metrics.observe_lists(list(chosen.values()), [t.segment for t in answered], n_segments)
         with clock("state"):
-            state_updates, tombstones = self.publisher.state_updates(answered, forgotten)
+            state_updates, tombstones = self.publisher.state_updates(answered, forgotten, evicted)
         self.metrics.messages_consumed.inc(len(records))
         self.metrics.batch_events.observe(len(records))
         self.metrics.users_in_state.set(len(self.store))
@@ -188,6 +193,8 @@ class Pipeline:
             self.metrics.stage_seconds.labels(stage).observe(seconds)
         if forgotten:
             self.metrics.users_forgotten.inc(len(forgotten))
+        if evicted:
+            self.metrics.users_evicted.inc(len(evicted))
         return BatchResult(
             [*recommendations, *tombstones],
             admitted.dead_letters,

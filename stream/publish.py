@@ -51,13 +51,17 @@ class Publisher:
         return messages, published
 
     def state_updates(
-        self, triggers: Sequence[Trigger], forgotten: Mapping[str, int]
+        self, triggers: Sequence[Trigger], forgotten: Mapping[str, int], evicted: Mapping[str, int] | None = None
     ) -> tuple[list[OutgoingMessage], list[OutgoingMessage]]:
         """The changed users' states and the forgotten users' tombstones: (changelog messages, recommendation
-        tombstones)."""
+        tombstones). Evicted idle users get a changelog tombstone only: their last list stays valid."""
         states = [
             OutgoingMessage(self.state_topic, t.event.user_id.encode(), encode_state(t.state), partition=t.partition)
             for t in triggers
+        ]
+        states += [
+            OutgoingMessage(self.state_topic, user_id.encode(), None, partition)
+            for user_id, partition in (evicted or {}).items()
         ]
         answered = {t.event.user_id for t in triggers}
         tombstones = []

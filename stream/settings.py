@@ -186,6 +186,13 @@ class Settings(BaseSettings):
     max_bought_items: int = Field(
         1000, ge=0, description="Most recent purchases remembered per user, never recommended again."
     )
+    user_idle_ttl_s: float | None = Field(
+        30 * 86_400.0,
+        gt=0,
+        description="Users with no event for this many seconds (worker clock) are evicted: dropped from memory "
+        "and tombstoned in the state topic, so compaction removes them; a later event starts them afresh. Unset: "
+        "users are kept forever.",
+    )
     trending_half_life_s: float = Field(
         3_600.0, gt=0, description="Event-time half-life of the real-time popularity counts (trending)."
     )

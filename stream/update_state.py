@@ -89,6 +89,7 @@ class StateUpdater:
                 self.interest.apply(state, event)
                 state.last_partition, state.last_offset = record.partition, record.offset
                 state.updated_at = now
+                self.store.touch(record.partition, event.user_id)
                 applied.append(event)
             # A user's later events in the batch supersede earlier ones: one recommendation per user per batch.
             triggers.pop(event.user_id, None)

@@ -158,7 +158,11 @@ class InterestModel:
 
 
 class UserStateStore:
-    """User states grouped by input partition, so a revoked partition's users can be dropped at once."""
+    """User states grouped by input partition, so a revoked partition's users can be dropped at once.
+
+    Within a partition users are held least recently updated first (:meth:`touch` moves one to the end), so
+    :meth:`evict_idle` reads only the users it evicts, however many are held.
+    """
 
     def __init__(self) -> None:
         self._partitions: dict[int, dict[str, UserState]] = {}
@@ -168,6 +172,23 @@ class UserStateStore:
 
     def put(self, partition: int, state: UserState) -> None:
         self._partitions.setdefault(partition, {})[state.user_id] = state
+
+    def touch(self, partition: int, user_id: str) -> None:
+        """Mark the user as the partition's most recently updated."""
+        users = self._partitions[partition]
+        users[user_id] = users.pop(user_id)
+
+    def evict_idle(self, updated_before: float) -> dict[str, int]:
+        """Remove every user last updated before ``updated_before``; returns each one's partition."""
+        evicted: dict[str, int] = {}
+        for partition, users in self._partitions.items():
+            while users:
+                user_id, state = next(iter(users.items()))
+                if state.updated_at >= updated_before:
+                    break
+                del users[user_id]
+                evicted[user_id] = partition
+        return evicted
 
     def remove(self, partition: int, user_id: str) -> bool:
         """Forget one user; True when they were held."""

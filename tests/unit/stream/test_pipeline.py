@@ -299,3 +299,34 @@ def test_restored_states_with_a_vector_of_the_wrong_size_are_rebuilt_not_trusted
     later = fresh.process([records.event("u3", artifacts.item_ids[2], "view")], now=NOW)
     assert fresh.store.get(0, "u3").vector.shape == (artifacts.dim,)
     assert len(recommendations(later)["u3"]["items"]) == 10
+
+
+def test_idle_users_are_evicted_and_tombstoned_and_active_ones_kept(artifacts: ModelArtifacts) -> None:
+    day = 86_400.0
+    pipeline = Pipeline(Settings(user_idle_ttl_s=2 * day, exploration_share=0.0, random_seed=0), artifacts)
+    records = Records()
+    a, b = artifacts.item_ids[:2]
+    pipeline.process([records.event("u1", a, partition=1), records.event("u2", a, partition=3)], now=NOW)
+    pipeline.process([records.event("u2", b, partition=3)], now=NOW + 1.5 * day)
+
+    result = pipeline.process([records.event("u3", b, partition=1)], now=NOW + 2.5 * day)
+
+    # u1 was idle 2.5 days: gone from memory, its changelog record tombstoned; u2 (1 day idle) and u3 stay.
+    assert pipeline.store.get(1, "u1") is None
+    assert pipeline.store.get(3, "u2") is not None and pipeline.store.get(1, "u3") is not None
+    tombstones = [(m.key, m.partition) for m in result.state_updates if m.value is None]
+    assert tombstones == [(b"u1", 1)]
+    assert [m.key for m in result.recommendations] == [b"u3"]  # an evicted user's last list stays valid
+
+    # A later event starts the evicted user afresh.
+    pipeline.process([records.event("u1", b, partition=1)], now=NOW + 3 * day)
+    assert pipeline.store.get(1, "u1").n_events == 1
+
+
+def test_without_a_ttl_no_user_is_evicted(artifacts: ModelArtifacts) -> None:
+    pipeline = Pipeline(Settings(user_idle_ttl_s=None), artifacts)
+    records = Records()
+    pipeline.process([records.event("u1", artifacts.item_ids[0])], now=NOW)
+    result = pipeline.process([records.event("u2", artifacts.item_ids[1])], now=NOW + 1e9)
+    assert pipeline.store.get(0, "u1") is not None
+    assert all(m.value is not None for m in result.state_updates)

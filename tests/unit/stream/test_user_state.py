@@ -1,11 +1,19 @@
 import base64
+from collections import deque
 
 import numpy as np
 import orjson
 import pytest
 
 from streamrec.model.events import Event, EventType
-from streamrec.stream.user_state import InterestModel, StateRecordError, UserStateStore, decode_state, encode_state
+from streamrec.stream.user_state import (
+    InterestModel,
+    StateRecordError,
+    UserState,
+    UserStateStore,
+    decode_state,
+    encode_state,
+)
 
 EMBEDDINGS = np.eye(4, dtype=np.float32)  # four orthogonal items: each vector component is one item's weight
 WEIGHTS = {"view": 1.0, "click": 2.0, "cart": 4.0, "buy": 8.0}
@@ -182,3 +190,21 @@ def test_store_groups_users_by_partition() -> None:
     assert len(store) == 3 and store.partitions() == [0, 1]
     assert store.drop_partition(1) == 2
     assert store.get(1, "u1") is None and store.get(0, "u0") is not None
+
+
+def test_the_store_evicts_only_the_users_updated_before_the_cut_whatever_their_insertion_order() -> None:
+    store = UserStateStore()
+    for partition, user, updated in [(0, "a", 10.0), (0, "b", 20.0), (1, "c", 5.0), (0, "d", 30.0)]:
+        state = UserState(user, deque())
+        state.updated_at = updated
+        store.put(partition, state)
+    # "a" is updated again: it becomes partition 0's most recent, behind "b" and "d".
+    store.get(0, "a").updated_at = 40.0
+    store.touch(0, "a")
+
+    assert store.evict_idle(25.0) == {"b": 0, "c": 1}
+    assert sorted((p, u) for p in store.partitions() for u in ("a", "b", "c", "d") if store.get(p, u)) == [
+        (0, "a"),
+        (0, "d"),
+    ]
+    assert store.evict_idle(25.0) == {}
