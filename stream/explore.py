@@ -35,6 +35,12 @@ class ExposureStats:
     def engaged(self, item_id: str) -> None:
         self._stats.setdefault(item_id, [0.0, 0.0])[1] += 1.0
 
+    def add(self, item_id: str, shown: float = 0.0, engaged: float = 0.0) -> None:
+        """Counts another worker saw (``stream/aggregates.py``)."""
+        stats = self._stats.setdefault(item_id, [0.0, 0.0])
+        stats[0] += shown
+        stats[1] += engaged
+
     def counts(self, item_id: str) -> tuple[float, float]:
         """(impressions, engagements) of the item."""
         stats = self._stats.get(item_id)

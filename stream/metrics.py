@@ -149,6 +149,16 @@ class WorkerMetrics:
             ["segment"],
             registry=registry,
         )
+        self.shared_events_applied = Counter(
+            "streamrec_shared_events_applied_total",
+            "Events of other workers counted into this worker's trending (from the aggregates topic).",
+            registry=registry,
+        )
+        self.shared_records_rejected = Counter(
+            "streamrec_shared_records_rejected_total",
+            "Records of the aggregates topic that could not be read or applied (logged and skipped).",
+            registry=registry,
+        )
         self.users_evicted = Counter(
             "streamrec_users_evicted_total",
             "Users idle longer than user_idle_ttl_s: dropped from memory and tombstoned in the state topic.",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from streamrec.index.covisitation import CoVisitation
+from streamrec.stream.aggregates import AggregateDeltas, apply_deltas
 from streamrec.stream.catalog import CatalogItem
 from streamrec.stream.catalog_sync import CatalogSync
 from streamrec.stream.events import SourceRecord
@@ -51,7 +52,15 @@ NOTHING_RANKED = RankedCandidates()  # a user the personalised sources had nothi
 class Pipeline:
     """Turns batches of raw input records into recommendations, dead letters and state updates."""
 
-    def __init__(self, settings: Settings, artifacts: ModelArtifacts, metrics: WorkerMetrics | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        artifacts: ModelArtifacts,
+        metrics: WorkerMetrics | None = None,
+        worker_id: str | None = None,
+    ):
+        """``worker_id``, for a worker that shares its aggregates (``stream/aggregates.py``): each batch then
+        also returns a record of what its events added to them."""
         self.settings = settings
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.metrics.segment_label_limit = settings.segment_label_limit
@@ -65,7 +74,8 @@ class Pipeline:
         self.trending = TrendingBoard(settings.trending_half_life_s)
         self.explorer = Explorer(settings.exploration_share, settings.exploration_max_impressions, settings.random_seed)
         self.rules = RuleSet.from_settings(settings, self.catalog)
-        self.publisher = Publisher(settings, self.explorer.exposure)
+        self.deltas = AggregateDeltas(worker_id) if worker_id is not None else None
+        self.publisher = Publisher(settings, self.explorer.exposure, self.deltas)
         self.use_model(artifacts)
 
     def use_model(self, artifacts: ModelArtifacts) -> None:
@@ -100,6 +110,7 @@ class Pipeline:
             self.trending,
             self.category_of,
             settings.event_weights,
+            self.deltas,
         )
         self.catalog_sync.use_model(artifacts, self.items)
         if len(self.catalog):
@@ -136,6 +147,13 @@ class Pipeline:
         self.metrics.index_items.set(len(self.items.index))
         self.metrics.index_unavailable_items.set(self.items.index.n_unavailable)
         self.metrics.live_items.set(self.items.n_live)
+
+    def apply_shared(self, payload: dict) -> int:
+        """Apply another worker's aggregate additions (between batches); returns the events they counted."""
+        covisitation = self.covisitation if self.settings.covisitation_candidates else None
+        counted = apply_deltas(payload, self.trending, covisitation, self.explorer.exposure, self.items.row_of)
+        self.metrics.shared_events_applied.inc(counted)
+        return counted
 
     # --- state restore (called by runtimes on partition assignment) -----------------------------------------
     def restore_state(self, partition: int, states: Sequence[UserState]) -> None:
@@ -186,6 +204,7 @@ class Pipeline:
             self.metrics.observe_lists(list(chosen.values()), [t.segment for t in answered], n_segments)
         with clock("state"):
             state_updates, tombstones = self.publisher.state_updates(answered, forgotten, evicted)
+            shared = [self.deltas.take(self.settings.aggregates_topic)] if self.deltas else []
         self.metrics.messages_consumed.inc(len(records))
         self.metrics.batch_events.observe(len(records))
         self.metrics.users_in_state.set(len(self.store))
@@ -203,6 +222,7 @@ class Pipeline:
             next_offsets,
             clock.seconds,
             list(forgotten),
+            shared,
         )
 
     def _rank(

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import orjson
 
 from streamrec.model.events import Event
+from streamrec.stream.aggregates import AggregateDeltas
 from streamrec.stream.explore import ExposureStats
 from streamrec.stream.filters import ScoredItem
 from streamrec.stream.results import OutgoingMessage, PublishedRecommendation
@@ -23,10 +24,11 @@ from streamrec.stream.user_state import encode_state
 class Publisher:
     """Turns a batch's chosen lists and changed states into messages, and records what each user was shown."""
 
-    def __init__(self, settings: Settings, exposure: ExposureStats) -> None:
+    def __init__(self, settings: Settings, exposure: ExposureStats, deltas: AggregateDeltas | None = None) -> None:
         self.recommendations_topic = settings.recommendations_topic
         self.state_topic = settings.state_topic
         self.exposure = exposure
+        self.deltas = deltas
 
     def recommendations(
         self,
@@ -48,6 +50,8 @@ class Publisher:
             trigger.state.record_shown([item.item_id for item in items])
             for item in items:
                 self.exposure.shown(item.item_id)
+            if self.deltas is not None:
+                self.deltas.shown.update(item.item_id for item in items)
         return messages, published
 
     def state_updates(

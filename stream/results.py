@@ -53,10 +53,11 @@ class BatchResult:
     next_offsets: dict[int, int]  # input partition -> offset to commit (last processed + 1)
     stage_seconds: dict[str, float]
     forgotten: list[str] = field(default_factory=list)  # users erased by a `forget` command in this batch
+    shared: list[OutgoingMessage] = field(default_factory=list)  # this batch's additions to the shared aggregates
 
     @property
     def messages(self) -> list[OutgoingMessage]:
-        return [*self.recommendations, *self.dead_letters, *self.state_updates]
+        return [*self.recommendations, *self.dead_letters, *self.state_updates, *self.shared]
 
 
 def dead_letter(record: SourceRecord, rejection: InvalidEvent, topic: str, max_bytes: int) -> OutgoingMessage:

@@ -50,6 +50,23 @@ class Settings(BaseSettings):
         description="Changelog topic of user state (key = user id, same partition as the input). Create it "
         "compacted on Apache Kafka; a worker restores its partitions' users from it on assignment.",
     )
+    aggregates_topic: str = Field(
+        "streamrec.aggregates",
+        description="Topic through which workers share what their events add to trending, co-visitation and "
+        "exposure (key = worker id), so that every worker serves the whole shop's aggregates; every worker reads "
+        "all of it, from the beginning at start-up.",
+    )
+    aggregates_retention_s: float = Field(
+        2 * 86_400.0,
+        gt=0,
+        description="How long the aggregates topic keeps records when streamrec creates it: what a restarted "
+        "worker reads back (trending fades within hours; long-term co-occurrence comes from the trained item-kNN).",
+    )
+    share_aggregates: bool = Field(
+        True,
+        description="Publish this worker's aggregate additions and apply the other workers'. Off: each worker "
+        "counts only the events of its own partitions.",
+    )
     consumer_group: str = Field(
         "streamrec", description="Consumer group id of the workers; scale out by starting more workers."
     )

@@ -17,6 +17,7 @@ import numpy as np
 from streamrec.index.covisitation import CoVisitation
 from streamrec.model.events import Event
 from streamrec.model.segments import Segments
+from streamrec.stream.aggregates import AggregateDeltas
 from streamrec.stream.events import Command, SourceRecord
 from streamrec.stream.explore import ExposureStats
 from streamrec.stream.trending import TrendingBoard
@@ -50,8 +51,11 @@ class StateUpdater:
         trending: TrendingBoard,
         category_of: Callable[[str], str | None],
         event_weights: Mapping[str, float],
+        deltas: AggregateDeltas | None = None,
     ) -> None:
+        """``deltas``, where given, records what this worker's events add to the aggregates, to share them."""
         self.store, self.interest, self.covisitation, self.segments = store, interest, covisitation, segments
+        self.deltas = deltas
         self.exposure, self.trending, self.category_of, self.event_weights = (
             exposure,
             trending,
@@ -83,9 +87,14 @@ class StateUpdater:
             if not state.already_applied(record.partition, record.offset):
                 row = self.interest.row_of.get(event.item_id)
                 if row is not None and self.covisitation is not None:
-                    self.covisitation.add(self.interest.latest_rows(state, self.covisitation.window), row)
+                    preceding = self.interest.latest_known(state, self.covisitation.window)
+                    self.covisitation.add([row for _, row in preceding], row)
+                    if self.deltas is not None:
+                        self.deltas.covisit([item for item, _ in preceding], event.item_id)
                 if state.record_engaged(event.item_id):
                     self.exposure.engaged(event.item_id)
+                    if self.deltas is not None:
+                        self.deltas.engaged[event.item_id] += 1
                 self.interest.apply(state, event)
                 state.last_partition, state.last_offset = record.partition, record.offset
                 state.updated_at = now
@@ -97,13 +106,11 @@ class StateUpdater:
         self._assign_segments(list(triggers.values()))
         for event in applied:
             # Counted in the segment of the user as of the batch's end (one assignment per user and batch).
-            self.trending.add(
-                event.item_id,
-                self.event_weights[event.event_type.value],
-                event.ts,
-                self.category_of(event.item_id),
-                triggers[event.user_id].segment if event.user_id in triggers else None,
-            )
+            weight, category = self.event_weights[event.event_type.value], self.category_of(event.item_id)
+            segment = triggers[event.user_id].segment if event.user_id in triggers else None
+            self.trending.add(event.item_id, weight, event.ts, category, segment)
+            if self.deltas is not None:
+                self.deltas.count(event.item_id, weight, event.ts, category, segment)
         return triggers, forgotten
 
     def _assign_segments(self, triggers: list[Trigger]) -> None:

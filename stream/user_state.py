@@ -142,15 +142,19 @@ class InterestModel:
 
     def latest_rows(self, state: UserState, n: int) -> list[int]:
         """Model rows of the user's ``n`` latest known items, oldest first."""
-        rows: list[int] = []
+        return [row for _, row in self.latest_known(state, n)]
+
+    def latest_known(self, state: UserState, n: int) -> list[tuple[str, int]]:
+        """(item id, model row) of the user's ``n`` latest known items, oldest first."""
+        known: list[tuple[str, int]] = []
         for item in reversed(state.recent):
             row = self.row_of.get(item.item_id)
             if row is not None:
-                rows.append(row)
-                if len(rows) == n:
+                known.append((item.item_id, row))
+                if len(known) == n:
                     break
-        rows.reverse()
-        return rows
+        known.reverse()
+        return known
 
     def history_rows(self, state: UserState) -> list[int]:
         """Model rows of the recent items the model knows, oldest first (the ranker's input)."""

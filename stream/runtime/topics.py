@@ -15,13 +15,15 @@ log = logging.getLogger(__name__)
 
 
 def required_topics(settings: Settings) -> dict[str, dict[str, str]]:
-    """Topic name → topic configs. The state changelog is compacted: only each user's latest state matters."""
+    """Topic name → topic configs. The state changelog is compacted: only each user's latest state matters. The
+    aggregates topic holds additions, not keyed state, so it is kept for a time instead."""
     return {
         settings.events_topic: {},
         settings.recommendations_topic: {},
         settings.dead_letter_topic: {},
         settings.state_topic: {"cleanup.policy": "compact"},
         settings.items_topic: {"cleanup.policy": "compact"},
+        settings.aggregates_topic: {"retention.ms": str(int(settings.aggregates_retention_s * 1000))},
     }
 
 

@@ -24,12 +24,15 @@ import torch
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from streamrec.model.artifacts import MANIFEST_FILE, ArtifactError, ModelArtifacts, load_artifacts, resolve_artifact_dir
+from streamrec.stream.aggregates import new_worker_id
 from streamrec.stream.health import Health, start_http_server
 from streamrec.stream.logs import limit_repeats
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.pipeline import Pipeline
+from streamrec.stream.runtime.aggregates_feed import AggregatesFeed
 from streamrec.stream.runtime.base import BatchRuntime, WorkerFailed
 from streamrec.stream.runtime.catalog_feed import CatalogFeed
+from streamrec.stream.runtime.follow import TopicFollower
 from streamrec.stream.runtime.topics import ensure_topics
 from streamrec.stream.settings import Settings
 
@@ -56,7 +59,8 @@ def build_pipeline(settings: Settings) -> tuple[Pipeline, WorkerMetrics]:
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     metrics = WorkerMetrics(registry)
-    pipeline = Pipeline(settings, artifacts, metrics)
+    worker_id = new_worker_id() if settings.share_aggregates else None
+    pipeline = Pipeline(settings, artifacts, metrics, worker_id=worker_id)
     log.info("serving model %s (%d items, dim %d)", artifacts.version, len(artifacts.item_ids), artifacts.dim)
     return pipeline, metrics
 
@@ -226,20 +230,30 @@ async def _serve(settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics,
     ]
     if settings.model_poll_interval_s > 0:
         tasks.append(asyncio.create_task(ModelWatcher(settings, pipeline, worker.batch_lock).run(stop)))
-    catalog = CatalogFeed(settings, pipeline, worker.batch_lock)
-    catalog_task = asyncio.create_task(catalog.run(stop))
-    catalog_task.add_done_callback(lambda task: _catalog_ended(task, worker, stop))
-    health.problem("catalog", "reading the catalog topic")
+    feeds: list[TopicFollower] = [CatalogFeed(settings, pipeline, worker.batch_lock)]
+    if pipeline.deltas is not None:
+        feeds.append(AggregatesFeed(settings, pipeline, worker.batch_lock))
+    feed_tasks = []
+    for feed in feeds:
+        feed_task = asyncio.create_task(feed.run(stop))
+        feed_task.add_done_callback(lambda task, name=feed.name: _feed_ended(name, task, worker, stop))
+        feed_tasks.append(feed_task)
+        health.problem(feed.name, f"reading the {feed.topic} topic")
     try:
-        # Events wait for the catalog: availability must be known before the first recommendation.
-        await _first_of(catalog.caught_up.wait(), stop.wait())
+        # Events wait for the catalog (availability must be known before the first recommendation) and for the
+        # shared aggregates (a restarted worker serves the shop's trending, not its own from nothing).
+        for feed in feeds:
+            await _first_of(feed.caught_up.wait(), stop.wait())
+            if stop.is_set():
+                break
+            health.resolved(feed.name)
         if not stop.is_set():
-            health.resolved("catalog")
             await worker.run(stop)
     finally:
         stop.set()
-        with contextlib.suppress(Exception, asyncio.CancelledError):  # aiokafka's stop() can end in CancelledError
-            await catalog_task
+        for feed_task in feed_tasks:
+            with contextlib.suppress(Exception, asyncio.CancelledError):  # aiokafka's stop() can raise CancelledError
+                await feed_task
         for task in tasks:
             task.cancel()
     if worker.failure is not None:
@@ -272,13 +286,14 @@ async def _exit_if_stop_takes_too_long(stop: asyncio.Event, timeout_s: float) ->
     timer.start()
 
 
-def _catalog_ended(task: asyncio.Task, worker: BatchRuntime, stop: asyncio.Event) -> None:
-    """The catalog feed only ends when the worker stops; ending otherwise, it would leave availability stale."""
+def _feed_ended(name: str, task: asyncio.Task, worker: BatchRuntime, stop: asyncio.Event) -> None:
+    """A feed only ends when the worker stops; ending otherwise, it would leave availability (the catalog) or the
+    shop's aggregates stale."""
     if task.cancelled() or stop.is_set():
         return
     error = task.exception()
     reason = f"{type(error).__name__}: {error}" if error is not None else "it stopped"
-    worker.fail(WorkerFailed(f"the catalog feed failed ({reason})"))
+    worker.fail(WorkerFailed(f"the {name} feed failed ({reason})"))
     stop.set()
 
 
