@@ -33,3 +33,7 @@ create streamrec.user-state "$PARTITIONS" --config cleanup.policy=compact --conf
 # The catalog: every worker reads all of it from the beginning at start-up, so keep it compacted (latest record
 # per item); a handful of partitions is plenty.
 create items 6 --config cleanup.policy=compact --config min.insync.replicas=2
+# What each worker's events add to trending, co-visitation and exposure: every worker reads it from the beginning
+# at start-up (a restarted worker gets the shop's aggregates back) and follows it. Additions, not keyed state: kept
+# for a time (aggregates_retention_s), not compacted.
+create streamrec.aggregates 6 --config retention.ms=172800000 --config min.insync.replicas=2

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from streamrec.stream.app.apache_kafka import ApacheKafka, kafka_unavailable_reason
 from streamrec.stream.app.broker import EmbeddedBroker, stop_process
 from streamrec.stream.runtime.network import free_port
 from tests.certificates import CertificateSet, make_certificates, openssl_unavailable_reason
@@ -27,6 +28,21 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
     log = tmp_path_factory.mktemp("broker") / "broker.log"
     with EmbeddedBroker(log_path=log) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
+    reason = kafka_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    # The log cleaner looks for work every half second, so compaction can be watched within a test; topics are
+    # created by the tests and the workers, never by a client's first use (as production clusters are set up).
+    broker = ApacheKafka(
+        tmp_path_factory.mktemp("apache-kafka"),
+        extra_config={"log.cleaner.backoff.ms": "500", "auto.create.topics.enable": "false"},
+    )
+    with broker:
+        yield broker
 
 
 @dataclass
@@ -60,6 +76,7 @@ class TopicNames:
     state: str
     items: str
     group: str
+    aggregates: str
 
     def env(self) -> dict[str, str]:
         return {
@@ -69,6 +86,7 @@ class TopicNames:
             "STREAMREC_STATE_TOPIC": self.state,
             "STREAMREC_ITEMS_TOPIC": self.items,
             "STREAMREC_CONSUMER_GROUP": self.group,
+            "STREAMREC_AGGREGATES_TOPIC": self.aggregates,
         }
 
 
@@ -82,6 +100,7 @@ def topics() -> TopicNames:
         f"state-{suffix}",
         f"items-{suffix}",
         f"streamrec-{suffix}",
+        f"aggregates-{suffix}",
     )
 
 

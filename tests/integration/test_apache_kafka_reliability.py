@@ -9,68 +9,29 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import KafkaAdminClient
 
-from streamrec.stream.app.apache_kafka import ApacheKafka, kafka_unavailable_reason
+from streamrec.stream.app.apache_kafka import ApacheKafka
 from streamrec.stream.app.forget import send_forget
 from streamrec.stream.runtime.changelog import restore_partitions
 from streamrec.stream.settings import Settings
 from tests.integration.conftest import TopicNames
 from tests.integration.kafka_io import TopicReader, event_message, produce, recommendation_for
-from tests.integration.workers import launch, wait_until_ready
+from tests.integration.workers import create_topics, launch, wait_until_ready
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 
 
-@pytest.fixture(scope="module")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
-    reason = kafka_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    # The log cleaner looks for work every half second, so compaction can be watched within a test; topics are
-    # created by the tests and the workers, never by a client's first use (as production clusters are set up).
-    broker = ApacheKafka(
-        tmp_path_factory.mktemp("apache-kafka"),
-        extra_config={"log.cleaner.backoff.ms": "500", "auto.create.topics.enable": "false"},
-    )
-    with broker:
-        yield broker
-
-
 def _items(trained_artifacts: Path) -> list[str]:
     from streamrec.model.artifacts import load_artifacts
 
     return load_artifacts(trained_artifacts).item_ids
-
-
-def _create(
-    bootstrap: str,
-    topics: TopicNames,
-    dead_letters: dict[str, str] | None = None,
-    state: dict[str, str] | None = None,
-) -> None:
-    """Create the test's topics up front, some with configs the worker would not choose itself."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        names = {
-            topics.events: {},
-            topics.recommendations: {},
-            topics.dead_letters: dead_letters or {},
-            topics.state: {"cleanup.policy": "compact", **(state or {})},
-            topics.items: {"cleanup.policy": "compact"},
-        }
-        admin.create_topics(
-            [NewTopic(name, PARTITIONS, 1, topic_configs=config) for name, config in names.items()], timeout_ms=30_000
-        )
-    finally:
-        admin.close()
 
 
 def _restored_states(bootstrap: str, topic: str) -> dict[str, dict]:
@@ -83,7 +44,7 @@ def test_a_broker_restart_with_durable_logs_loses_nothing_and_needs_no_worker_re
     kafka: ApacheKafka, topics: TopicNames, trained_artifacts: Path, tmp_path: Path
 ) -> None:
     items = _items(trained_artifacts)
-    _create(kafka.bootstrap, topics)
+    create_topics(kafka.bootstrap, topics, PARTITIONS)
     worker = launch(kafka.bootstrap, trained_artifacts, topics, tmp_path / "worker.log")
     recommendations = None
     try:
@@ -118,7 +79,7 @@ def test_a_worker_paused_past_its_session_loses_no_event_and_never_rewinds_state
     """A worker stopped past its session timeout (SIGSTOP, a long GC, a VM pause) once published its in-flight
     batch with stale state after its partitions had moved: users lost events for good."""
     items = _items(trained_artifacts)
-    _create(kafka.bootstrap, topics)
+    create_topics(kafka.bootstrap, topics, PARTITIONS)
     paused = launch(kafka.bootstrap, trained_artifacts, topics, tmp_path / "paused.log")
     other = launch(kafka.bootstrap, trained_artifacts, topics, tmp_path / "other.log")
     users = [f"pause-{n}" for n in range(200)]
@@ -174,7 +135,7 @@ def test_a_compressed_poison_pill_whose_dead_letter_the_broker_refuses_becomes_a
     """Compressed, a 1.5 MB event fits the broker's limit; its dead-letter copy (cut to 256 KiB) still exceeds the
     dead-letter topic's own 100 KB limit. The worker must replace it by a reference, not retry it forever."""
     items = _items(trained_artifacts)
-    _create(kafka.bootstrap, topics, dead_letters={"max.message.bytes": "102400"})
+    create_topics(kafka.bootstrap, topics, PARTITIONS, dead_letters={"max.message.bytes": "102400"})
     worker = launch(kafka.bootstrap, trained_artifacts, topics, tmp_path / "worker.log")
     try:
         wait_until_ready(worker)
@@ -215,7 +176,7 @@ def test_forgotten_users_leave_the_compacted_changelog(
     items = _items(trained_artifacts)
     # Small segments and an eager cleaner, so compaction happens within the test.
     compaction = {"segment.ms": "1000", "min.cleanable.dirty.ratio": "0.001", "delete.retention.ms": "1000"}
-    _create(kafka.bootstrap, topics, state=compaction)
+    create_topics(kafka.bootstrap, topics, PARTITIONS, state=compaction)
     worker = launch(kafka.bootstrap, trained_artifacts, topics, tmp_path / "worker.log")
     user = "erase-me"
     try:
@@ -270,7 +231,7 @@ def test_sigterm_stops_a_worker_whose_batch_cannot_be_delivered_within_seconds(
     """The faust runtime once parked a batch it could not deliver while holding the batch lock, and faust waited
     on stop for that batch to be acknowledged: the process ignored SIGTERM until the shutdown watchdog killed it."""
     items = _items(trained_artifacts)
-    _create(kafka.bootstrap, topics)
+    create_topics(kafka.bootstrap, topics, PARTITIONS)
     worker = launch(kafka.bootstrap, trained_artifacts, topics, tmp_path / "worker.log", STREAMREC_RUNTIME=runtime)
     try:
         wait_until_ready(worker)

@@ -249,7 +249,9 @@ def worker_without_client_certificate(
     the other tests instead of adding to the suite's time.
     """
     suffix = uuid.uuid4().hex[:8]
-    topics = TopicNames(*(f"{name}-refused-{suffix}" for name in ("events", "recs", "dlq", "state", "items", "group")))
+    topics = TopicNames(
+        *(f"{name}-refused-{suffix}" for name in ("events", "recs", "dlq", "state", "items", "group", "aggregates"))
+    )
     log_path = tmp_path_factory.mktemp("refused-worker") / "worker.log"
     launched_at = time.monotonic()
     worker = launch_worker_process(

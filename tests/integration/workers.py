@@ -7,6 +7,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from kafka.admin import KafkaAdminClient, NewTopic
+
 from tests.integration.conftest import TopicNames, WorkerProcess, launch_worker_process
 
 
@@ -35,3 +37,27 @@ def wait_until_ready(worker: WorkerProcess, timeout_s: float = 60.0) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"worker not ready in {timeout_s} s:\n{worker.log_path.read_text()[-3000:]}")
+
+
+def create_topics(
+    bootstrap: str,
+    topics: TopicNames,
+    partitions: int,
+    dead_letters: dict[str, str] | None = None,
+    state: dict[str, str] | None = None,
+) -> None:
+    """Create the test's topics up front, some with configs the worker would not choose itself."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        names = {
+            topics.events: {},
+            topics.recommendations: {},
+            topics.dead_letters: dead_letters or {},
+            topics.state: {"cleanup.policy": "compact", **(state or {})},
+            topics.items: {"cleanup.policy": "compact"},
+        }
+        admin.create_topics(
+            [NewTopic(name, partitions, 1, topic_configs=config) for name, config in names.items()], timeout_ms=30_000
+        )
+    finally:
+        admin.close()
