@@ -29,6 +29,7 @@ from streamrec.model.splits import leave_one_out
 from streamrec.model.train import (
     attach_item_knn,
     build_vocabulary,
+    evaluation_users,
     fit_blend,
     interest_queries,
     train_artifacts,
@@ -221,3 +222,21 @@ def test_a_catalog_gives_the_artifacts_a_content_projection(trained_artifacts: P
     unit = learned / np.linalg.norm(learned, axis=1, keepdims=True)
     own = np.einsum("id,id->i", projected, unit)
     assert own.mean() > (projected @ unit.T).mean() + 0.1
+
+
+def test_the_sampled_softmax_learns_the_sequence_too(log: EventLog, tmp_path: Path) -> None:
+    # 120 items, 32 shared negatives: a quarter of the catalogue per batch.
+    config = changed(CONFIG, softmax="sampled", sampled_negatives=32, blend_weights=(0.0,), n_segments=0)
+    manifest = manifest_of(train_artifacts(log, tmp_path, config, progress=False))
+    assert manifest["training"]["softmax"] == "sampled"
+    test = manifest["metrics"]["test"]
+    assert test["ranker"]["HR@10"] > test["popularity"]["HR@10"] + 0.3
+    assert test["retrieval"]["HR@10"] > test["popularity"]["HR@10"] + 0.1
+
+
+def test_evaluation_ranks_every_user_within_the_score_budget_and_a_fixed_sample_above() -> None:
+    assert evaluation_users(500, 1_000, CONFIG).tolist() == list(range(500))
+    tight = changed(CONFIG, eval_max_scores=100_000)
+    sample = evaluation_users(500, 1_000, tight)
+    assert len(sample) == 100 and len(set(sample.tolist())) == 100 and sample.max() < 500
+    assert (evaluation_users(500, 1_000, tight) == sample).all()  # every pass of a run ranks the same users
