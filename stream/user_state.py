@@ -142,7 +142,15 @@ class InterestModel:
 
     def latest_rows(self, state: UserState, n: int) -> list[int]:
         """Model rows of the user's ``n`` latest known items, oldest first."""
-        return [row for _, row in self.latest_known(state, n)]
+        rows: list[int] = []
+        for item in reversed(state.recent):
+            row = self.row_of.get(item.item_id)
+            if row is not None:
+                rows.append(row)
+                if len(rows) == n:
+                    break
+        rows.reverse()
+        return rows
 
     def latest_known(self, state: UserState, n: int) -> list[tuple[str, int]]:
         """(item id, model row) of the user's ``n`` latest known items, oldest first."""
