@@ -63,25 +63,53 @@ class SampledSoftmax:
         self._log_expected = torch.log(self.probabilities * n_negatives)
         self.negatives = torch.arange(n_items)
         self.negatives_log_q = torch.zeros(n_items)
+        self._sorted: tuple[torch.Tensor, torch.Tensor] | None = None  # the negatives sorted, and their positions
 
     def start_batch(self) -> None:
         """Draw the negatives every position of the next batch shares (once for both losses of a batch)."""
-        if self.covers_catalogue:
-            return  # every item once, expected count 1: already set
-        self.negatives = torch.multinomial(self.probabilities, self.n_negatives, True, generator=self.generator)
-        self.negatives_log_q = self._log_expected[self.negatives]
+        if not self.covers_catalogue:
+            negatives = torch.multinomial(self.probabilities, self.n_negatives, True, generator=self.generator)
+            self.use_negatives(negatives, self._log_expected[negatives])
+        elif self._sorted is None:  # every item once, expected count 1: set once
+            self.use_negatives(self.negatives, self.negatives_log_q)
+
+    def use_negatives(self, negatives: torch.Tensor, log_q: torch.Tensor) -> None:
+        """Share ``negatives`` (item rows) with log expected counts ``log_q`` until the next draw."""
+        self.negatives, self.negatives_log_q = negatives, log_q
+        self._sorted = torch.sort(negatives)
 
     def log_q(self, items: torch.Tensor) -> torch.Tensor:
         """Log of each item's expected count in one batch's sample (0 when the sample is the whole catalogue)."""
         return torch.zeros(items.shape) if self.covers_catalogue else self._log_expected[items]
 
     def loss(self, hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-position cross-entropy ``[P]`` of the target against the batch's negatives."""
+        """Per-position cross-entropy ``[P]`` of the target against the batch's negatives.
+
+        Written for the ``[P, 1 + K]`` logits to be touched as few times as possible: the log-Q correction rides
+        in the product (``[h, 1] · [e, −log q]``), accidental hits are overwritten in place where they are (found
+        by a search in the sorted negatives, not a ``[P, K]`` comparison), and the cross-entropy is PyTorch's
+        fused one.
+        """
+        if self._sorted is None:
+            self.start_batch()
         positive = (hidden * table.index_select(0, targets)).sum(-1) - self.log_q(targets)
-        negative = hidden @ table.index_select(0, self.negatives).T - self.negatives_log_q
-        negative = negative.masked_fill(self.negatives.unsqueeze(0) == targets.unsqueeze(1), -math.inf)
+        corrected = torch.cat([table.index_select(0, self.negatives), -self.negatives_log_q.unsqueeze(1)], dim=1)
+        negative = torch.cat([hidden, torch.ones(len(hidden), 1, dtype=hidden.dtype)], dim=1) @ corrected.T
         logits = torch.cat([positive.unsqueeze(1), negative], dim=1)
+        rows, columns = self._accidental_hits(targets)
+        if len(rows):
+            logits.index_put_((rows, columns + 1), torch.tensor(-math.inf, dtype=logits.dtype))
         return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long), reduction="none")
+
+    def _accidental_hits(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(position, negative column) of every negative that is the position's own target."""
+        assert self._sorted is not None
+        values, columns = self._sorted
+        first = torch.searchsorted(values, targets)
+        counts = torch.searchsorted(values, targets, right=True) - first
+        rows = torch.repeat_interleave(torch.arange(len(targets)), counts)
+        starts = torch.repeat_interleave(first - (torch.cumsum(counts, 0) - counts), counts)
+        return rows, columns[starts + torch.arange(len(rows))]
 
 
 Softmax = FullSoftmax | SampledSoftmax

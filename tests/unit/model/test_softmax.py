@@ -44,8 +44,7 @@ def test_sampling_every_item_gives_the_full_softmax_loss_and_gradient() -> None:
 def test_a_negative_equal_to_the_target_is_masked() -> None:
     hidden, table, targets = _problem(n_items=5, positions=3)
     sampled = SampledSoftmax(np.ones(5), n_negatives=2, popularity_share=0.0, generator=torch.Generator())
-    sampled.negatives = torch.tensor([int(targets[0]), (int(targets[0]) + 1) % 5])
-    sampled.negatives_log_q = torch.zeros(2)
+    sampled.use_negatives(torch.tensor([int(targets[0]), (int(targets[0]) + 1) % 5]), torch.zeros(2))
     loss = sampled.loss(hidden, table, targets)
     other = table[(int(targets[0]) + 1) % 5]
     positive = hidden[0] @ table[targets[0]] - sampled.log_q(targets[:1])[0]
