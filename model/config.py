@@ -24,7 +24,7 @@ from streamrec.index.params import (
 from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, checked_event_weights
 
 FULL_SOFTMAX_MAX_ITEMS = 20_000
-SAMPLED_NEGATIVES = 2_048
+SAMPLED_NEGATIVES = 1_024
 EVAL_MAX_SCORES = 2_000_000_000
 
 
