@@ -75,10 +75,11 @@ def main() -> None:
 
     partition = [store.get(0, f"user-{u}") for u in range(0, args.users, PARTITIONS)]
     records = [encode_state(state) for state in partition if state is not None]
+    max_recent = Settings().max_recent_items
     started = time.perf_counter()
     restored = UserStateStore()
     for record in records:
-        restored.put(0, decode_state(record, Settings().max_recent_items))
+        restored.put(0, decode_state(record, max_recent))
     restore_s = time.perf_counter() - started
 
     started = time.perf_counter()
