@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _memory import peak_rss_mib, rss_mib
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -67,18 +67,6 @@ def interest_queries(table: np.ndarray, category: np.ndarray, n: int, seed: int)
             item = rng.choice(pool) if pool is not None else rng.integers(0, len(table))
             queries[q] += 0.7**age * table[item]
     return queries
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def measure_kind(kind: str, table_path: Path, queries_path: Path, batch: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _memory import rss_mib
 
 from streamrec.model.events import Event, EventType
 from streamrec.stream.settings import Settings
@@ -32,14 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 PARTITIONS = 8
 KINDS = (EventType.VIEW, EventType.VIEW, EventType.VIEW, EventType.CLICK, EventType.CART, EventType.BUY)
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
