@@ -20,12 +20,25 @@ cross-entropy per position.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from streamrec.model.config import TrainConfig
+
+
+class ItemTable(Protocol):
+    """The model's item table, as the losses read it."""
+
+    def item_embedding(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of the table (a lookup: its gradient may be sparse)."""
+        ...
+
+    def item_embeddings(self) -> torch.Tensor:
+        """The whole table ``[n_items, dim]``."""
+        ...
 
 
 class FullSoftmax:
@@ -36,15 +49,22 @@ class FullSoftmax:
     def start_batch(self) -> None:
         pass
 
-    def loss(self, hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-position cross-entropy ``[P]`` of ``hidden @ table.T`` against ``targets``."""
-        return F.cross_entropy(hidden @ table.T, targets, reduction="none")
+    sparse_gradients = False
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor, items: ItemTable) -> torch.Tensor:
+        """Per-position cross-entropy ``[P]`` of ``hidden @ E.T`` against ``targets``."""
+        return F.cross_entropy(hidden @ items.item_embeddings().T, targets, reduction="none")
 
 
 class SampledSoftmax:
-    """Cross-entropy over each target and ``n_negatives`` shared negatives, log-Q corrected."""
+    """Cross-entropy over each target and ``n_negatives`` shared negatives, log-Q corrected.
+
+    It reads only the item rows of the batch, through the embedding lookup, so the item table's gradient can be
+    sparse (:attr:`sparse_gradients`): an optimizer step then touches those rows, not the whole catalogue.
+    """
 
     name = "sampled"
+    sparse_gradients = True
 
     def __init__(
         self, target_counts: np.ndarray, n_negatives: int, popularity_share: float, generator: torch.Generator
@@ -82,7 +102,7 @@ class SampledSoftmax:
         """Log of each item's expected count in one batch's sample (0 when the sample is the whole catalogue)."""
         return torch.zeros(items.shape) if self.covers_catalogue else self._log_expected[items]
 
-    def loss(self, hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor, items: ItemTable) -> torch.Tensor:
         """Per-position cross-entropy ``[P]`` of the target against the batch's negatives.
 
         Written for the ``[P, 1 + K]`` logits to be touched as few times as possible: the log-Q correction rides
@@ -92,8 +112,8 @@ class SampledSoftmax:
         """
         if self._sorted is None:
             self.start_batch()
-        positive = (hidden * table.index_select(0, targets)).sum(-1) - self.log_q(targets)
-        corrected = torch.cat([table.index_select(0, self.negatives), -self.negatives_log_q.unsqueeze(1)], dim=1)
+        positive = (hidden * items.item_embedding(targets)).sum(-1) - self.log_q(targets)
+        corrected = torch.cat([items.item_embedding(self.negatives), -self.negatives_log_q.unsqueeze(1)], dim=1)
         negative = torch.cat([hidden, torch.ones(len(hidden), 1, dtype=hidden.dtype)], dim=1) @ corrected.T
         logits = torch.cat([positive.unsqueeze(1), negative], dim=1)
         rows, columns = self._accidental_hits(targets)

@@ -490,11 +490,10 @@ def _losses(
     # than the index_put that boolean-mask indexing needs.
     positions = (targets.reshape(-1) >= 0).nonzero().squeeze(1)
     wanted = targets.reshape(-1)[positions]
-    table = model.item_embeddings()
     softmax.start_batch()
 
     hidden = _select(model(items), positions)
-    ranking = softmax.loss(hidden, table, wanted).mean()
+    ranking = softmax.loss(hidden, wanted, model).mean()
     if retrieval_weight == 0.0:
         return ranking, ranking, torch.zeros(())
 
@@ -504,7 +503,7 @@ def _losses(
     usable = (norms.squeeze(-1) > 0).to(queries.dtype)  # all-zero event weights leave no query to learn from
     scaled = log_scale.exp() * (queries / norms.clamp_min(1e-12))
     # A masked mean rather than boolean indexing: no index_put over the [positions, n_items] logits backward.
-    per_position = softmax.loss(scaled, table, wanted)
+    per_position = softmax.loss(scaled, wanted, model)
     retrieval = (per_position * usable).sum() / usable.sum().clamp_min(1.0)
     return ranking + retrieval_weight * retrieval, ranking, retrieval
 
@@ -527,9 +526,7 @@ def _fit(
     """Train with early stopping on validation NDCG@10 of the ranker; leaves the best epoch's weights loaded."""
     # Temperature of the normalised interest-vector logits; starts where the ranker's logits are (≈ sqrt(dim)).
     log_scale = torch.nn.Parameter(torch.tensor(math.log(math.sqrt(config.dim))))
-    optimizer = torch.optim.Adam(
-        [*model.parameters(), log_scale], lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
-    )
+    optimizers = _optimizers(model, log_scale, config, sparse_table=softmax.sparse_gradients)
     history: list[dict[str, float]] = []
     best_ndcg, best_epoch, best_state = -1.0, 0, _copy_state(model)
     started = time.perf_counter()
@@ -540,10 +537,12 @@ def _fit(
         batches = _batches(windows.lengths, config.batch_size, rng)
         for batch in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress):
             losses = _losses(model, log_scale, windows, batch, config.retrieval_loss_weight, softmax)
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             losses[0].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
+            _clip_gradients(list(model.parameters()), 5.0)
+            for optimizer in optimizers:
+                optimizer.step()
             totals += [float(loss.detach()) for loss in losses]
 
         model.eval()
@@ -572,7 +571,40 @@ def _fit(
             logger.info("time budget spent after epoch %d (best %d)", epoch, best_epoch)
             break
     model.load_state_dict(best_state)
+    model.item_embedding.sparse = False
     return history, best_epoch
+
+
+def _optimizers(
+    model: SequenceRanker, log_scale: torch.Tensor, config: TrainConfig, sparse_table: bool
+) -> list[torch.optim.Optimizer]:
+    """Adam over every parameter; with ``sparse_table`` the item table gets sparse gradients and SparseAdam, so a
+    step updates the rows the batch read rather than every row of a large catalogue (no weight decay there)."""
+    betas = (0.9, 0.98)
+    if not sparse_table:
+        parameters = [*model.parameters(), log_scale]
+        return [torch.optim.Adam(parameters, lr=config.lr, betas=betas, weight_decay=config.weight_decay)]
+    table = model.item_embedding.weight
+    model.item_embedding.sparse = True
+    dense = [p for p in model.parameters() if p is not table] + [log_scale]
+    return [
+        torch.optim.Adam(dense, lr=config.lr, betas=betas, weight_decay=config.weight_decay),
+        torch.optim.SparseAdam([table], lr=config.lr, betas=betas),
+    ]
+
+
+def _clip_gradients(parameters: list[torch.Tensor], max_norm: float) -> None:
+    """``clip_grad_norm_`` that also reads sparse gradients (the item table's, with the sampled softmax)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not any(g.is_sparse for g in grads):
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        return
+    norms = [(g.coalesce().values() if g.is_sparse else g).norm() for g in grads]
+    total = torch.stack(norms).norm()
+    scale = max_norm / (total + 1e-6)
+    if scale < 1:
+        for g in grads:
+            g.mul_(scale)
 
 
 def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

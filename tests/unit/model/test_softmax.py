@@ -12,6 +12,19 @@ from streamrec.model.config import TrainConfig
 from streamrec.model.softmax import FullSoftmax, SampledSoftmax, softmax_for
 
 
+class Table:
+    """An item table as the losses read it (lookups and the whole table)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+
+    def item_embedding(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.weight[rows]
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.weight
+
+
 def _problem(n_items: int = 50, positions: int = 12, dim: int = 8, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     hidden = torch.randn(positions, dim, generator=generator, requires_grad=True)
@@ -31,21 +44,21 @@ def test_sampling_every_item_gives_the_full_softmax_loss_and_gradient() -> None:
     sampled.start_batch()
 
     exact = F.cross_entropy(hidden @ table.T, targets, reduction="none")
-    approximate = sampled.loss(hidden, table, targets)
+    approximate = sampled.loss(hidden, targets, Table(table))
 
     torch.testing.assert_close(approximate, exact)
     for got, want in zip(
         _gradients(approximate.mean(), hidden, table), _gradients(exact.mean(), hidden, table), strict=True
     ):
         torch.testing.assert_close(got, want)
-    torch.testing.assert_close(FullSoftmax().loss(hidden, table, targets), exact)
+    torch.testing.assert_close(FullSoftmax().loss(hidden, targets, Table(table)), exact)
 
 
 def test_a_negative_equal_to_the_target_is_masked() -> None:
     hidden, table, targets = _problem(n_items=5, positions=3)
     sampled = SampledSoftmax(np.ones(5), n_negatives=2, popularity_share=0.0, generator=torch.Generator())
     sampled.use_negatives(torch.tensor([int(targets[0]), (int(targets[0]) + 1) % 5]), torch.zeros(2))
-    loss = sampled.loss(hidden, table, targets)
+    loss = sampled.loss(hidden, targets, Table(table))
     other = table[(int(targets[0]) + 1) % 5]
     positive = hidden[0] @ table[targets[0]] - sampled.log_q(targets[:1])[0]
     # Only the other item competes with the target: a two-way softmax.
@@ -88,3 +101,22 @@ def test_auto_picks_the_full_softmax_up_to_the_configured_size() -> None:
     assert softmax_for(config, np.ones(101), seed=0).name == "sampled"
     assert softmax_for(TrainConfig(softmax="sampled"), np.ones(10), seed=0).name == "sampled"
     assert softmax_for(TrainConfig(softmax="full", full_softmax_max_items=1), np.ones(10), seed=0).name == "full"
+
+
+def test_sparse_table_gradients_match_dense_ones() -> None:
+    """The sampled loss reads the table through lookups: a sparse embedding's gradient equals the dense one."""
+    hidden, table, targets = _problem(n_items=40)
+    counts = np.ones(40)
+    grads = []
+    for sparse in (False, True):
+        embedding = torch.nn.Embedding(40, table.shape[1], sparse=sparse)
+        with torch.no_grad():
+            embedding.weight.copy_(table)
+        sampled = SampledSoftmax(counts, 16, 0.5, torch.Generator().manual_seed(3))
+        sampled.start_batch()
+        model = type("Model", (), {"item_embedding": embedding, "item_embeddings": lambda self: embedding.weight})()
+        sampled.loss(hidden.detach(), targets, model).mean().backward()
+        grad = embedding.weight.grad
+        grads.append(grad.to_dense() if grad.is_sparse else grad)
+        assert grad.is_sparse == sparse
+    torch.testing.assert_close(grads[0], grads[1])
