@@ -60,7 +60,8 @@ class SampledSoftmax:
     """Cross-entropy over each target and ``n_negatives`` shared negatives, log-Q corrected.
 
     It reads only the item rows of the batch, through the embedding lookup, so the item table's gradient can be
-    sparse (:attr:`sparse_gradients`): an optimizer step then touches those rows, not the whole catalogue.
+    sparse (:attr:`sparse_gradients`): on large catalogues (``sparse_table_min_items``) an optimizer step then
+    touches those rows, not the whole catalogue.
     """
 
     name = "sampled"

@@ -178,6 +178,7 @@ def train_artifacts(
             "seconds": round(train_seconds, 2),
             "torch_threads": torch.get_num_threads(),
             "softmax": softmax.name,
+            "sparse_table_updates": softmax.sparse_gradients and len(item_ids) >= config.sparse_table_min_items,
             "history": history,
         },
         "metrics": {
@@ -526,7 +527,8 @@ def _fit(
     """Train with early stopping on validation NDCG@10 of the ranker; leaves the best epoch's weights loaded."""
     # Temperature of the normalised interest-vector logits; starts where the ranker's logits are (≈ sqrt(dim)).
     log_scale = torch.nn.Parameter(torch.tensor(math.log(math.sqrt(config.dim))))
-    optimizers = _optimizers(model, log_scale, config, sparse_table=softmax.sparse_gradients)
+    sparse_table = softmax.sparse_gradients and model.config.n_items >= config.sparse_table_min_items
+    optimizers = _optimizers(model, log_scale, config, sparse_table=sparse_table)
     history: list[dict[str, float]] = []
     best_ndcg, best_epoch, best_state = -1.0, 0, _copy_state(model)
     started = time.perf_counter()

@@ -25,6 +25,16 @@ class Table:
         return self.weight
 
 
+class EmbeddingTable:
+    """An item table behind an ``nn.Embedding``, as the ranker holds it."""
+
+    def __init__(self, embedding: torch.nn.Embedding) -> None:
+        self.item_embedding = embedding
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_embedding.weight
+
+
 def _problem(n_items: int = 50, positions: int = 12, dim: int = 8, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     hidden = torch.randn(positions, dim, generator=generator, requires_grad=True)
@@ -114,8 +124,7 @@ def test_sparse_table_gradients_match_dense_ones() -> None:
             embedding.weight.copy_(table)
         sampled = SampledSoftmax(counts, 16, 0.5, torch.Generator().manual_seed(3))
         sampled.start_batch()
-        model = type("Model", (), {"item_embedding": embedding, "item_embeddings": lambda self: embedding.weight})()
-        sampled.loss(hidden.detach(), targets, model).mean().backward()
+        sampled.loss(hidden.detach(), targets, EmbeddingTable(embedding)).mean().backward()
         grad = embedding.weight.grad
         grads.append(grad.to_dense() if grad.is_sparse else grad)
         assert grad.is_sparse == sparse

@@ -225,10 +225,12 @@ def test_a_catalog_gives_the_artifacts_a_content_projection(trained_artifacts: P
 
 
 def test_the_sampled_softmax_learns_the_sequence_too(log: EventLog, tmp_path: Path) -> None:
-    # 120 items, 32 shared negatives: a quarter of the catalogue per batch.
-    config = changed(CONFIG, softmax="sampled", sampled_negatives=32, blend_weights=(0.0,), n_segments=0)
+    # 120 items, 32 shared negatives: a quarter of the catalogue per batch; the table updated sparsely.
+    config = changed(
+        CONFIG, softmax="sampled", sampled_negatives=32, sparse_table_min_items=0, blend_weights=(0.0,), n_segments=0
+    )
     manifest = manifest_of(train_artifacts(log, tmp_path, config, progress=False))
-    assert manifest["training"]["softmax"] == "sampled"
+    assert manifest["training"]["softmax"] == "sampled" and manifest["training"]["sparse_table_updates"]
     test = manifest["metrics"]["test"]
     assert test["ranker"]["HR@10"] > test["popularity"]["HR@10"] + 0.3
     assert test["retrieval"]["HR@10"] > test["popularity"]["HR@10"] + 0.1
