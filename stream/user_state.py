@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,26 +177,28 @@ class UserStateStore:
     """
 
     def __init__(self) -> None:
-        self._partitions: dict[int, dict[str, UserState]] = {}
+        # OrderedDict, not dict: moving a user to the end and reading the front stay O(1) however many users were
+        # moved or removed before (a plain dict leaves holes that every read from the front walks again).
+        self._partitions: dict[int, OrderedDict[str, UserState]] = {}
 
     def get(self, partition: int, user_id: str) -> UserState | None:
-        return self._partitions.get(partition, {}).get(user_id)
+        users = self._partitions.get(partition)
+        return None if users is None else users.get(user_id)
 
     def put(self, partition: int, state: UserState) -> None:
-        self._partitions.setdefault(partition, {})[state.user_id] = state
+        self._partitions.setdefault(partition, OrderedDict())[state.user_id] = state
 
     def touch(self, partition: int, user_id: str) -> None:
         """Mark the user as the partition's most recently updated."""
-        users = self._partitions[partition]
-        users[user_id] = users.pop(user_id)
+        self._partitions[partition].move_to_end(user_id)
 
     def evict_idle(self, updated_before: float) -> dict[str, int]:
         """Remove every user last updated before ``updated_before``; returns each one's partition."""
         evicted: dict[str, int] = {}
         for partition, users in self._partitions.items():
             while users:
-                user_id, state = next(iter(users.items()))
-                if state.updated_at >= updated_before:
+                user_id = next(iter(users))
+                if users[user_id].updated_at >= updated_before:
                     break
                 del users[user_id]
                 evicted[user_id] = partition
