@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Most idle users one batch evicts: a backlog of idle users (a first start with a TTL) leaves over many batches
+#: rather than as one batch of hundreds of thousands of tombstones.
+EVICTIONS_PER_BATCH = 5_000
+
 NOTHING_RANKED = RankedCandidates()  # a user the personalised sources had nothing for (or did not reach)
 
 
@@ -189,7 +193,7 @@ class Pipeline:
         with clock("state"):
             triggers, forgotten = self.updater.apply(admitted.accepted, now)
             ttl = self.settings.user_idle_ttl_s
-            evicted = self.store.evict_idle(now - ttl) if ttl is not None else {}
+            evicted = self.store.evict_idle(now - ttl, EVICTIONS_PER_BATCH) if ttl is not None else {}
         answered = list(triggers.values())
         requests = {t.event.user_id: Request.of(t.state, t.event) for t in answered}
         ranked, known_events = self._rank(answered, requests, clock)

@@ -192,11 +192,12 @@ class UserStateStore:
         """Mark the user as the partition's most recently updated."""
         self._partitions[partition].move_to_end(user_id)
 
-    def evict_idle(self, updated_before: float) -> dict[str, int]:
-        """Remove every user last updated before ``updated_before``; returns each one's partition."""
+    def evict_idle(self, updated_before: float, limit: int | None = None) -> dict[str, int]:
+        """Remove users last updated before ``updated_before``, at most ``limit`` of them (the longest idle of
+        each partition first); returns each one's partition."""
         evicted: dict[str, int] = {}
         for partition, users in self._partitions.items():
-            while users:
+            while users and (limit is None or len(evicted) < limit):
                 user_id = next(iter(users))
                 if users[user_id].updated_at >= updated_before:
                     break
