@@ -99,11 +99,12 @@ class Topics:
     state: str
     items: str
     group: str
+    aggregates: str
 
     @classmethod
     def fresh(cls, name: str) -> Topics:
         s = f"{name}-{uuid.uuid4().hex[:8]}"
-        return cls(f"events-{s}", f"recs-{s}", f"dlq-{s}", f"state-{s}", f"items-{s}", f"group-{s}")
+        return cls(f"events-{s}", f"recs-{s}", f"dlq-{s}", f"state-{s}", f"items-{s}", f"group-{s}", f"aggr-{s}")
 
     def env(self) -> dict[str, str]:
         return {
@@ -113,6 +114,7 @@ class Topics:
             "STREAMREC_STATE_TOPIC": self.state,
             "STREAMREC_ITEMS_TOPIC": self.items,
             "STREAMREC_CONSUMER_GROUP": self.group,
+            "STREAMREC_AGGREGATES_TOPIC": self.aggregates,
         }
 
     def create(self, bootstrap: str, partitions: int, dead_letter_config: dict[str, str] | None = None) -> None:

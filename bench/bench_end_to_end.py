@@ -131,11 +131,19 @@ class Topics:
     dead_letters: str
     state: str
     group: str
+    aggregates: str
 
     @classmethod
     def fresh(cls, name: str) -> Topics:
         suffix = f"{name}-{uuid.uuid4().hex[:8]}"
-        return cls(f"events-{suffix}", f"recs-{suffix}", f"dlq-{suffix}", f"state-{suffix}", f"group-{suffix}")
+        return cls(
+            f"events-{suffix}",
+            f"recs-{suffix}",
+            f"dlq-{suffix}",
+            f"state-{suffix}",
+            f"group-{suffix}",
+            f"aggr-{suffix}",
+        )
 
     def env(self) -> dict[str, str]:
         return {
@@ -144,6 +152,7 @@ class Topics:
             "STREAMREC_DEAD_LETTER_TOPIC": self.dead_letters,
             "STREAMREC_STATE_TOPIC": self.state,
             "STREAMREC_CONSUMER_GROUP": self.group,
+            "STREAMREC_AGGREGATES_TOPIC": self.aggregates,
         }
 
     def create(self, bootstrap: str) -> None:
@@ -157,6 +166,7 @@ class Topics:
             dead_letter_topic=self.dead_letters,
             state_topic=self.state,
             consumer_group=self.group,
+            aggregates_topic=self.aggregates,
             topic_partitions=PARTITIONS,
         )
         counts = ensure_topics(settings, timeout_s=30)
