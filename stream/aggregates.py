@@ -30,6 +30,8 @@ from streamrec.stream.trending import TrendingBoard
 
 AGGREGATES_FORMAT = 1
 WORKER_HEADER = "streamrec.worker"
+MAX_RECORD_BYTES = 256 * 1024
+"""Largest aggregates record: well under the 1 MiB a broker and a producer accept by default."""
 
 
 def new_worker_id() -> str:
@@ -57,22 +59,33 @@ class AggregateDeltas:
     def covisit(self, preceding: Sequence[str], item_id: str) -> None:
         self.covisited.append([item_id, list(preceding)])
 
-    def take(self, topic: str) -> OutgoingMessage:
-        """The record of everything since the last call, as a message keyed by this worker; then starts afresh."""
-        self.sequence += 1
-        payload = {
-            "format": AGGREGATES_FORMAT,
-            "worker": self.worker_id,
-            "sequence": self.sequence,
+    def take(self, topic: str) -> list[OutgoingMessage]:
+        """The record of everything since the last call, as messages keyed by this worker (split so that none
+        exceeds :data:`MAX_RECORD_BYTES`, whatever the batch size); then starts afresh."""
+        parts = {
             "counted": self.counted,
             "covisited": self.covisited,
-            "shown": dict(self.shown),
-            "engaged": dict(self.engaged),
+            "shown": list(self.shown.items()),
+            "engaged": list(self.engaged.items()),
         }
         self.counted, self.covisited = [], []
         self.shown, self.engaged = collections.Counter(), collections.Counter()
         key = self.worker_id.encode()
-        return OutgoingMessage(topic, key, orjson.dumps(payload), headers=[(WORKER_HEADER, key)])
+        return [OutgoingMessage(topic, key, value, headers=[(WORKER_HEADER, key)]) for value in self._records(parts)]
+
+    def _records(self, parts: dict[str, list]) -> list[bytes]:
+        self.sequence += 1
+        payload = {"format": AGGREGATES_FORMAT, "worker": self.worker_id, "sequence": self.sequence}
+        payload |= {
+            name: (dict(entries) if name in ("shown", "engaged") else entries) for name, entries in parts.items()
+        }
+        value = orjson.dumps(payload)
+        if len(value) <= MAX_RECORD_BYTES or sum(map(len, parts.values())) <= 1:
+            return [value]
+        self.sequence -= 1
+        halves = [{name: entries[: len(entries) // 2] for name, entries in parts.items()}]
+        halves.append({name: entries[len(entries) // 2 :] for name, entries in parts.items()})
+        return [record for half in halves for record in self._records(half)]
 
 
 def apply_deltas(

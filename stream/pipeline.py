@@ -208,7 +208,7 @@ class Pipeline:
             self.metrics.observe_lists(list(chosen.values()), [t.segment for t in answered], n_segments)
         with clock("state"):
             state_updates, tombstones = self.publisher.state_updates(answered, forgotten, evicted)
-            shared = [self.deltas.take(self.settings.aggregates_topic)] if self.deltas else []
+            shared = self.deltas.take(self.settings.aggregates_topic) if self.deltas else []
         self.metrics.messages_consumed.inc(len(records))
         self.metrics.batch_events.observe(len(records))
         self.metrics.users_in_state.set(len(self.store))

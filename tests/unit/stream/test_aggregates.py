@@ -9,7 +9,7 @@ import pytest
 
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.events import Event
-from streamrec.stream.aggregates import WORKER_HEADER, AggregateDeltas, apply_deltas
+from streamrec.stream.aggregates import MAX_RECORD_BYTES, WORKER_HEADER, AggregateDeltas, apply_deltas
 from streamrec.stream.events import SourceRecord
 from streamrec.stream.explore import ExposureStats
 from streamrec.stream.pipeline import Pipeline
@@ -69,13 +69,27 @@ def test_a_record_holds_everything_since_the_last_and_then_starts_afresh() -> No
     deltas.covisit(["i0", "i9"], "i1")
     deltas.shown.update(["i1", "i1", "i2"])
     deltas.engaged["i2"] += 1
-    message = deltas.take("aggregates")
+    [message] = deltas.take("aggregates")
     assert (message.topic, message.key) == ("aggregates", b"w1") and not deltas
     trending, exposure = TrendingBoard(3_600.0), ExposureStats()
     assert apply_deltas(orjson.loads(message.value), trending, None, exposure, {}) == 1
     assert trending.top(5) == [("i1", 1.0)] and trending.top_in_category("shoes", 5) == [("i1", 1.0)]
     assert exposure.counts("i1") == (2.0, 0.0) and exposure.counts("i2") == (1.0, 1.0)
-    assert orjson.loads(deltas.take("aggregates").value)["sequence"] == 2
+    deltas.count("i1", 1.0, 101.0, None, None)
+    assert orjson.loads(deltas.take("aggregates")[0].value)["sequence"] == 2
+
+
+def test_a_large_record_is_split_and_nothing_is_lost() -> None:
+    deltas = AggregateDeltas("w1")
+    for n in range(20_000):
+        deltas.count(f"item-{n}", 1.0, 100.0, "a-rather-long-category-name", n % 7)
+        deltas.shown[f"item-{n}"] += 1
+    messages = deltas.take("aggregates")
+    assert len(messages) > 1 and all(len(m.value) <= MAX_RECORD_BYTES for m in messages)
+    trending, exposure = TrendingBoard(3_600.0), ExposureStats()
+    counted = sum(apply_deltas(orjson.loads(m.value), trending, None, exposure, {}) for m in messages)
+    assert counted == 20_000 and exposure.counts("item-19999") == (1.0, 0.0)
+    assert len({orjson.loads(m.value)["sequence"] for m in messages}) == len(messages)
 
 
 def test_a_record_of_another_format_is_refused() -> None:
