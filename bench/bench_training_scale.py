@@ -14,7 +14,9 @@ memory of each process (``wait4``'s ``ru_maxrss``) are recorded with what the ma
 
 Points: ``taobao`` (``../shared/data/taobao/UserBehavior_head.csv``), ``items-N`` (N items, N users and 10·N
 events: the items curve) and ``events-N`` (100k items, N events, N/10 users: the events curve). Simulated shops
-are cached in ``bench/results/cache/scale/``. Writes a JSON file and a PNG of the curves beside it.
+are cached in ``bench/results/cache/scale/``, and each point's result in ``bench/results/training_scale_points/``:
+the JSON report and the PNG of the curves beside it cover every point measured so far, each with its date, so a
+long point (a million items) can be run on its own.
 """
 
 from __future__ import annotations
@@ -163,11 +165,14 @@ def main() -> None:
     points = (args.points or (QUICK_POINTS if args.quick else DEFAULT_POINTS)).split(",")
     logs = RESULTS / "logs" / "training_scale"
     logs.mkdir(parents=True, exist_ok=True)
+    points_dir = RESULTS / "training_scale_points"
+    points_dir.mkdir(parents=True, exist_ok=True)
     results = []
     print(f"{'point':<14} {'items':>9} {'events':>10} {'loss':>8} {'epochs':>6} {'s/epoch':>8} {'train s':>8} "
           f"{'peak MiB':>9} {'HR@10':>7} {'NDCG@10':>8}")  # fmt: skip
     for point in points:
-        result = measure(point, logs)
+        result = measure(point, logs) | {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (points_dir / f"{point}.json").write_text(json.dumps(result, indent=2))
         results.append(result)
         model, train = result["model"], result["train"]
         print(
@@ -176,16 +181,21 @@ def main() -> None:
             f"{model['test_HR@10']:>7.4f} {model['test_NDCG@10']:>8.4f}",
             flush=True,
         )
+    # The curves take every point measured so far (a million-item point is a run of its own), each with its date.
+    measured = {r["point"]: r for r in (json.loads(f.read_text()) for f in sorted(points_dir.glob("*.json")))}
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "points": sorted(
+            measured.values(), key=lambda r: (r["point"].split("-")[0], r.get("shop", {}).get("events", 0))
+        ),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "environment": {k: v for k, v in os.environ.items() if k.startswith("STREAMREC_")},
         "results": results,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
-    if any(r["point"].startswith(("items", "events")) for r in results):
-        plot(results, args.output.with_suffix(".png"))
+    if any(r["point"].startswith(("items", "events")) for r in measured.values()):
+        plot(list(measured.values()), args.output.with_suffix(".png"))
         print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
     else:
         print(f"wrote {args.output}")
