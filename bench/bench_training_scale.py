@@ -131,6 +131,20 @@ def measure(point: str, logs: Path) -> dict[str, Any]:
     return result
 
 
+def print_row(result: dict[str, Any]) -> None:
+    model, train = result["model"], result["train"]
+    print(
+        f"{result['point']:<14} {model['items']:>9,} {model['events']:>10,} {model['softmax']:>8} {model['epochs']:>6} "
+        f"{model['seconds_per_epoch']:>8} {train['seconds']:>8} {train['peak_rss_mib']:>9} "
+        f"{model['test_HR@10']:>7.4f} {model['test_NDCG@10']:>8.4f}",
+        flush=True,
+    )
+
+
+def point_order(result: dict[str, Any]) -> tuple[str, int]:
+    return result["point"].split("-")[0], result.get("shop", {}).get("events", 0)
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -142,6 +156,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     for column, (prefix, key) in enumerate(curves.items()):
         points = sorted((r for r in results if r["point"].startswith(prefix)), key=lambda r: r["shop"][key])
         x = [r["shop"][key] for r in points]
+        if not points:
+            for row in range(2):
+                axes[row][column].set_axis_off()
+            continue
         measures = (("seconds", "training time (s)"), ("peak_rss_mib", "peak memory (MiB)"))
         for row, (metric, label) in enumerate(measures):
             ax = axes[row][column]
@@ -161,8 +179,9 @@ def main() -> None:
     parser.add_argument("--points", help=f"comma-separated points (default {DEFAULT_POINTS})")
     parser.add_argument("--quick", action="store_true", help=f"small points only ({QUICK_POINTS}): a smoke check")
     parser.add_argument("--output", type=Path, default=RESULTS / "training_scale.json", help="JSON results file")
+    parser.add_argument("--report-only", action="store_true", help="measure nothing: report the stored points")
     args = parser.parse_args()
-    points = (args.points or (QUICK_POINTS if args.quick else DEFAULT_POINTS)).split(",")
+    points = [] if args.report_only else (args.points or (QUICK_POINTS if args.quick else DEFAULT_POINTS)).split(",")
     logs = RESULTS / "logs" / "training_scale"
     logs.mkdir(parents=True, exist_ok=True)
     points_dir = RESULTS / "training_scale_points"
@@ -174,24 +193,20 @@ def main() -> None:
         result = measure(point, logs) | {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (points_dir / f"{point}.json").write_text(json.dumps(result, indent=2))
         results.append(result)
-        model, train = result["model"], result["train"]
-        print(
-            f"{point:<14} {model['items']:>9,} {model['events']:>10,} {model['softmax']:>8} {model['epochs']:>6} "
-            f"{model['seconds_per_epoch']:>8} {train['seconds']:>8} {train['peak_rss_mib']:>9} "
-            f"{model['test_HR@10']:>7.4f} {model['test_NDCG@10']:>8.4f}",
-            flush=True,
-        )
+        print_row(result)
     # The curves take every point measured so far (a million-item point is a run of its own), each with its date.
     measured = {r["point"]: r for r in (json.loads(f.read_text()) for f in sorted(points_dir.glob("*.json")))}
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "points": sorted(
-            measured.values(), key=lambda r: (r["point"].split("-")[0], r.get("shop", {}).get("events", 0))
-        ),
+        "points": sorted(measured.values(), key=point_order),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "environment": {k: v for k, v in os.environ.items() if k.startswith("STREAMREC_")},
         "results": results,
     }
+    if len(measured) > len(results):
+        print("every point measured so far:")
+        for result in report["points"]:
+            print_row(result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
     if any(r["point"].startswith(("items", "events")) for r in measured.values()):
