@@ -25,6 +25,7 @@ from streamrec.stream.runtime.security import (
     faust_credentials,
     kafka_python_options,
 )
+from streamrec.stream.runtime.topics import required_topics
 from streamrec.stream.settings import Settings
 from tests.certificates import CertificateSet, encrypted_copy, make_certificates, openssl_unavailable_reason
 from tests.paths import REPO
@@ -302,7 +303,9 @@ def test_create_topics_script_passes_the_client_properties_file(tmp_path: Path) 
 
     subprocess.run(["bash", script], env={**env, "COMMAND_CONFIG": str(properties)}, check=True, timeout=30)
     lines = calls.read_text().splitlines()
-    assert len(lines) == 5 and all(f"--command-config {properties} --create" in line for line in lines)
+    # One call per topic a worker needs.
+    assert len(lines) == len(required_topics(Settings()))
+    assert all(f"--command-config {properties} --create" in line for line in lines)
 
     calls.unlink()
     subprocess.run(["bash", script], env=env, check=True, timeout=30)
