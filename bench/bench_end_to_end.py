@@ -484,6 +484,23 @@ def start_process(name: str, command: list[str], env: dict[str, str], log_dir: P
 # --- one run ----------------------------------------------------------------------------------------------------
 
 
+WORKER_COMMAND = [sys.executable, "-m", "streamrec.stream.app.cli", "worker", "--log-level", "INFO"]
+
+
+def worker_env(topics: Topics, bootstrap: str, artifacts: Path, port: int) -> dict[str, str]:
+    """A bench worker's settings: the run's topics, metrics on 127.0.0.1:``port``, a quick group join."""
+    return {
+        **topics.env(),
+        "STREAMREC_BOOTSTRAP_SERVERS": bootstrap,
+        "STREAMREC_ARTIFACTS_DIR": str(artifacts),
+        "STREAMREC_METRICS_HOST": "127.0.0.1",
+        "STREAMREC_METRICS_PORT": str(port),
+        "STREAMREC_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S),
+        "STREAMREC_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_INTERVAL_S),
+        "STREAMREC_TOPIC_PARTITIONS": str(PARTITIONS),
+    }
+
+
 def run_one(
     name: str,
     bootstrap: str,
@@ -525,18 +542,8 @@ def run_one(
         ]
         env: dict[str, str] = {}
     else:
-        command = [sys.executable, "-m", "streamrec.stream.app.cli", "worker", "--log-level", "INFO"]
-        env = {
-            **topics.env(),
-            "STREAMREC_RUNTIME": name,
-            "STREAMREC_BOOTSTRAP_SERVERS": bootstrap,
-            "STREAMREC_ARTIFACTS_DIR": str(artifacts),
-            "STREAMREC_METRICS_HOST": "127.0.0.1",
-            "STREAMREC_METRICS_PORT": str(port),
-            "STREAMREC_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S),
-            "STREAMREC_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_INTERVAL_S),
-            "STREAMREC_TOPIC_PARTITIONS": str(PARTITIONS),
-        }
+        command = WORKER_COMMAND
+        env = worker_env(topics, bootstrap, artifacts, port) | {"STREAMREC_RUNTIME": name}
     result: dict[str, Any] = {"runtime": name, "topics": topics.__dict__, "preload_events_per_s": round(producer_rate)}
     started = time.monotonic()
     process, log_path = start_process(f"{name}-{run_id}", command, env, log_dir)

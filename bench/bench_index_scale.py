@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _memory import peak_rss_mib, rss_mib
+from _measure import peak_rss_mib, rss_mib, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -206,16 +205,13 @@ def main() -> None:
         print(f"worker: start-up {worker['startup_s']} s ({worker['startup_peak_mib']} MiB peak), "
               f"hot swap {worker['swap_s']} s ({worker['swap_peak_mib']} MiB peak)")  # fmt: skip
     report = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "table": {"items": len(table), "dim": int(table.shape[1]), "source": source},
         "queries": len(queries),
         "batch": args.batch,
         "kinds": results,
         "worker": worker,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_report(args.output, report)
     print(f"wrote {args.output}")
 
 

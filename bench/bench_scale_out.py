@@ -20,18 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from _measure import write_report
 from bench_end_to_end import (
-    HEARTBEAT_INTERVAL_S,
     PARTITIONS,
-    SESSION_TIMEOUT_S,
+    WORKER_COMMAND,
     Topics,
     event_values,
     preload,
@@ -41,6 +38,7 @@ from bench_end_to_end import (
     stop_process,
     value,
     wait_for_metrics,
+    worker_env,
 )
 
 from streamrec.stream.runtime.network import free_port
@@ -56,18 +54,8 @@ def run(n_workers: int, bootstrap: str, artifacts: Path, rows: list, events: int
     workers = []
     for n in range(n_workers):
         port = free_port()
-        env = {
-            **topics.env(),
-            "STREAMREC_BOOTSTRAP_SERVERS": bootstrap,
-            "STREAMREC_ARTIFACTS_DIR": str(artifacts),
-            "STREAMREC_METRICS_HOST": "127.0.0.1",
-            "STREAMREC_METRICS_PORT": str(port),
-            "STREAMREC_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S),
-            "STREAMREC_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_INTERVAL_S),
-            "STREAMREC_TOPIC_PARTITIONS": str(PARTITIONS),
-        }
-        command = [sys.executable, "-m", "streamrec.stream.app.cli", "worker", "--log-level", "INFO"]
-        process, log_path = start_process(f"scale{n_workers}-{n}", command, env, log_dir)
+        env = worker_env(topics, bootstrap, artifacts, port)
+        process, log_path = start_process(f"scale{n_workers}-{n}", WORKER_COMMAND, env, log_dir)
         workers.append((process, port, log_path))
     try:
         for process, port, log_path in workers:
@@ -162,13 +150,10 @@ def main() -> None:
         f"shared view complete {two['shared_synced_after_last_event_s']} s after the last event"
     )
     report = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "broker": args.broker,
         "results": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_report(args.output, report)
     print(f"wrote {args.output}")
 
 

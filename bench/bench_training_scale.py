@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _measure import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -197,9 +198,7 @@ def main() -> None:
     # The curves take every point measured so far (a million-item point is a run of its own), each with its date.
     measured = {r["point"]: r for r in (json.loads(f.read_text()) for f in sorted(points_dir.glob("*.json")))}
     report = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "points": sorted(measured.values(), key=point_order),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "environment": {k: v for k, v in os.environ.items() if k.startswith("STREAMREC_")},
         "results": results,
     }
@@ -207,8 +206,7 @@ def main() -> None:
         print("every point measured so far:")
         for result in report["points"]:
             print_row(result)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_report(args.output, report)
     if any(r["point"].startswith(("items", "events")) for r in measured.values()):
         plot(list(measured.values()), args.output.with_suffix(".png"))
         print(f"wrote {args.output} and {args.output.with_suffix('.png')}")

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-from _memory import rss_mib
+from _measure import rss_mib, write_report
 
 from streamrec.model.events import Event, EventType
 from streamrec.stream.settings import Settings
@@ -83,8 +80,6 @@ def main() -> None:
     sweep_half_s = time.perf_counter() - started
 
     report = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "users": args.users,
         "events_per_user": args.events_per_user,
         "dim": args.dim,
@@ -99,10 +94,8 @@ def main() -> None:
     }
     assert not none and len(evicted) == args.users // 2
     for key, value in report.items():
-        if key not in ("when", "machine"):
-            print(f"{key:>24}: {value}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+        print(f"{key:>24}: {value}")
+    write_report(args.output, report)
     print(f"wrote {args.output}")
 
 

@@ -3,11 +3,11 @@
 Trending, co-visitation and exploration exposure count the whole shop's events, but each worker consumes only
 its partitions. So every worker records what its own events added to them (:class:`AggregateDeltas`: each
 counted event's item, weight, time, category, segment and preceding items; the items it showed and the items
-then engaged with) and publishes that record about once per ``aggregates_interval_s``, as a message of its batch
-(sent and acknowledged before the batch's offsets are committed). Every worker follows the topic
+then engaged with) and publishes that record with every batch, as messages of the batch (sent and acknowledged
+before the batch's offsets are committed). Every worker follows the topic
 (``stream/runtime/aggregates_feed.py``) and applies the other workers' records with :func:`apply_deltas`: the
 same additions their events made there, so N workers hold what one worker consuming every partition would,
-each behind the others by the publishing interval plus the time to fetch. A restarted worker reads the topic's
+each behind the others by the time to fetch a batch's record. A restarted worker reads the topic's
 retained records from the beginning before it consumes events (its earlier incarnation's records included: the
 worker id is new for every process), so it starts with the shop's aggregates rather than from nothing.
 """
@@ -74,15 +74,14 @@ class AggregateDeltas:
         return [OutgoingMessage(topic, key, value, headers=[(WORKER_HEADER, key)]) for value in self._records(parts)]
 
     def _records(self, parts: dict[str, list]) -> list[bytes]:
-        self.sequence += 1
-        payload = {"format": AGGREGATES_FORMAT, "worker": self.worker_id, "sequence": self.sequence}
+        payload = {"format": AGGREGATES_FORMAT, "worker": self.worker_id, "sequence": self.sequence + 1}
         payload |= {
             name: (dict(entries) if name in ("shown", "engaged") else entries) for name, entries in parts.items()
         }
         value = orjson.dumps(payload)
         if len(value) <= MAX_RECORD_BYTES or sum(map(len, parts.values())) <= 1:
+            self.sequence += 1
             return [value]
-        self.sequence -= 1
         halves = [{name: entries[: len(entries) // 2] for name, entries in parts.items()}]
         halves.append({name: entries[len(entries) // 2 :] for name, entries in parts.items()})
         return [record for half in halves for record in self._records(half)]
@@ -108,8 +107,7 @@ def apply_deltas(
         for item_id, preceding in payload["covisited"]:
             row = row_of.get(item_id)
             if row is not None:
-                known = [r for item in preceding if (r := row_of.get(item)) is not None]
-                covisitation.add(known[-covisitation.window :], row)
+                covisitation.add([r for item in preceding if (r := row_of.get(item)) is not None], row)
     for item_id, count in payload["shown"].items():
         exposure.add(item_id, shown=float(count))
     for item_id, count in payload["engaged"].items():

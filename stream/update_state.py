@@ -87,11 +87,9 @@ class StateUpdater:
             if not state.already_applied(record.partition, record.offset):
                 row = self.interest.row_of.get(event.item_id)
                 if row is not None and self.covisitation is not None:
-                    if self.deltas is None:
-                        self.covisitation.add(self.interest.latest_rows(state, self.covisitation.window), row)
-                    else:
-                        preceding = self.interest.latest_known(state, self.covisitation.window)
-                        self.covisitation.add([row for _, row in preceding], row)
+                    preceding = self.interest.latest_known(state, self.covisitation.window)
+                    self.covisitation.add([row for _, row in preceding], row)
+                    if self.deltas is not None:
                         self.deltas.covisit([item for item, _ in preceding], event.item_id)
                 if state.record_engaged(event.item_id):
                     self.exposure.engaged(event.item_id)

@@ -141,7 +141,10 @@ class InterestModel:
             state.vector += contribution * np.float32(2.0 ** (-(state.vector_ts - ts) / self.half_life_s))
 
     def latest_rows(self, state: UserState, n: int) -> list[int]:
-        """Model rows of the user's ``n`` latest known items, oldest first."""
+        """Model rows of the user's ``n`` latest known items, oldest first.
+
+        :meth:`latest_known` without the ids, written out because every warm user's whole history is read this
+        way once per batch (building a pair per item there is measurable)."""
         rows: list[int] = []
         for item in reversed(state.recent):
             row = self.row_of.get(item.item_id)
