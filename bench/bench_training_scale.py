@@ -129,6 +129,8 @@ def measure(point: str, logs: Path) -> dict[str, Any]:
         "evaluated_users": manifest["metrics"]["test"]["ranker"]["users"],
         "index": manifest["index"]["kind"],
     }
+    if "phases" in training:  # where the peak comes from: the process's peak as each phase ended
+        result["model"]["phases"] = training["phases"]
     return result
 
 

@@ -135,6 +135,13 @@ class TrainConfig(BaseModel):
         "auto", description="Text model of new items: auto (MiniLM if installed), minilm, hashed."
     )
     content_ridge: float = Field(1.0, ge=0, description="Ridge penalty of the text → item-embedding projection.")
+    content_fit_max_items: int = Field(
+        50_000,
+        ge=2,
+        description="Most trained items (a seeded sample) whose text fits the content projection: a linear map "
+        "from a few hundred text dimensions is settled long before a million items, and encoding every title "
+        "with the text model would cost more than the training on 2 cores.",
+    )
 
     @field_validator("event_weights")
     @classmethod

@@ -97,17 +97,21 @@ def train_artifacts(
     config: TrainConfig,
     progress: bool = True,
     catalog: Sequence[Mapping[str, Any]] | None = None,
+    switch_latest: bool = True,
 ) -> Path:
     """Train on ``log`` and write a new artifact version under ``out_dir``; returns its directory.
 
     ``catalog`` (records with ``item_id``, ``title``, ``category``, ``attributes``) lets the worker embed items
     added after training: a projection from their text into the item table is fitted on the trained items the
-    catalog describes. ``out_dir/LATEST`` is switched to the new version only once the directory is complete.
+    catalog describes. ``out_dir/LATEST`` is switched to the new version only once the directory is complete, and
+    not at all without ``switch_latest`` (a candidate that must first prove itself: ``streamrec retrain``).
     """
     started = time.perf_counter()
     torch.set_num_threads(config.torch_threads or 2)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    peaks = _PeakMemory()
+    peaks.mark("loaded")
 
     item_ids = build_vocabulary(log, config.min_item_count)
     if not item_ids:
@@ -117,6 +121,7 @@ def train_artifacts(
     if split.n_users == 0:
         raise ValueError("no user has the 3 interactions leave-one-out needs")
     windows = _training_windows(split, config)
+    peaks.mark("split")
     if len(windows) == 0:
         raise ValueError("no training targets: users need a 4th interaction to train on")
     logger.info(
@@ -129,10 +134,12 @@ def train_artifacts(
     eval_users = evaluation_users(split.n_users, len(item_ids), config)
     history, best_epoch = _fit(model, windows, split, config, rng, progress, softmax, eval_users)
     train_seconds = time.perf_counter() - started
+    peaks.mark("fit")
 
     model.eval()
     test_ranks, queries = _evaluate(model, split, "test", config, with_baselines=True, users=eval_users)
     test_metrics = {name: summarize(ranks) | {"users": len(ranks)} for name, ranks in test_ranks.items()}
+    peaks.mark("test")
     embeddings = model.item_embeddings().detach().numpy().astype(np.float32)
     index = ItemIndex.build(
         embeddings,
@@ -146,10 +153,14 @@ def train_artifacts(
     sample = queries[rng.permutation(len(queries))[:RECALL_SAMPLE]]
     recall_k = min(100, len(item_ids))
     index_recall = exact_recall(index, embeddings, sample, recall_k)
+    peaks.mark("index")
     logger.info("test metrics: %s", {name: m["NDCG@10"] for name, m in test_metrics.items()})
     item_knn, blend_manifest = fit_blend(RankerScorer(model, config.max_len), split, len(item_ids), config)
+    peaks.mark("blend")
     segments, segments_manifest = _fit_segments(queries, embeddings, config)
+    peaks.mark("segments")
     content, content_manifest = fit_content_projection(catalog, item_ids, embeddings, config)
+    peaks.mark("content")
 
     fingerprint = log.fingerprint()
     manifest: dict[str, Any] = {
@@ -180,6 +191,8 @@ def train_artifacts(
             "softmax": softmax.name,
             "sparse_table_updates": softmax.sparse_gradients and len(item_ids) >= config.sparse_table_min_items,
             "history": history,
+            # The process's peak resident memory (MiB) and the time when each phase ended: where a peak comes from.
+            "phases": peaks.marks,
         },
         "metrics": {
             "protocol": "leave-one-out; full ranking over the catalogue; the user's history items are excluded "
@@ -209,7 +222,7 @@ def train_artifacts(
         if content is not None:
             content.save(staging / CONTENT_FILE)
 
-    return _publish(out_dir, fingerprint, write, manifest)
+    return _publish(out_dir, fingerprint, write, manifest, switch_latest)
 
 
 # --- segments and content embeddings -------------------------------------------------------------------------
@@ -248,6 +261,9 @@ def fit_content_projection(
     if len(described) < 2:
         logger.warning("the catalog describes %d trained items: no content projection", len(described))
         return None, {}
+    if len(described) > config.content_fit_max_items:
+        picked = np.random.default_rng(config.seed).choice(len(described), config.content_fit_max_items, replace=False)
+        described = [described[i] for i in np.sort(picked)]
     started = time.perf_counter()
     encoder = load_encoder(config.content_encoder)
     rows = np.array([row for row, _ in described])
@@ -672,7 +688,13 @@ def _evaluate(
 # --- publishing --------------------------------------------------------------------------------------------------
 
 
-def _publish(out_dir: Path, fingerprint: str, write: Callable[[Path, str], None], manifest: dict[str, Any]) -> Path:
+def _publish(
+    out_dir: Path,
+    fingerprint: str,
+    write: Callable[[Path, str], None],
+    manifest: dict[str, Any],
+    switch_latest: bool = True,
+) -> Path:
     """Write the version directory under a temporary name, rename it into place, then switch ``LATEST``.
 
     ``write(staging, version)`` fills the directory with every file but the manifest. A reader therefore sees
@@ -695,9 +717,26 @@ def _publish(out_dir: Path, fingerprint: str, write: Callable[[Path, str], None]
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    write_latest(out_dir, version)
+    if switch_latest:
+        write_latest(out_dir, version)
     logger.info("wrote artifacts %s", final)
     return final
+
+
+class _PeakMemory:
+    """The process's peak resident memory as each phase of training ends, and when (it only grows: the phase whose
+    mark jumps is the one that needed the memory)."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, dict[str, float]] = {}
+        self._started = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        import resource
+
+        peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        self.marks[phase] = {"peak_rss_mib": peak, "at_s": round(time.perf_counter() - self._started, 1)}
+        logger.info("training phase %s done: peak resident memory %.0f MiB", phase, peak)
 
 
 def _unique_version(out_dir: Path, version: str) -> str:

@@ -90,20 +90,20 @@ class AggregateDeltas:
 def apply_deltas(
     payload: Mapping[str, Any],
     trending: TrendingBoard,
-    covisitation: CoVisitation | None,
     exposure: ExposureStats,
-    row_of: Mapping[str, int],
+    covisitations: Sequence[tuple[CoVisitation, Mapping[str, int]]] = (),
 ) -> int:
     """Apply another worker's record to this worker's aggregates; returns the events it counted.
 
-    Co-visitation is kept in this worker's model rows: items the model does not know are skipped, as they are
-    for local events. Raises ``ValueError`` for a record of another format.
+    Co-visitation is kept in the rows of each model served (``covisitations``: each with its ``row_of``): items a
+    model does not know are skipped, as they are for local events. Raises ``ValueError`` for a record of another
+    format.
     """
     if payload.get("format") != AGGREGATES_FORMAT:
         raise ValueError(f"aggregates record format {payload.get('format')!r}, expected {AGGREGATES_FORMAT}")
     for item_id, weight, ts, category, segment in payload["counted"]:
         trending.add(item_id, float(weight), float(ts), category, segment)
-    if covisitation is not None:
+    for covisitation, row_of in covisitations:
         for item_id, preceding in payload["covisited"]:
             row = row_of.get(item_id)
             if row is not None:

@@ -1,4 +1,4 @@
-"""Catalog sync: the live catalog reaching the served model between batches.
+"""Catalog sync: the live catalog reaching the served models between batches.
 
 Records from the catalog topic change availability at once; an item the model was not trained on is embedded from
 its title, category and attributes (the artifact's text encoder and content projection) and added to the item
@@ -24,131 +24,160 @@ if TYPE_CHECKING:
 MIN_CONTENT_CONFIDENCE = 0.05
 
 
+#: Text embeddings by encoder name, then item id: what :meth:`CatalogSync.text_vectors` hands to ``apply``.
+TextVectors = dict[str, dict[str, np.ndarray]]
+
+
 class CatalogSync:
-    """The catalog held from the stream, and what the served model's item table needs from it."""
+    """The catalog held from the stream, and what the served models' item tables need from it.
+
+    Several models may be served at once (A/B variants); each catalog record is applied to the catalog once and
+    indexed into every model's table.
+    """
 
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.catalog = Catalog()  # outlives model swaps: it comes from the stream
         self.metrics = metrics
-        self._text_vectors: dict[str, tuple[tuple, np.ndarray]] = {}  # item -> (content, text vector)
-        self._encoder: TextEncoder | None = None
-        self._artifacts: ModelArtifacts | None = None
-        self._items: ItemTable | None = None
+        # encoder name -> item -> (content, text vector): survives a swap while the encoder stays in use
+        self._text_vectors: dict[str, dict[str, tuple[tuple, np.ndarray]]] = {}
+        self._encoders: dict[str, TextEncoder] = {}
+        self._models: list[tuple[ModelArtifacts, ItemTable]] = []
 
-    def use_model(self, artifacts: ModelArtifacts, items: ItemTable) -> None:
-        """Embed into ``items``, the table of ``artifacts``, from now on (the caller replays the catalog)."""
-        self._artifacts, self._items = artifacts, items
-        self._encoder = self._content_encoder(artifacts)
-
-    def _content_encoder(self, artifacts: ModelArtifacts) -> TextEncoder | None:
-        if artifacts.content is None:
-            return None
+    def use_models(self, models: Sequence[tuple[ModelArtifacts, ItemTable]]) -> None:
+        """Index into these tables (the first is the primary: its clusters stand in for missing categories) from
+        now on; the caller replays the catalog into any new one with :meth:`replay`."""
         from streamrec.model.content import load_encoder
 
-        if self._encoder is not None and self._encoder.name == artifacts.content.encoder_name:
-            return self._encoder
-        self._text_vectors.clear()
-        return load_encoder(artifacts.content.encoder_name)
+        self._models = list(models)
+        names = {artifacts.content.encoder_name for artifacts, _ in self._models if artifacts.content is not None}
+        self._encoders = {name: self._encoders.get(name) or load_encoder(name) for name in names}
+        self._text_vectors = {name: self._text_vectors.get(name, {}) for name in names}
 
     @property
     def items(self) -> ItemTable:
-        assert self._items is not None, "use_model() first"
-        return self._items
+        """The primary model's item table."""
+        assert self._models, "use_models() first"
+        return self._models[0][1]
 
-    def text_vectors(self, items: Sequence[CatalogItem]) -> dict[str, np.ndarray]:
+    def text_vectors(self, items: Sequence[CatalogItem]) -> TextVectors:
         """Text embeddings of the items that :meth:`apply` will need to index from their content.
 
         The slow part of a catalog update, so runtimes call it outside the batch lock (it touches no state the
-        hot path reads). Items the model was trained on, and items whose content is unchanged since they were
+        hot path reads). Items every model was trained on, and items whose content is unchanged since they were
         last embedded, need none.
         """
         from streamrec.model.content import item_text
 
-        encoder = self._encoder
-        if encoder is None:
-            return {}
-        wanted = {
-            item.item_id: item for item in items if not self.items.is_trained(item.item_id) and not self._cached(item)
-        }
-        if not wanted:
-            return {}
-        vectors = encoder.encode([item_text(item.content()) for item in wanted.values()])
-        return dict(zip(wanted, vectors, strict=True))
+        vectors: TextVectors = {}
+        for name, encoder in self._encoders.items():
+            tables = [table for artifacts, table in self._models if artifacts.content is not None
+                      and artifacts.content.encoder_name == name]  # fmt: skip
+            wanted = {
+                item.item_id: item
+                for item in items
+                if not all(table.is_trained(item.item_id) for table in tables) and not self._cached(name, item)
+            }
+            if wanted:
+                encoded = encoder.encode([item_text(item.content()) for item in wanted.values()])
+                vectors[name] = dict(zip(wanted, encoded, strict=True))
+        return vectors
 
-    def _cached(self, item: CatalogItem) -> bool:
-        held = self._text_vectors.get(item.item_id)
+    def _cached(self, encoder_name: str, item: CatalogItem) -> bool:
+        held = self._text_vectors.get(encoder_name, {}).get(item.item_id)
         return held is not None and held[0] == _content_key(item)
 
-    def apply(
-        self, items: Sequence[CatalogItem], text_vectors: dict[str, np.ndarray], *, replay: bool = False
-    ) -> tuple[dict[str, int], bool]:
+    def apply(self, items: Sequence[CatalogItem], text_vectors: TextVectors) -> tuple[dict[str, int], bool]:
         """Apply catalog records (oldest first): availability at once, new items indexed from their content.
 
-        ``text_vectors`` comes from :meth:`text_vectors`; an item missing from it is embedded here. ``replay``
-        re-indexes the held catalog into a newly loaded model. Returns the count of each kind of change, and
-        whether the item table grew (the caller's embeddings views must follow).
+        ``text_vectors`` comes from :meth:`text_vectors`; an item missing from it is embedded here. Returns the
+        count of each kind of change, and whether an item table grew (the caller's embeddings views must follow).
         """
-        assert self._artifacts is not None, "use_model() first"
         counts: dict[str, int] = {}
-        projection = self._artifacts.content
         grown = False
         for item in items:
-            change = CatalogChange.NEW if replay else self.catalog.upsert(item)
+            change = self.catalog.upsert(item)
             counts[change.value] = counts.get(change.value, 0) + 1
             if change is CatalogChange.STALE:
                 continue
-            if (
-                change in (CatalogChange.NEW, CatalogChange.CONTENT)
-                and projection is not None
-                and not self.items.is_trained(item.item_id)
-            ):
-                vector = text_vectors.get(item.item_id)
-                if vector is None and not self._cached(item):
-                    vector = self.text_vectors([item]).get(item.item_id)
-                if vector is not None:
-                    self._text_vectors[item.item_id] = (_content_key(item), vector)
-                cached = self._text_vectors.get(item.item_id)
-                if cached is not None and (change is CatalogChange.CONTENT or item.item_id not in self.items.row_of):
-                    vector = projection.project(cached[1][None, :])[0] * self._content_confidence
-                    row = self.items.add(item.item_id, vector)
-                    grown = grown or row is not None
-            self.items.set_available(item.item_id, item.available)
+            for artifacts, table in self._models:
+                grown = self._index(item, change, artifacts, table, text_vectors) or grown
         for change, count in counts.items():
             self.metrics.catalog_updates.labels(change).inc(count)
         self.metrics.catalog_items.set(len(self.catalog))
         return counts, grown
 
-    @property
-    def _content_confidence(self) -> np.float32:
-        """How far to trust a content embedding: the projection's held-out cosine to the learned embeddings.
+    def replay(self, artifacts: ModelArtifacts, table: ItemTable) -> bool:
+        """Index the held catalog into a newly loaded model's table; whether it grew."""
+        held = list(self.catalog)
+        vectors = self.text_vectors(held)
+        grown = False
+        for item in held:
+            grown = self._index(item, CatalogChange.NEW, artifacts, table, vectors) or grown
+        return grown
 
-        The expected inner product of a projected vector with the true embedding shrinks with that cosine, so a
-        text that predicts little (say a bare category id) gives a short vector: such items rank below established
-        ones on inner product and reach shoppers through exploration instead of flooding every list.
-        """
-        assert self._artifacts is not None
-        projection = self._artifacts.content
-        cosine = None if projection is None else projection.quality.get("holdout_cosine")
-        return np.float32(1.0 if cosine is None else min(1.0, max(MIN_CONTENT_CONFIDENCE, cosine)))
+    def _index(
+        self,
+        item: CatalogItem,
+        change: CatalogChange,
+        artifacts: ModelArtifacts,
+        table: ItemTable,
+        text_vectors: TextVectors,
+    ) -> bool:
+        """Make ``table`` serve ``item`` as it now is; whether the table grew."""
+        projection = artifacts.content
+        grown = False
+        if (
+            change in (CatalogChange.NEW, CatalogChange.CONTENT)
+            and projection is not None
+            and not table.is_trained(item.item_id)
+        ):
+            name = projection.encoder_name
+            cache = self._text_vectors.setdefault(name, {})
+            vector = text_vectors.get(name, {}).get(item.item_id)
+            if vector is None and not self._cached(name, item):
+                vector = self.text_vectors([item]).get(name, {}).get(item.item_id)
+            if vector is not None:
+                cache[item.item_id] = (_content_key(item), vector)
+            cached = cache.get(item.item_id)
+            if cached is not None and (change is CatalogChange.CONTENT or item.item_id not in table.row_of):
+                projected = projection.project(cached[1][None, :])[0] * _content_confidence(artifacts)
+                grown = table.add(item.item_id, projected) is not None
+        table.set_available(item.item_id, item.available)
+        return grown
 
     def remove(self, item_id: str) -> bool:
         """A tombstone on the catalog topic: the item is never recommended again. Whether it was held."""
         if self.catalog.remove(item_id) is not CatalogChange.REMOVED:
             return False
-        self.items.set_available(item_id, False)
+        for _, table in self._models:
+            table.set_available(item_id, False)
         self.metrics.catalog_updates.labels(CatalogChange.REMOVED.value).inc()
         return True
 
-    def category_of(self, item_id: str) -> str | None:
-        """The catalog's category, else the item's cluster (a stand-in when the catalog has no categories)."""
+    def category_of(self, item_id: str, table: ItemTable | None = None) -> str | None:
+        """The catalog's category, else the item's cluster in ``table`` (default: the primary model's), a
+        stand-in when the catalog has no categories."""
         category = self.catalog.category_of(item_id)
         if category is not None:
             return category
-        row = self.items.row_of.get(item_id)
+        table = self.items if table is None else table
+        row = table.row_of.get(item_id)
         if row is None:
             return None
-        cluster = self.items.cluster_of(row)
+        cluster = table.cluster_of(row)
         return None if cluster == NO_CLUSTER else f"cluster-{cluster}"
+
+
+def _content_confidence(artifacts: ModelArtifacts) -> np.float32:
+    """How far to trust a content embedding: the projection's held-out cosine to the learned embeddings.
+
+    The expected inner product of a projected vector with the true embedding shrinks with that cosine, so a
+    text that predicts little (say a bare category id) gives a short vector: such items rank below established
+    ones on inner product and reach shoppers through exploration instead of flooding every list.
+    """
+    projection = artifacts.content
+    cosine = None if projection is None else projection.quality.get("holdout_cosine")
+    return np.float32(1.0 if cosine is None else min(1.0, max(MIN_CONTENT_CONFIDENCE, cosine)))
 
 
 def _content_key(item: CatalogItem) -> tuple:

@@ -57,12 +57,15 @@ class ExposureStats:
 class Explorer:
     """Chooses how many slots to explore and which items fill them."""
 
-    def __init__(self, share: float, max_impressions: int, seed: int | None = None) -> None:
+    def __init__(
+        self, share: float, max_impressions: int, seed: int | None = None, exposure: ExposureStats | None = None
+    ) -> None:
+        """``exposure``: the stream's impression counts, shared by every variant's explorer (default: its own)."""
         if not 0.0 <= share <= 1.0:
             raise ValueError("exploration share must lie in [0, 1]")
         self.share = share
         self.max_impressions = max_impressions
-        self.exposure = ExposureStats()
+        self.exposure = exposure if exposure is not None else ExposureStats()
         self._rng = np.random.default_rng(seed)
 
     def n_slots(self, k: int) -> int:

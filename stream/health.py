@@ -5,7 +5,9 @@
 * ``GET /readyz`` (readiness): 200 when the worker serves: the catalog is loaded, the consumer group is joined, every
   assigned partition's state is restored and output is being delivered; otherwise 503 with the reasons, one per
   line. A worker that owns no partition (more workers than partitions) is ready: it is healthy and waits for work.
-* ``GET /metrics``: Prometheus. Every other path answers 404.
+* ``GET /metrics``: Prometheus.
+* ``GET /recommendations/<user id>``: the list the user was last shown (``read_path.py``), once the worker has set
+  :attr:`Health.read_path`. Every other path answers 404.
 
 Readiness is also exported as the gauge ``streamrec_ready`` for dashboards and alerts.
 """
@@ -18,12 +20,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import orjson
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+if TYPE_CHECKING:
+    from streamrec.stream.read_path import ReadPath
+
 log = logging.getLogger(__name__)
+READ_PREFIX = "/recommendations/"
 
 STUCK_AFTER_S = 30.0
 TICK_S = 1.0
@@ -37,6 +45,8 @@ class Health:
         self._lock = threading.Lock()
         self._last_tick = time.monotonic()
         self._ready_gauge = ready_gauge
+        #: Set by the worker once it knows its topics: serves ``GET /recommendations/<user id>``.
+        self.read_path: ReadPath | None = None
         self._update_gauge()
 
     def problem(self, name: str, description: str) -> None:
@@ -84,8 +94,17 @@ class _QuietHandler(WSGIRequestHandler):
         """Probes arrive every few seconds; one access-log line each would drown the worker's own log."""
 
 
+_STATUS_LINES = {
+    200: "200 OK",
+    400: "400 Bad Request",
+    404: "404 Not Found",
+    421: "421 Misdirected Request",
+    503: "503 Service Unavailable",
+}
+
+
 def health_app(health: Health, registry: CollectorRegistry) -> Callable:
-    """A WSGI app answering ``/healthz``, ``/readyz`` and ``/metrics``."""
+    """A WSGI app answering ``/healthz``, ``/readyz``, ``/metrics`` and ``/recommendations/<user id>``."""
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -97,18 +116,30 @@ def health_app(health: Health, registry: CollectorRegistry) -> Callable:
         elif path == "/readyz":
             problems = health.problems
             ok, body = not problems, "ready\n" if not problems else "\n".join(problems) + "\n"
+        elif path.startswith(READ_PREFIX) and health.read_path is not None:
+            # PATH_INFO arrives percent-decoded, as latin-1 text of the raw bytes (PEP 3333): back to UTF-8.
+            user_id = path[len(READ_PREFIX) :].encode("latin-1", "replace").decode("utf-8", "replace")
+            status, answer = health.read_path.answer(user_id)
+            start_response(_STATUS_LINES.get(status, f"{status} Error"), [("Content-Type", "application/json")])
+            return [orjson.dumps(answer)]
         else:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found: try /metrics, /healthz or /readyz\n"]
+            return [b"not found: try /metrics, /healthz, /readyz or /recommendations/<user id>\n"]
         start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
         return [body.encode()]
 
     return app
 
 
+class _Server(ThreadingWSGIServer):
+    # socketserver's default backlog of 5 drops connections from a burst of page renders (the read path): a
+    # dropped SYN costs the caller a one-second retransmit.
+    request_queue_size = 128
+
+
 def start_http_server(host: str, port: int, health: Health, registry: CollectorRegistry) -> ThreadingWSGIServer:
-    """Serve the three endpoints from a daemon thread; raises ``OSError`` when the port is taken."""
-    server = make_server(host, port, health_app(health, registry), ThreadingWSGIServer, handler_class=_QuietHandler)
+    """Serve the endpoints from a daemon thread; raises ``OSError`` when the port is taken."""
+    server = make_server(host, port, health_app(health, registry), _Server, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="streamrec-http", daemon=True)
     thread.start()
     return server

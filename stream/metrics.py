@@ -1,6 +1,8 @@
 """Prometheus metrics of a worker. Names follow Prometheus conventions: base units, ``_total`` counters.
 
-Latency histograms are in seconds with buckets from 1 ms, because freshness targets are in milliseconds.
+Latency histograms are in seconds with buckets from 1 ms, because freshness targets are in milliseconds; stage
+times start at 50 µs, because most stages of a small batch take well under a millisecond. Every series that says
+what users are shown carries the A/B ``variant`` that served them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ from streamrec.stream.rejection import REJECTION_REASONS
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+STAGE_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+)  # fmt: skip
+#: The list depths the online evaluation counts hits at.
+ONLINE_HIT_DEPTHS = (5, 10, 20)
+#: Candidate sources and explanation kinds (``recommendation.schema.json``): their series exist from the start.
+SOURCES = ("ann", "covisitation", "item_knn", "trending", "trending_in", "trending_segment")
+REASON_KINDS = (
+    "similar_to_recent", "bought_together", "trending_in", "trending_in_segment", "trending", "for_you", "explore",
+)  # fmt: skip
 #: decode … publish run in the pipeline (publish = building the messages); produce (send and wait for the
 #: broker's acknowledgements) and commit run in the runtime.
 STAGES = ("decode", "validate", "state", "retrieve", "rank", "filter", "publish", "produce", "commit")
@@ -28,6 +40,7 @@ class Explained(Protocol):
 
 class Published(Protocol):
     kind: str
+    variant: str
     event_ts: float
     received_at: float
 
@@ -51,8 +64,8 @@ class WorkerMetrics:
         )
         self.recommendations_published = Counter(
             "streamrec_recommendations_published_total",
-            "Recommendation messages acknowledged by the broker, by how they were made.",
-            ["kind"],
+            "Recommendation messages acknowledged by the broker, by how they were made and the variant serving.",
+            ["kind", "variant"],
             registry=registry,
         )
         self.event_to_recommendation = Histogram(
@@ -67,7 +80,7 @@ class WorkerMetrics:
             "streamrec_stage_seconds",
             "Time spent per micro-batch in each pipeline stage.",
             ["stage"],
-            buckets=LATENCY_BUCKETS,
+            buckets=STAGE_BUCKETS,
             registry=registry,
         )
         self.batch_events = Histogram(
@@ -99,7 +112,66 @@ class WorkerMetrics:
             "User states restored from the changelog topic.",
             registry=registry,
         )
-        self.model_info = Info("streamrec_model", "The model version being served.", registry=registry)
+        self.model_info = Info(
+            "streamrec_model", "The model version each variant serves.", ["variant"], registry=registry
+        )
+        self.model_load_failures = Counter(
+            "streamrec_model_load_failures_total",
+            "New model versions refused (unreadable, corrupt or incompatible); the previous one keeps serving.",
+            ["variant"],
+            registry=registry,
+        )
+        self.online_evaluated = Counter(
+            "streamrec_online_evaluated_total",
+            "Events that followed a list shown to their user within online_eval_window_s: each is checked against "
+            "that list, by the variant that made it and the event's type.",
+            ["variant", "event_type"],
+            registry=registry,
+        )
+        self.online_hits = Counter(
+            "streamrec_online_hits_total",
+            "Evaluated events whose item was among the first k items of the list shown before them.",
+            ["variant", "event_type", "k"],
+            registry=registry,
+        )
+        self.online_hit_rank = Histogram(
+            "streamrec_online_hit_rank",
+            "Position (1 = first) of the hit item in the list shown before the event.",
+            ["variant"],
+            buckets=(1, 2, 3, 5, 10, 20, 50),
+            registry=registry,
+        )
+        self.online_source_hits = Counter(
+            "streamrec_online_source_hits_total",
+            "Hits (anywhere in the list) by the candidate source that proposed the item.",
+            ["variant", "source"],
+            registry=registry,
+        )
+        self.online_reason_hits = Counter(
+            "streamrec_online_reason_hits_total",
+            "Hits (anywhere in the list) by the kind of the item's explanation.",
+            ["variant", "reason"],
+            registry=registry,
+        )
+        self.list_diversity = Histogram(
+            "streamrec_list_diversity",
+            "Intra-list diversity of published lists: mean pairwise cosine distance of the items' embeddings.",
+            ["variant"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0),
+            registry=registry,
+        )
+        self.items_covered = Gauge(
+            "streamrec_recommended_items",
+            "Distinct items this worker has recommended since it started (or since the variant's model changed).",
+            ["variant"],
+            registry=registry,
+        )
+        self.catalog_coverage = Gauge(
+            "streamrec_catalog_coverage_ratio",
+            "Share of the served index's items this worker has recommended since it started.",
+            ["variant"],
+            registry=registry,
+        )
         self.index_items = Gauge("streamrec_index_items", "Items in the ANN index being served.", registry=registry)
         self.index_unavailable_items = Gauge(
             "streamrec_index_unavailable_items",
@@ -203,12 +275,29 @@ class WorkerMetrics:
             self.events_consumed.labels(event_type)
         for reason in REJECTION_REASONS:
             self.events_invalid.labels(reason)
-        for kind in ("personalized", "trending"):
-            self.recommendations_published.labels(kind)
         for clock in ("event_time", "consume_time"):
             self.event_to_recommendation.labels(clock)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
+        for reason in REASON_KINDS:
+            self.items_recommended.labels(reason)
+
+    def declare_variants(self, names: Iterable[str]) -> None:
+        """Create the zero-valued series of every variant served, so dashboards see each before its first list."""
+        for variant in names:
+            for kind in ("personalized", "trending"):
+                self.recommendations_published.labels(kind, variant)
+            self.model_load_failures.labels(variant)
+            self.online_hit_rank.labels(variant)
+            self.list_diversity.labels(variant)
+            for event_type in EVENT_TYPES:
+                self.online_evaluated.labels(variant, event_type)
+                for k in ONLINE_HIT_DEPTHS:
+                    self.online_hits.labels(variant, event_type, str(k))
+            for source in SOURCES:
+                self.online_source_hits.labels(variant, source)
+            for reason in REASON_KINDS:
+                self.online_reason_hits.labels(variant, reason)
 
     def observe_lists(
         self, lists: Sequence[Sequence[Explained]], segments: Sequence[int | None], n_segments: int = 0
@@ -226,7 +315,7 @@ class WorkerMetrics:
         """Count recommendations the broker acknowledged and record their event-to-recommendation latency."""
         latency = self.event_to_recommendation
         for recommendation in published:
-            self.recommendations_published.labels(recommendation.kind).inc()
+            self.recommendations_published.labels(recommendation.kind, recommendation.variant).inc()
             latency.labels("event_time").observe(max(0.0, acknowledged_at - recommendation.event_ts))
             latency.labels("consume_time").observe(max(0.0, acknowledged_at - recommendation.received_at))
 

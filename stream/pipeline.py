@@ -13,33 +13,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from streamrec.index.covisitation import CoVisitation
 from streamrec.stream.aggregates import AggregateDeltas, apply_deltas
 from streamrec.stream.catalog import CatalogItem
-from streamrec.stream.catalog_sync import CatalogSync
+from streamrec.stream.catalog_sync import CatalogSync, TextVectors
 from streamrec.stream.events import SourceRecord
-from streamrec.stream.explain import Explainer, co_occurrence_of
-from streamrec.stream.explore import Explorer
+from streamrec.stream.explore import ExposureStats
 from streamrec.stream.filters import ScoredItem
 from streamrec.stream.intake import Intake
 from streamrec.stream.item_table import ItemTable
 from streamrec.stream.metrics import NullMetrics, WorkerMetrics
+from streamrec.stream.online_eval import OnlineEvaluation
 from streamrec.stream.publish import Publisher
-from streamrec.stream.rank import RankedCandidates, rank, served_ranker
+from streamrec.stream.rank import RankedCandidates, rank
 from streamrec.stream.results import BatchResult, StageClock
-from streamrec.stream.retrieve import CandidateObserver, Retriever
-from streamrec.stream.rules import Request, RuleSet
-from streamrec.stream.select import ListBuilder
-from streamrec.stream.settings import Settings
+from streamrec.stream.retrieve import CandidateObserver
+from streamrec.stream.rules import Request
+from streamrec.stream.serving import ServedModel, ServedVariant
+from streamrec.stream.settings import Settings, variant_settings
 from streamrec.stream.trending import TrendingBoard
 from streamrec.stream.update_state import StateUpdater, Trigger
-from streamrec.stream.user_state import InterestModel, UserState, UserStateStore
+from streamrec.stream.user_state import UserState, UserStateStore
+from streamrec.stream.variants import VariantAssigner, variants_of
 
 if TYPE_CHECKING:
     from streamrec.model.artifacts import ModelArtifacts
@@ -62,9 +59,12 @@ class Pipeline:
         artifacts: ModelArtifacts,
         metrics: WorkerMetrics | None = None,
         worker_id: str | None = None,
+        variant_artifacts: Mapping[str, ModelArtifacts] | None = None,
     ):
-        """``worker_id``, for a worker that shares its aggregates (``stream/aggregates.py``): each batch then
-        also returns a record of what its events added to them."""
+        """``artifacts`` is the worker's model, served by every variant without an ``artifacts_dir`` of its own;
+        ``variant_artifacts`` holds the models of the others, by variant name. ``worker_id``, for a worker that
+        shares its aggregates (``stream/aggregates.py``): each batch then also returns a record of what its events
+        added to them."""
         self.settings = settings
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.metrics.segment_label_limit = settings.segment_label_limit
@@ -72,69 +72,106 @@ class Pipeline:
         self.store = UserStateStore()
         #: Evaluation sets this to see what each candidate source proposed for every personalised user.
         self.candidate_observer: CandidateObserver | None = None
-        # The catalog, trending and exposure come from the stream, so they outlive a model swap.
+        # The catalog, trending and exposure come from the stream, so they outlive a model swap and are shared by
+        # every variant.
         self.catalog_sync = CatalogSync(self.metrics)
         self.catalog = self.catalog_sync.catalog
         self.trending = TrendingBoard(settings.trending_half_life_s)
-        self.explorer = Explorer(settings.exploration_share, settings.exploration_max_impressions, settings.random_seed)
-        self.rules = RuleSet.from_settings(settings, self.catalog)
+        self.exposure = ExposureStats()
         self.deltas = AggregateDeltas(worker_id) if worker_id is not None else None
-        self.publisher = Publisher(settings, self.explorer.exposure, self.deltas)
-        self.use_model(artifacts)
-
-    def use_model(self, artifacts: ModelArtifacts) -> None:
-        """Serve ``artifacts`` from the next batch on. User vectors are rebuilt lazily on their next event.
-
-        Catalog items the new model was not trained on are embedded from their content again, so items added
-        live stay recommendable across a swap.
-        """
-        settings = self.settings
-        self.artifacts = artifacts
-        self.items = ItemTable(artifacts, settings.max_live_items)
-        self.items.index.set_search_params(settings.hnsw_ef_search, settings.ivf_nprobe)
-        self.interest = InterestModel.from_settings(
-            settings, self.items.embeddings, self.items.row_of, artifacts.version
-        )
-        # Co-visitation is counted in the model's rows, so a new model starts it afresh from the stream.
-        self.covisitation = CoVisitation(len(artifacts.item_ids), window=settings.covisitation_window)
-        self.retriever = Retriever.for_model(settings, artifacts, self.items, self.covisitation)
-        self.ranker = served_ranker(artifacts, self.items)
-        explainer = Explainer(
-            self.items, co_occurrence_of(self.covisitation, artifacts.item_knn), self.catalog.title_of
-        )
-        self.lists = ListBuilder(
-            settings, self.rules, self.explorer, self.trending, self.items, explainer, self.category_of
-        )
+        window = settings.online_eval_window_s
+        self.online = OnlineEvaluation(window) if window is not None else None
+        self.publisher = Publisher(settings, self.exposure, self.deltas)
+        self.variant_specs = {variant.name: variant for variant in variants_of(settings)}
+        self.assigner = VariantAssigner(list(self.variant_specs.values()), settings.variant_salt)
+        self.metrics.declare_variants(self.variant_specs)
+        self.variants: dict[str, ServedVariant] = {}
+        self._models_of: dict[str, ServedModel] = {}  # variant -> model, read live by the state update
         self.updater = StateUpdater(
             self.store,
-            self.interest,
-            self.covisitation if settings.covisitation_candidates else None,
-            artifacts.segments,
-            self.explorer.exposure,
+            self._models_of,
+            self.assigner.assign,
+            self.exposure,
             self.trending,
             self.category_of,
             settings.event_weights,
             self.deltas,
+            self.online,
         )
-        self.catalog_sync.use_model(artifacts, self.items)
-        if len(self.catalog):
-            self.apply_catalog(list(self.catalog), self.text_vectors(list(self.catalog)), replay=True)
-        self.metrics.model_info.info({"version": artifacts.version})
+        variant_artifacts = variant_artifacts or {}
+        for name in self.variant_specs:
+            self.use_model(variant_artifacts.get(name, artifacts), [name])
+
+    # --- models (loaded at start, swapped by runtimes between batches) ----------------------------------------
+    @property
+    def default_followers(self) -> list[str]:
+        """The variants that serve the worker's own ``artifacts_dir`` (and follow its ``LATEST``)."""
+        return [name for name, spec in self.variant_specs.items() if spec.artifacts_dir is None]
+
+    def use_model(self, artifacts: ModelArtifacts, variants: Sequence[str] | None = None) -> None:
+        """Serve ``artifacts`` to ``variants`` (default: :attr:`default_followers`) from the next batch on.
+
+        User vectors are rebuilt lazily on their next event. Catalog items the new model was not trained on are
+        embedded from their content again, so items added live stay recommendable across a swap. Variants that
+        serve the same version share one loaded model.
+        """
+        names = self.default_followers if variants is None else list(variants)
+        unknown = [name for name in names if name not in self.variant_specs]
+        if unknown:
+            raise ValueError(f"no variant named {', '.join(unknown)}")
+        model = self._loaded(artifacts)
+        fresh = model is None
+        if model is None:
+            model = ServedModel(self.settings, artifacts)
+        for name in names:
+            served = variant_settings(self.settings, self.variant_specs[name])
+            self.variants[name] = ServedVariant(
+                name, served, model, self.catalog, self.trending, self.exposure, self.catalog_sync.category_of
+            )
+            self._models_of[name] = model
+            self.metrics.model_info.labels(name).info({"version": artifacts.version})
+        self.catalog_sync.use_models([(m.artifacts, m.items) for m in self.models])
+        if fresh and self.catalog_sync.replay(artifacts, model.items):
+            model.items_grew()
         self._record_index_metrics()
 
+    def _loaded(self, artifacts: ModelArtifacts) -> ServedModel | None:
+        for model in self.models:
+            if model.artifacts is artifacts:
+                return model
+        return None
+
+    @property
+    def models(self) -> list[ServedModel]:
+        """The distinct models served, the first variant's first."""
+        distinct = {id(variant.model): variant.model for variant in self.variants.values()}
+        return list(distinct.values())
+
+    @property
+    def primary(self) -> ServedVariant:
+        """The first variant: what a single-variant worker serves (its model's clusters stand in for
+        categories)."""
+        return self.variants[next(iter(self.variant_specs))]
+
+    @property
+    def artifacts(self) -> ModelArtifacts:
+        return self.primary.model.artifacts
+
+    @property
+    def items(self) -> ItemTable:
+        return self.primary.model.items
+
     # --- live catalog (called by runtimes between batches) ---------------------------------------------------
-    def text_vectors(self, items: Sequence[CatalogItem]) -> dict[str, np.ndarray]:
+    def text_vectors(self, items: Sequence[CatalogItem]) -> TextVectors:
         """Text embeddings :meth:`apply_catalog` will need; slow, so runtimes call it outside the batch lock."""
         return self.catalog_sync.text_vectors(items)
 
-    def apply_catalog(
-        self, items: Sequence[CatalogItem], text_vectors: dict[str, np.ndarray], *, replay: bool = False
-    ) -> dict[str, int]:
+    def apply_catalog(self, items: Sequence[CatalogItem], text_vectors: TextVectors) -> dict[str, int]:
         """Apply catalog records (see :meth:`CatalogSync.apply`); returns the count of each kind of change."""
-        counts, grown = self.catalog_sync.apply(items, text_vectors, replay=replay)
+        counts, grown = self.catalog_sync.apply(items, text_vectors)
         if grown:
-            self.interest = self.updater.interest = replace(self.interest, embeddings=self.items.embeddings)
-            self.covisitation.grow(len(self.items))
+            for model in self.models:
+                model.items_grew()
         self._record_index_metrics()
         return counts
 
@@ -144,29 +181,34 @@ class Pipeline:
             self._record_index_metrics()
 
     def category_of(self, item_id: str) -> str | None:
-        """The catalog's category, else the item's cluster."""
+        """The catalog's category, else the item's cluster in the primary model."""
         return self.catalog_sync.category_of(item_id)
 
     def _record_index_metrics(self) -> None:
-        self.metrics.index_items.set(len(self.items.index))
-        self.metrics.index_unavailable_items.set(self.items.index.n_unavailable)
-        self.metrics.live_items.set(self.items.n_live)
+        items = self.items
+        self.metrics.index_items.set(len(items.index))
+        self.metrics.index_unavailable_items.set(items.index.n_unavailable)
+        self.metrics.live_items.set(items.n_live)
 
     def apply_shared(self, payload: dict) -> int:
         """Apply another worker's aggregate additions (between batches); returns the events they counted."""
-        covisitation = self.covisitation if self.settings.covisitation_candidates else None
-        counted = apply_deltas(payload, self.trending, covisitation, self.explorer.exposure, self.items.row_of)
+        covisitations = [
+            (covisitation, model.items.row_of)
+            for model in self.models
+            if (covisitation := model.counted_covisitation) is not None
+        ]
+        counted = apply_deltas(payload, self.trending, self.exposure, covisitations)
         self.metrics.shared_events_applied.inc(counted)
         return counted
 
     # --- state restore (called by runtimes on partition assignment) -----------------------------------------
     def restore_state(self, partition: int, states: Sequence[UserState]) -> None:
-        """Hold restored users. A vector that cannot be this model's (wrong length) is rebuilt from the user's
-        recent items on their next event rather than trusted. A state from before idle eviction (no update
-        time) counts as updated now."""
-        dim = self.items.embeddings.shape[1]
+        """Hold restored users. A vector that cannot be their variant's model's (wrong length) is rebuilt from
+        the user's recent items on their next event rather than trusted. A state from before idle eviction (no
+        update time) counts as updated now."""
         now = time.time()
         for state in sorted(states, key=lambda state: state.updated_at or now):  # least recently updated first
+            dim = self._models_of[self.assigner.assign(state.user_id)].items.dim
             if state.vector is not None and state.vector.shape != (dim,):
                 state.vector, state.model_version = None, None
             state.updated_at = state.updated_at or now
@@ -194,18 +236,27 @@ class Pipeline:
             triggers, forgotten = self.updater.apply(admitted.accepted, now)
             ttl = self.settings.user_idle_ttl_s
             evicted = self.store.evict_idle(now - ttl, EVICTIONS_PER_BATCH) if ttl is not None else {}
+            if self.online is not None:
+                self.online.take().record(self.metrics)
         answered = list(triggers.values())
         requests = {t.event.user_id: Request.of(t.state, t.event) for t in answered}
-        ranked, known_events = self._rank(answered, requests, clock)
+        by_variant: dict[str, list[Trigger]] = {}
+        for trigger in answered:
+            by_variant.setdefault(trigger.variant, []).append(trigger)
+        ranked: dict[str, RankedCandidates] = {}
+        known_events: dict[str, int] = {}
+        for name, group in by_variant.items():
+            variant_ranked, variant_known = self._rank(self.variants[name], group, requests, clock)
+            ranked.update(variant_ranked)
+            known_events.update(variant_known)
         with clock("filter"):
-            chosen = self._choose(answered, requests, ranked, known_events)
+            chosen: dict[str, list[ScoredItem]] = {}
+            for name, group in by_variant.items():
+                chosen.update(self._choose(self.variants[name], group, requests, ranked, known_events))
         with clock("publish"):
-            recommendations, published = self.publisher.recommendations(
-                answered, chosen, ranked, self.artifacts.version
-            )
-            segments = self.artifacts.segments
-            n_segments = 0 if segments is None else segments.n_segments
-            self.metrics.observe_lists(list(chosen.values()), [t.segment for t in answered], n_segments)
+            versions = {name: variant.model.artifacts.version for name, variant in self.variants.items()}
+            recommendations, published = self.publisher.recommendations(answered, chosen, ranked, versions)
+            self._observe_lists(by_variant, chosen)
         with clock("state"):
             state_updates, tombstones = self.publisher.state_updates(answered, forgotten, evicted)
             shared = self.deltas.take(self.settings.aggregates_topic) if self.deltas else []
@@ -230,20 +281,22 @@ class Pipeline:
         )
 
     def _rank(
-        self, triggers: list[Trigger], requests: dict[str, Request], clock: StageClock
+        self, variant: ServedVariant, triggers: list[Trigger], requests: dict[str, Request], clock: StageClock
     ) -> tuple[dict[str, RankedCandidates], dict[str, int]]:
-        """Warm users' candidates from every source, merged and ranked (trending only, should either step fail),
-        and how many of each user's events the model knows (it sets the user's trending share)."""
+        """A variant's warm users' candidates from every source, merged and ranked (trending only, should either
+        step fail), and how many of each user's events the model knows (it sets the user's trending share)."""
         warm = [t for t in triggers if not t.state.is_cold]
         if not warm:
             return {}, {}
+        model = variant.model
         try:
             with clock("retrieve"):
+                variant.use_search_params()
                 user_ids = [t.event.user_id for t in warm]
-                users = [self.retriever.query(self.interest, requests[user_id]) for user_id in user_ids]
-                candidates = self.retriever.retrieve(user_ids, users, self.candidate_observer)
+                users = [variant.retriever.query(model.interest, requests[user_id]) for user_id in user_ids]
+                candidates = variant.retriever.retrieve(user_ids, users, self.candidate_observer)
             with clock("rank"):
-                ranked = rank(self.ranker, user_ids, users, candidates, self.items.item_ids)
+                ranked = rank(model.ranker, user_ids, users, candidates, model.items.item_ids)
         except Exception:  # degrade to trending rather than lose the batch
             log.exception("retrieval or ranking failed; serving trending items for %d users", len(warm))
             self.metrics.pipeline_errors.labels("rank").inc()
@@ -252,15 +305,16 @@ class Pipeline:
 
     def _choose(
         self,
+        variant: ServedVariant,
         triggers: list[Trigger],
         requests: dict[str, Request],
         ranked: dict[str, RankedCandidates],
         known_events: dict[str, int],
     ) -> dict[str, list[ScoredItem]]:
         """Each user's final list from their ranked candidates, trending, the rules and exploration."""
-        self.lists.start_batch()
+        variant.lists.start_batch()
         chosen = {
-            t.event.user_id: self.lists.build(
+            t.event.user_id: variant.lists.build(
                 t.state,
                 t.segment,
                 requests[t.event.user_id],
@@ -269,6 +323,19 @@ class Pipeline:
             )
             for t in triggers
         }
-        for rule, count in self.rules.take_counts().items():
+        for rule, count in variant.rules.take_counts().items():
             self.metrics.items_filtered.labels(rule).inc(count)
         return chosen
+
+    def _observe_lists(self, by_variant: dict[str, list[Trigger]], chosen: dict[str, list[ScoredItem]]) -> None:
+        """The batch's lists in the metrics: explanation kinds, segments, and each variant's coverage and
+        diversity."""
+        answered = [t for group in by_variant.values() for t in group]
+        segments = self.primary.model.segments
+        n_segments = 0 if segments is None else segments.n_segments
+        lists = [chosen[t.event.user_id] for t in answered]
+        self.metrics.observe_lists(lists, [t.segment for t in answered], n_segments)
+        if isinstance(self.metrics, NullMetrics):
+            return
+        for name, group in by_variant.items():
+            self.variants[name].statistics.observe([chosen[t.event.user_id] for t in group], self.metrics)

@@ -1,5 +1,6 @@
 """Stage 7 — publish: a batch's messages, the output contract on topic ``recommendations`` (key = user id).
 
+Each user's list is also kept in their state (``UserState.last_list``) for the online evaluation and the read path.
 Besides each user's list, the batch publishes the users' new states to the changelog (after the lists: the state
 records what was just shown) and, for users a ``forget`` command erased, tombstones on both topics.
 """
@@ -15,16 +16,23 @@ from streamrec.model.events import Event
 from streamrec.stream.aggregates import AggregateDeltas
 from streamrec.stream.explore import ExposureStats
 from streamrec.stream.filters import ScoredItem
+from streamrec.stream.online_eval import shown_list
 from streamrec.stream.results import OutgoingMessage, PublishedRecommendation
 from streamrec.stream.settings import Settings
 from streamrec.stream.update_state import Trigger
 from streamrec.stream.user_state import encode_state
+from streamrec.stream.variants import DEFAULT_VARIANT
 
 
 class Publisher:
     """Turns a batch's chosen lists and changed states into messages, and records what each user was shown."""
 
-    def __init__(self, settings: Settings, exposure: ExposureStats, deltas: AggregateDeltas | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        exposure: ExposureStats,
+        deltas: AggregateDeltas | None = None,
+    ) -> None:
         self.recommendations_topic = settings.recommendations_topic
         self.state_topic = settings.state_topic
         self.exposure = exposure
@@ -35,19 +43,24 @@ class Publisher:
         triggers: Sequence[Trigger],
         chosen: Mapping[str, Sequence[ScoredItem]],
         personalized: Mapping[str, object],
-        model_version: str,
+        versions: Mapping[str, str],
     ) -> tuple[list[OutgoingMessage], list[PublishedRecommendation]]:
-        """One message per trigger; ``personalized`` holds the users whose list the model ranked."""
+        """One message per trigger; ``personalized`` holds the users whose list the model ranked, ``versions``
+        the model version each variant serves."""
         generated_at = time.time()
         messages, published = [], []
         for trigger in triggers:
-            user_id = trigger.event.user_id
+            user_id, variant = trigger.event.user_id, trigger.variant
             items = chosen[user_id]
-            value = recommendation_message(user_id, items, model_version, trigger.event, generated_at, trigger.segment)
+            value = recommendation_message(
+                user_id, items, versions[variant], trigger.event, generated_at, trigger.segment, variant
+            )
             messages.append(OutgoingMessage(self.recommendations_topic, user_id.encode(), value))
             kind = "personalized" if user_id in personalized else "trending"
-            published.append(PublishedRecommendation(kind, trigger.event.ts, trigger.received_at))
+            published.append(PublishedRecommendation(kind, trigger.event.ts, trigger.received_at, variant))
             trigger.state.record_shown([item.item_id for item in items])
+            # Kept with the state: the online evaluation reads it at the user's next event, the read path serves it.
+            trigger.state.last_list = shown_list(items, variant, trigger.event.ts)
             for item in items:
                 self.exposure.shown(item.item_id)
             if self.deltas is not None:
@@ -85,6 +98,7 @@ def recommendation_message(
     trigger: Event,
     generated_at: float,
     segment: int | None = None,
+    variant: str = DEFAULT_VARIANT,
 ) -> bytes:
     """The JSON value of one recommendation message; see ``stream/schemas/recommendation.schema.json``."""
     return orjson.dumps(
@@ -102,6 +116,7 @@ def recommendation_message(
                 for item in items
             ],
             "segment": segment,
+            "variant": variant,
             "model_version": model_version,
             "trigger": {
                 "event_id": trigger.event_id,

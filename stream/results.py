@@ -40,6 +40,7 @@ class PublishedRecommendation:
     kind: str
     event_ts: float
     received_at: float
+    variant: str = "default"
 
 
 @dataclass

@@ -8,14 +8,54 @@ CLI. The field descriptions are the reference documentation: the README's settin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamrec.index.params import DEFAULT_EF_SEARCH, DEFAULT_N_CANDIDATES, DEFAULT_NPROBE
 from streamrec.model.config import TrainConfig
 from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, checked_event_weights
+
+#: Settings an A/B variant may change: those that only shape what its users are shown. Everything else (topics,
+#: state, broker, training) is the worker's and shared by every variant.
+VARIANT_SETTINGS = (
+    "top_k",
+    "n_candidates",
+    "covisitation_candidates",
+    "item_knn_candidates",
+    "hnsw_ef_search",
+    "ivf_nprobe",
+    "cold_start_prior_events",
+    "diversity_weight",
+    "max_per_category",
+    "max_impressions_without_engagement",
+    "deny_items",
+    "tenant_deny_items",
+    "exploration_share",
+    "exploration_max_impressions",
+)
+
+
+class Variant(BaseModel):
+    """One arm of an A/B test: a model and/or serving settings, and the share of users it serves."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,40}$",
+        description="Written in every recommendation (`variant`) and labelling the metrics.",
+    )
+    share: float = Field(gt=0, description="Relative share of users; shares are normalised over all variants.")
+    artifacts_dir: Path | None = Field(
+        None,
+        description="The variant's model: a version directory (pinned) or a root whose `LATEST` is followed and "
+        "hot-swapped. Unset: the worker's `artifacts_dir`.",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Serving settings that differ for this variant; only those in `VARIANT_SETTINGS`.",
+    )
 
 
 class Settings(BaseSettings):
@@ -304,6 +344,28 @@ class Settings(BaseSettings):
         None, description="Seed of exploration's random draws (None: fresh each start); fixed in tests."
     )
 
+    # --- Experiments and online evaluation ------------------------------------------------------------------
+    variants: list[Variant] = Field(
+        default_factory=list,
+        description='A/B variants served at once, as JSON: `[{"name": "control", "share": 0.5}, {"name": '
+        '"fresh", "share": 0.5, "artifacts_dir": "/models/candidate", "overrides": {"exploration_share": '
+        "0.1}}]`. Users are assigned by a stable hash of their id, so every worker and restart agrees. Empty: one "
+        "variant, `default`, serving `artifacts_dir` with these settings.",
+    )
+    variant_salt: str = Field(
+        "streamrec",
+        min_length=1,
+        description="Mixed into the hash that assigns users to variants: change it to draw a fresh split of users "
+        "for a new experiment.",
+    )
+    online_eval_window_s: float | None = Field(
+        1_800.0,
+        gt=0,
+        description="Online evaluation: an event at most this many seconds (event time) after the list its user "
+        "was last shown is checked against that list (`streamrec_online_*` metrics: hits at 5/10/20, rank, "
+        "source and explanation of the hit). Unset: off (the last list is still kept per user, for the read path).",
+    )
+
     # --- Worker ---------------------------------------------------------------------------------------------
     artifacts_dir: Path | None = Field(
         None, description="Model artifact directory written by `streamrec train` (required by the worker)."
@@ -377,10 +439,37 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _variants_are_consistent(self) -> Settings:
+        names = [variant.name for variant in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique: {names}")
+        for variant in self.variants:
+            variant_settings(self, variant)
+        return self
+
     @field_validator("event_weights")
     @classmethod
     def _weights_cover_event_types(cls, weights: dict[str, float]) -> dict[str, float]:
         return checked_event_weights(weights)
+
+
+def variant_settings(settings: Settings, variant: Variant) -> Settings:
+    """``settings`` with ``variant``'s overrides applied and validated (raises ``ValueError`` naming the variant)."""
+    unknown = sorted(set(variant.overrides) - set(VARIANT_SETTINGS))
+    if unknown:
+        raise ValueError(
+            f"variant {variant.name!r} overrides {', '.join(unknown)}: a variant may change only "
+            f"{', '.join(VARIANT_SETTINGS)}"
+        )
+    if not variant.overrides:
+        return settings
+    fields = {name: getattr(settings, name) for name in type(settings).model_fields}
+    try:
+        return type(settings).model_validate({**fields, **variant.overrides, "variants": []})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"variant {variant.name!r}: {problems}") from None
 
 
 def settings_markdown_table() -> str:
@@ -395,6 +484,10 @@ def settings_markdown_table() -> str:
             continue
         default = field.get_default(call_default_factory=True)
         rows.append(f"| `STREAMREC_{name.upper()}` | `{default}` | {field.description} |")
+        if name == "variants":  # the fields of each variant object
+            for sub, sub_field in Variant.model_fields.items():
+                default = "required" if sub_field.is_required() else sub_field.get_default(call_default_factory=True)
+                rows.append(f"| `STREAMREC_VARIANTS[].{sub}` | `{default}` | {sub_field.description} |")
     return "\n".join(rows)
 
 

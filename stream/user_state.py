@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import sys
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +22,9 @@ import orjson
 from streamrec.model.events import Event, EventType
 from streamrec.stream.settings import Settings
 
-STATE_FORMAT = 2
-"""Version of the changelog record written by :func:`encode_state`; 2 added ``updated_at``."""
-READABLE_STATE_FORMATS = (1, 2)
+STATE_FORMAT = 3
+"""Version of the changelog record written by :func:`encode_state`; 2 added ``updated_at``, 3 ``last_list``."""
+READABLE_STATE_FORMATS = (1, 2, 3)
 MAX_SHOWN_ITEMS = 200
 
 
@@ -32,6 +33,20 @@ class RecentItem:
     item_id: str
     event_type: str
     ts: float
+
+
+@dataclass(slots=True, frozen=True)
+class ShownList:
+    """The list a user was last shown, kept for the online evaluation of their next event (``online_eval.py``).
+
+    Sources and explanation kinds are short shared strings, so a list costs a few hundred bytes per user.
+    """
+
+    item_ids: tuple[str, ...]
+    sources: tuple[str, ...]
+    reasons: tuple[str, ...]  # the kind of each item's explanation (``reason_code`` before its ``:``)
+    variant: str
+    trigger_ts: float  # event time of the event the list answered
 
 
 @dataclass(slots=True)
@@ -53,6 +68,7 @@ class UserState:
     shown: dict[str, int] = field(default_factory=dict)
     # Wall-clock time of the last event applied: what idle-user eviction reads (0.0 in states from before it).
     updated_at: float = 0.0
+    last_list: ShownList | None = None
 
     def record_shown(self, item_ids: list[str], max_items: int = MAX_SHOWN_ITEMS) -> None:
         for item_id in item_ids:
@@ -243,15 +259,39 @@ def encode_state(state: UserState) -> bytes:
             "last_offset": state.last_offset,
             "shown": state.shown,
             "updated_at": state.updated_at,
+            "last_list": None if state.last_list is None else _shown_list_fields(state.last_list),
         }
     )
+
+
+def _shown_list_fields(shown: ShownList) -> dict[str, Any]:
+    return {
+        "items": shown.item_ids,
+        "sources": shown.sources,
+        "reasons": shown.reasons,
+        "variant": shown.variant,
+        "trigger_ts": shown.trigger_ts,
+    }
+
+
+def _shown_list(data: Any) -> ShownList | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise TypeError("`last_list` must be an object or null")
+    item_ids = tuple(_text(item) for item in data["items"])
+    sources = tuple(sys.intern(_text(source)) for source in data["sources"])
+    reasons = tuple(sys.intern(_text(reason)) for reason in data["reasons"])
+    if not len(item_ids) == len(sources) == len(reasons):
+        raise ValueError("`last_list` items, sources and reasons differ in length")
+    return ShownList(item_ids, sources, reasons, sys.intern(_text(data["variant"])), _finite(data["trigger_ts"]))
 
 
 def decode_state(payload: bytes, max_recent_items: int) -> UserState:
     """Inverse of :func:`encode_state`; raises :class:`StateRecordError` for anything it cannot read.
 
     Every field is checked: a changelog is input like any other, and one malformed record must cost one user's
-    state, never the restore of a partition. Format 1 (before ``updated_at``) is still read.
+    state, never the restore of a partition. Formats 1 and 2 (before ``updated_at``, ``last_list``) are still read.
     """
     try:
         data = orjson.loads(payload)
@@ -298,6 +338,7 @@ def _state_from_fields(data: dict[str, Any], max_recent_items: int) -> UserState
         last_offset=_integer(data["last_offset"]),
         shown={_text(item): _integer(count) for item, count in shown.items()},
         updated_at=_finite(data.get("updated_at", 0.0)),
+        last_list=_shown_list(data.get("last_list")),
     )
 
 

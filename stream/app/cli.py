@@ -9,7 +9,9 @@ of a second rather than the ten of an import.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import logging
 import os
 import signal
@@ -20,10 +22,12 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
+import orjson
 import typer
 from typer.core import TyperGroup
 
@@ -434,8 +438,21 @@ def forget(
 
 @app.command()
 def train(
-    events: Annotated[Path, typer.Option(help="Event log: JSONL, Beauty.txt, Taobao CSV or Diginetica sessions.")],
     out: Annotated[Path, typer.Option(help="Artifact root: a new version directory is written inside.")],
+    events: Annotated[
+        Path | None, typer.Option(help="Event log: JSONL, Beauty.txt, Taobao CSV or Diginetica sessions.")
+    ] = None,
+    from_topic: Annotated[
+        bool, typer.Option(help="Read the events topic instead of a file (with --days, or --since/--until).")
+    ] = False,
+    days: Annotated[float | None, typer.Option(help="With --from-topic: the last N days.", min=0.001)] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="With --from-topic: from this time (ISO 8601, UTC if no zone).")
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option(help="With --from-topic: up to this time (ISO 8601, UTC if no zone).")
+    ] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers (with --from-topic).")] = None,
     fmt: EventFormat = "auto",
     epochs: Annotated[
         int | None, typer.Option(help="Most training epochs (early stopping may end sooner).", min=1)
@@ -444,18 +461,33 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     catalog: Annotated[
         Path | None,
-        typer.Option(help="Catalog JSONL (item_id, title, category, attributes): lets workers embed new items."),
+        typer.Option(
+            help="Catalog JSONL (item_id, title, category, attributes): lets workers embed new items "
+            "(with --from-topic, default: the catalog topic)."
+        ),
     ] = None,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Train item embeddings and the sequence ranker; write a versioned artifact directory."""
     if dim is not None and dim % 2:
         raise StreamrecError(f"--dim {dim} is odd; pass an even dimension (the ranker splits it over 2 heads)")
-    settings = _settings()
-    _logging(log_level)
-    log = _load_event_log(events, fmt)
-    typer.echo(f"loaded {len(log)} events from {events}")
+    if (events is None) == (not from_topic):
+        raise StreamrecError("pass either --events FILE or --from-topic (with --days N or --since/--until)")
+    if not from_topic and (days is not None or since is not None or until is not None):
+        raise StreamrecError("--days, --since and --until choose a range of the events topic; add --from-topic")
+    settings = _settings(bootstrap_servers=bootstrap)
+    _logging(log_level, quiet_kafka_clients=from_topic)
+    if events is not None:
+        log = _load_event_log(events, fmt)
+        typer.echo(f"loaded {len(log)} events from {events}")
+    else:
+        log = _events_from_topic(settings, days, since, until)
     records = _read_catalog(catalog) if catalog is not None else None
+    if records is None and from_topic:
+        from streamrec.stream.app.retrain import catalog_from_topic
+
+        records = catalog_from_topic(settings) or None
+        typer.echo(f"read {len(records or [])} catalog items from {settings.items_topic}")
     _writable_dir(out, "artifact directory", "--out")
     from streamrec.stream.app.training import (
         train_from_settings,  # torch: only now that every input is known to be good
@@ -465,12 +497,109 @@ def train(
     typer.echo(f"wrote {directory}")
 
 
+def _events_from_topic(
+    settings: Settings, days: float | None, since: datetime | None, until: datetime | None
+) -> EventLog:
+    if days is not None and since is not None:
+        raise StreamrecError("--days and --since both set where the range starts; keep one")
+    if days is None and since is None:
+        raise StreamrecError("--from-topic needs where the range starts: --days N or --since TIME")
+    start = time.time() - days * 86_400 if days is not None else _epoch(since)
+    end = _epoch(until) if until is not None else None
+    if end is not None and end <= start:
+        raise StreamrecError("--until is not after the start of the range; swap or widen them")
+    _talks_to_kafka(settings)
+    from streamrec.stream.app.retrain import events_from_topic
+    from streamrec.stream.runtime.network import wait_for_kafka
+
+    wait_for_kafka(settings.bootstrap_servers, timeout_s=10)
+    read = events_from_topic(settings, start, end)
+    typer.echo(
+        f"read {read.read} messages from {settings.events_topic}: {len(read.log)} events, {read.skipped} skipped "
+        "(commands, tombstones, malformed)"
+    )
+    if len(read.log) == 0:
+        raise StreamrecError(f"no valid event in that range of {settings.events_topic}; widen it")
+    return read.log
+
+
+def _epoch(moment: datetime | None) -> float:
+    assert moment is not None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@app.command()
+def retrain(
+    out: Annotated[Path, typer.Option(help="Artifact root the workers follow (its LATEST is switched on success).")],
+    days: Annotated[float, typer.Option(help="Train on the last N days of the events topic.", min=0.001)] = 7.0,
+    every: Annotated[
+        float | None,
+        typer.Option(help="Repeat every this many hours until SIGTERM/Ctrl-C (default: once).", min=0.01),
+    ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option(help="Publish when the candidate's served NDCG@10 is ≥ serving × (1 − this).", min=0, max=1),
+    ] = 0.0,
+    max_records: Annotated[int | None, typer.Option(help="Read at most this many events.", min=1)] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(help="Catalog JSONL (item_id, title, category, attributes); default: the catalog topic."),
+    ] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Train on the events topic, compare with the serving version, publish when not worse; optionally repeat."""
+    settings = _settings(bootstrap_servers=bootstrap)
+    _logging(log_level, quiet_kafka_clients=True)
+    _writable_dir(out, "artifact directory", "--out")
+    records = _read_catalog(catalog) if catalog is not None else None
+    _talks_to_kafka(settings)
+    from streamrec.stream.runtime.network import wait_for_kafka
+
+    wait_for_kafka(settings.bootstrap_servers, timeout_s=10)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while True:
+        _retrain_once(settings, out, days, tolerance, max_records, records)
+        if every is None or stop.wait(every * 3600):
+            return
+
+
+def _retrain_once(
+    settings: Settings,
+    out: Path,
+    days: float,
+    tolerance: float,
+    max_records: int | None,
+    catalog: list[dict[str, Any]] | None,
+) -> None:
+    from streamrec.stream.app.retrain import catalog_from_topic, events_from_topic
+    from streamrec.stream.app.retrain import retrain as run_retrain
+
+    if catalog is None:
+        catalog = catalog_from_topic(settings) or None
+        typer.echo(f"read {len(catalog or [])} catalog items from {settings.items_topic}")
+    read = events_from_topic(settings, time.time() - days * 86_400, max_records=max_records)
+    typer.echo(
+        f"read {read.read} messages from {settings.events_topic} ({days:g} days): {len(read.log)} events, "
+        f"{read.skipped} skipped (commands, tombstones, malformed)"
+    )
+    if len(read.log) == 0:
+        raise StreamrecError(f"no valid event in the last {days:g} days of {settings.events_topic}; nothing to train")
+    outcome = run_retrain(settings, out, read.log, tolerance=tolerance, catalog=catalog)
+    action = "published" if outcome.published else "kept the serving version; not published"
+    typer.echo(f"{action}: {outcome.candidate.name}: {outcome.reason}")
+
+
 @app.command("eval")
 def evaluate_model(
     events: Annotated[Path, typer.Option(help="Event log: JSONL, Beauty.txt, Taobao CSV or Diginetica sessions.")],
     artifacts: Annotated[Path, typer.Option(help="Model artifact directory (or its parent with LATEST).")],
     fmt: EventFormat = "auto",
-    output: Annotated[Path | None, typer.Option(help="Write the full report here as JSON.")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the full report here as JSON, and its chart beside it (.png).")
+    ] = None,
     served: Annotated[
         bool, typer.Option(help="Also replay every user's history through the serving pipeline and score its lists.")
     ] = True,
@@ -499,9 +628,13 @@ def evaluate_model(
     report = evaluate(log, model, seed=seed, served=served, settings=settings, served_max_users=served_users)
     typer.echo(format_table(report))
     if output is not None:
+        from streamrec.model.eval_chart import plot_report
+
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-        typer.echo(f"wrote {output}")
+        chart = output.with_suffix(".png")
+        plot_report(report, chart)
+        typer.echo(f"wrote {output} and {chart}")
 
 
 @app.command()
@@ -542,6 +675,82 @@ def demo(
         keep_running=keep_running,
         debug=_options.debug,
     )
+
+
+@app.command()
+def report(
+    metrics: Annotated[
+        list[str] | None,
+        typer.Option(help="A worker's metrics URL (http://host:9400/metrics); repeat for every worker."),
+    ] = None,
+    from_topics: Annotated[
+        bool, typer.Option(help="Join the recommendations and events topics instead of reading metrics.")
+    ] = False,
+    since_hours: Annotated[
+        float, typer.Option(help="With --from-topics: how many hours back to read.", min=0.001)
+    ] = 24.0,
+    window: Annotated[
+        float | None,
+        typer.Option(help="With --from-topics: seconds after a list in which the next event counts.", min=0.001),
+    ] = None,
+    max_records: Annotated[
+        int | None, typer.Option(help="With --from-topics: read at most this many records per topic.", min=1)
+    ] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Online hit rate, coverage and diversity per A/B variant, with 95 % confidence intervals."""
+    from streamrec.stream.app import report as reporting
+
+    if bool(metrics) == from_topics:
+        raise StreamrecError("pass either --metrics URL (one per worker) or --from-topics")
+    if metrics:
+        reports = reporting.report_from_metrics([reporting.scrape(url) for url in metrics])
+        basis = "share of the served index's items recommended (the best worker's)"
+    else:
+        settings = _settings(bootstrap_servers=bootstrap)
+        _logging("WARNING", quiet_kafka_clients=True)
+        _talks_to_kafka(settings)
+        from streamrec.stream.runtime.network import wait_for_kafka
+
+        wait_for_kafka(settings.bootstrap_servers, timeout_s=0)
+        reports = _report_from_topics(settings, since_hours, window, max_records)
+        basis = "distinct items recommended over the catalog topic's items (else the items the range names)"
+    if json_output:
+        typer.echo(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        typer.echo(reporting.format_report(reports, basis))
+
+
+def _report_from_topics(
+    settings: Settings, since_hours: float, window: float | None, max_records: int | None
+) -> list[Any]:
+    from streamrec.stream.app import report as reporting
+    from streamrec.stream.app.topic_read import read_range
+
+    since = time.time() - since_hours * 3600
+    shown = [
+        record
+        for message in read_range(settings, settings.recommendations_topic, since, max_records=max_records)
+        if message.value is not None and (record := reporting.parse_recommendation(message.value)) is not None
+    ]
+    events = [
+        event
+        for message in read_range(settings, settings.events_topic, since, max_records=max_records)
+        if message.value is not None and (event := reporting.parse_event(message.value)) is not None
+    ]
+    catalog: dict[str, str | None] = {}
+    for message in read_range(settings, settings.items_topic, max_records=max_records):
+        if message.key is None:
+            continue
+        if message.value is None:  # a tombstone: the item left the catalog
+            catalog.pop(message.key.decode(errors="replace"), None)
+            continue
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            category = orjson.loads(message.value).get("category")
+            catalog[message.key.decode(errors="replace")] = category if isinstance(category, str) else None
+    window_s = window if window is not None else (settings.online_eval_window_s or 1_800.0)
+    return reporting.report_from_records(shown, events, window_s, catalog)
 
 
 @app.command("settings")

@@ -4,7 +4,8 @@
 2. simulate a shop and train a model, unless the work directory already holds them;
 3. start a worker as its own process (as in production) with ``/metrics`` on 127.0.0.1;
 4. replay fresh events of the same shop (users the model never saw included) at a steady rate;
-5. print recommendations as they arrive on the output topic, then a latency summary.
+5. print recommendations as they arrive on the output topic, as a person would read them (titles, reasons, what
+   changed since the user's previous list), then a latency summary.
 
 Whatever it started that fails (the broker, the worker: a port taken, a crash, not ready in time, no
 recommendations) ends the demo with a non-zero exit and the cause, taken from the worker's log.
@@ -38,6 +39,48 @@ DEMO_EPOCHS = 15  # enough to beat popularity clearly on the simulated shop; kee
 WORKER_READY_TIMEOUT_S = 60.0  # importing torch, loading the model, reading the catalog, joining the group
 RECOMMENDATIONS_TIMEOUT_S = 20.0  # the longest wait for answers after the replay (it ends 2 s after the last one)
 ERROR_PREFIX = "streamrec: error: "  # how the worker's CLI reports a failure, on one line
+SHOWN_ITEMS = 5  # items printed per list
+FULL_LISTS = 12  # lists printed in full at the start; then every EVERY_NTH-th
+EVERY_NTH = 100
+VERBS = {"view": "viewed", "click": "clicked", "cart": "added to cart", "buy": "bought"}
+
+
+def read_titles(catalog: Path) -> dict[str, str]:
+    """Item id → display title from a catalog JSONL (items without a title are left out)."""
+    titles: dict[str, str] = {}
+    if catalog.exists():
+        for line in catalog.read_bytes().splitlines():
+            if line.strip():
+                record = orjson.loads(line)
+                if record.get("title"):
+                    titles[str(record["item_id"])] = str(record["title"])
+    return titles
+
+
+def format_list(
+    number: int, message: dict, titles: dict[str, str], previous: list[str] | None, latency_ms: float
+) -> str:
+    """One recommendation as a person reads it: who did what, the first items with their reasons, what changed
+    since the user's previous list."""
+    trigger = message["trigger"]
+    verb = VERBS.get(trigger["event_type"], trigger["event_type"])
+    touched = titles.get(trigger["item_id"], trigger["item_id"])
+    variant = f", variant {message['variant']}" if message.get("variant", "default") != "default" else ""
+    lines = [f"#{number} user {message['user_id']} {verb} “{touched}” → {latency_ms:.1f} ms{variant}"]
+    items = message["items"]
+    earlier = set(previous or ())
+    for rank, item in enumerate(items[:SHOWN_ITEMS], start=1):
+        title = titles.get(item["item_id"], item["item_id"])
+        mark = "+" if previous is not None and item["item_id"] not in earlier else " "
+        lines.append(f"  {mark}{rank}. {title} — {item['reason']}{' (exploring)' if item['explore'] else ''}")
+    if previous is None:
+        lines.append(f"  first list for this user ({len(items)} items)")
+    else:
+        now = [item["item_id"] for item in items]
+        added = sum(item not in earlier for item in now)
+        dropped = sum(item not in set(now) for item in previous)
+        lines.append(f"  since the last list: {added} new (+), {dropped} dropped, {len(now) - added} kept")
+    return "\n".join(lines)
 
 
 def _prepare(workdir: Path) -> tuple[Path, Path]:
@@ -65,16 +108,23 @@ def _prepare(workdir: Path) -> tuple[Path, Path]:
 
 
 def _print_recommendations(
-    bootstrap: str, topic: str, stop: threading.Event, latencies: list[float], failures: list[BaseException]
+    bootstrap: str,
+    topic: str,
+    stop: threading.Event,
+    latencies: list[float],
+    failures: list[BaseException],
+    titles: dict[str, str],
 ) -> None:
     """Print recommendations as they arrive; a failure is kept in ``failures`` for the main thread to report."""
     try:
-        _show_recommendations(bootstrap, topic, stop, latencies)
+        _show_recommendations(bootstrap, topic, stop, latencies, titles)
     except Exception as exc:
         failures.append(exc)
 
 
-def _show_recommendations(bootstrap: str, topic: str, stop: threading.Event, latencies: list[float]) -> None:
+def _show_recommendations(
+    bootstrap: str, topic: str, stop: threading.Event, latencies: list[float], titles: dict[str, str]
+) -> None:
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -86,19 +136,19 @@ def _show_recommendations(bootstrap: str, topic: str, stop: threading.Event, lat
         **kafka_python_options(Settings()),
     )
     shown = 0
+    previous: dict[str, list[str]] = {}  # each user's last list, to say what changed
     try:
         while not stop.is_set():
             for message in consumer:
+                if message.value is None:
+                    continue
                 rec = orjson.loads(message.value)
                 latency_ms = (rec["generated_at"] - rec["trigger"]["ts"]) * 1000
                 latencies.append(latency_ms)
                 shown += 1
-                if shown <= 20 or shown % 100 == 0:
-                    top = ", ".join(f"{i['item_id']}({i['reason_code']})" for i in rec["items"][:3])
-                    print(
-                        f"#{shown:5d} user {rec['user_id']:>6} {rec['trigger']['event_type']:>5} "
-                        f"{rec['trigger']['item_id']:>6} → {top} … [{latency_ms:.1f} ms]"
-                    )
+                if shown <= FULL_LISTS or shown % EVERY_NTH == 0:
+                    print(format_list(shown, rec, titles, previous.get(rec["user_id"]), latency_ms))
+                previous[rec["user_id"]] = [item["item_id"] for item in rec["items"]]
                 if stop.is_set():
                     break
     finally:
@@ -216,7 +266,14 @@ def run_demo(
             viewer_failures: list[BaseException] = []
             viewer = threading.Thread(
                 target=_print_recommendations,
-                args=(broker.bootstrap, Settings().recommendations_topic, stop, latencies, viewer_failures),
+                args=(
+                    broker.bootstrap,
+                    Settings().recommendations_topic,
+                    stop,
+                    latencies,
+                    viewer_failures,
+                    read_titles(workdir / "items.jsonl"),
+                ),
                 daemon=True,
             )
             viewer.start()

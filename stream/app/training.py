@@ -23,6 +23,7 @@ def train_from_settings(
     seed: int | None = None,
     progress: bool = True,
     catalog: Sequence[Mapping[str, Any]] | None = None,
+    switch_latest: bool = True,
 ) -> Path:
     """Train with ``settings.train`` (``STREAMREC_TRAIN__*``), except where a serving setting has a training twin
     (event weights, half-life, history length, index search breadth): the serving value wins, so the model is
@@ -42,4 +43,4 @@ def train_from_settings(
     if seed is not None:
         overrides["seed"] = seed
     config = TrainConfig(**(settings.train.model_dump() | overrides))
-    return train_artifacts(log, Path(out_dir), config, progress=progress, catalog=catalog)
+    return train_artifacts(log, Path(out_dir), config, progress=progress, catalog=catalog, switch_latest=switch_latest)

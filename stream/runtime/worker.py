@@ -29,10 +29,12 @@ from streamrec.stream.health import Health, start_http_server
 from streamrec.stream.logs import limit_repeats
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.pipeline import Pipeline
+from streamrec.stream.read_path import ReadPath
 from streamrec.stream.runtime.aggregates_feed import AggregatesFeed
 from streamrec.stream.runtime.base import BatchRuntime, WorkerFailed
 from streamrec.stream.runtime.catalog_feed import CatalogFeed
 from streamrec.stream.runtime.follow import TopicFollower
+from streamrec.stream.runtime.owners import GroupOwners
 from streamrec.stream.runtime.topics import ensure_topics
 from streamrec.stream.settings import Settings
 
@@ -56,12 +58,25 @@ def build_pipeline(settings: Settings) -> tuple[Pipeline, WorkerMetrics]:
         raise ValueError("no model artifacts: pass --artifacts DIR or set STREAMREC_ARTIFACTS_DIR")
     torch.set_num_threads(settings.torch_threads)
     artifacts = load_artifacts(settings.artifacts_dir)
+    # Variants with a model of their own; variants naming the same directory share one load.
+    loaded: dict[Path, ModelArtifacts] = {}
+    variant_artifacts = {}
+    for variant in settings.variants:
+        if variant.artifacts_dir is not None:
+            root = Path(variant.artifacts_dir).resolve()
+            if root not in loaded:
+                loaded[root] = load_artifacts(root)
+            variant_artifacts[variant.name] = loaded[root]
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     metrics = WorkerMetrics(registry)
     worker_id = new_worker_id() if settings.share_aggregates else None
-    pipeline = Pipeline(settings, artifacts, metrics, worker_id=worker_id)
-    log.info("serving model %s (%d items, dim %d)", artifacts.version, len(artifacts.item_ids), artifacts.dim)
+    pipeline = Pipeline(settings, artifacts, metrics, worker_id=worker_id, variant_artifacts=variant_artifacts)
+    for name, variant in pipeline.variants.items():
+        served = variant.model.artifacts
+        log.info(
+            "variant %s serves model %s (%d items, dim %d)", name, served.version, len(served.item_ids), served.dim
+        )
     return pipeline, metrics
 
 
@@ -88,9 +103,20 @@ class ModelWatcher:
     one or its manifest changes, and a ``LATEST`` that names nothing usable is logged once per distinct problem.
     """
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, lock: asyncio.Lock) -> None:
-        assert settings.artifacts_dir is not None
-        self.root = Path(settings.artifacts_dir)
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        lock: asyncio.Lock,
+        root: Path | None = None,
+        variants: list[str] | None = None,
+    ) -> None:
+        """Watch ``root`` (default: the worker's ``artifacts_dir``) for ``variants`` (default: those serving the
+        worker's own model)."""
+        root = root if root is not None else settings.artifacts_dir
+        assert root is not None
+        self.root = Path(root)
+        self.variants = variants if variants is not None else pipeline.default_followers
         self.settings = settings
         self.pipeline = pipeline
         self.lock = lock
@@ -111,7 +137,7 @@ class ModelWatcher:
         except (ArtifactError, OSError) as exc:
             self._problem(f"cannot follow {self.root}: {exc}")
             return False
-        if latest == self.pipeline.artifacts.directory.resolve():
+        if latest == self.serving.directory.resolve():
             self._last_problem = None
             return False
         stamp = (latest, _mtime_ns(latest / MANIFEST_FILE))
@@ -121,22 +147,45 @@ class ModelWatcher:
             artifacts: ModelArtifacts = await asyncio.to_thread(load_artifacts, latest)
         except (ArtifactError, OSError) as exc:
             self._refused = stamp
-            log.error("not swapping to %s: %s (kept serving %s)", latest, exc, self.pipeline.artifacts.version)
+            for variant in self.variants:
+                self.pipeline.metrics.model_load_failures.labels(variant).inc()
+            log.error("not swapping to %s: %s (kept serving %s)", latest, exc, self.serving.version)
             return False
         async with self.lock:
-            self.pipeline.use_model(artifacts)
+            self.pipeline.use_model(artifacts, self.variants)
             del artifacts
             pause = settle_heap()
         self._refused = self._last_problem = None
         log.info(
-            "now serving model %s from %s (heap settled in %.3f s)", self.pipeline.artifacts.version, latest, pause
+            "%s now serving model %s from %s (heap settled in %.3f s)",
+            ", ".join(self.variants),
+            self.serving.version,
+            latest,
+            pause,
         )
         return True
 
+    @property
+    def serving(self) -> ModelArtifacts:
+        """The version the watched variants serve now."""
+        return self.pipeline.variants[self.variants[0]].model.artifacts
+
     def _problem(self, text: str) -> None:
         if text != self._last_problem:
-            log.warning("%s; kept serving %s", text, self.pipeline.artifacts.version)
+            log.warning("%s; kept serving %s", text, self.serving.version)
             self._last_problem = text
+
+
+def model_watchers(settings: Settings, pipeline: Pipeline, lock: asyncio.Lock) -> list[ModelWatcher]:
+    """One watcher per model directory served: the worker's own, and each variant's (variants naming the same
+    directory share a watcher, and swap together)."""
+    by_root: dict[Path, list[str]] = {}
+    for variant in settings.variants:
+        if variant.artifacts_dir is not None:
+            by_root.setdefault(Path(variant.artifacts_dir).resolve(), []).append(variant.name)
+    watchers = [ModelWatcher(settings, pipeline, lock)] if pipeline.default_followers else []
+    watchers += [ModelWatcher(settings, pipeline, lock, root, names) for root, names in by_root.items()]
+    return watchers
 
 
 def _mtime_ns(path: Path) -> int:
@@ -181,7 +230,7 @@ def run_worker(settings: Settings) -> None:
     partitions = ensure_topics(settings)
     log.info("topics ready: %s", partitions)
     settle_heap()
-    _run_then_abandon(_serve(settings, pipeline, metrics, health), CLEANUP_TIMEOUT_S)
+    _run_then_abandon(_serve(settings, pipeline, metrics, health, partitions), CLEANUP_TIMEOUT_S)
 
 
 #: How long the event loop's leftover tasks (a client's retries, faust's supervisors) get to end once the worker has
@@ -210,7 +259,13 @@ def _run_then_abandon(main: Coroutine[Any, Any, None], cleanup_timeout_s: float)
             loop.close()
 
 
-async def _serve(settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics, health: Health) -> None:
+async def _serve(
+    settings: Settings,
+    pipeline: Pipeline,
+    metrics: WorkerMetrics,
+    health: Health,
+    partitions: dict[str, int] | None = None,
+) -> None:
     limit_repeats()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -224,12 +279,21 @@ async def _serve(settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics,
         from streamrec.stream.runtime.kafka_loop import KafkaWorker
 
         worker = KafkaWorker(settings, pipeline, metrics, health)
+    owners = GroupOwners(settings)
+    health.read_path = ReadPath(
+        pipeline.store,
+        pipeline.catalog.title_of,
+        n_partitions=(partitions or {}).get(settings.events_topic, settings.topic_partitions),
+        owned=lambda: worker.restored_partitions,
+        owner_of=owners.owner_of,
+    )
     tasks = [
         asyncio.create_task(health.keep_ticking(stop)),
         asyncio.create_task(_exit_if_stop_takes_too_long(stop, settings.shutdown_timeout_s)),
     ]
     if settings.model_poll_interval_s > 0:
-        tasks.append(asyncio.create_task(ModelWatcher(settings, pipeline, worker.batch_lock).run(stop)))
+        for watcher in model_watchers(settings, pipeline, worker.batch_lock):
+            tasks.append(asyncio.create_task(watcher.run(stop)))
     feeds: list[TopicFollower] = [CatalogFeed(settings, pipeline, worker.batch_lock)]
     if pipeline.deltas is not None:
         feeds.append(AggregatesFeed(settings, pipeline, worker.batch_lock))
@@ -256,6 +320,8 @@ async def _serve(settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics,
                 await feed_task
         for task in tasks:
             task.cancel()
+        health.read_path = None
+        owners.close()
     if worker.failure is not None:
         raise worker.failure
     log.info("worker stopped")

@@ -10,12 +10,10 @@ against Apache Kafka's own SSL and SASL listeners.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +39,7 @@ from streamrec.stream.settings import Settings
 from tests.certificates import CertificateSet
 from tests.integration.conftest import TopicNames, WorkerProcess, launch_worker_process
 from tests.integration.kafka_io import event_message, recommendation_for
+from tests.integration.workers import streamrec_command
 
 pytestmark = pytest.mark.integration
 
@@ -118,16 +117,6 @@ def assert_recommendation(record: ConsumerRecord, user: str) -> None:
 def settings_from(env: Mapping[str, str], **overrides: Any) -> Settings:
     """The settings a process with ``STREAMREC_*`` variables ``env`` would have (plus ``overrides``)."""
     return Settings(**{name.removeprefix("STREAMREC_").lower(): value for name, value in env.items()}, **overrides)
-
-
-def streamrec_command(*args: str, env: Mapping[str, str], timeout_s: float = 90.0) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "streamrec.stream.app.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
 
 
 # --- TLS in front of the embedded broker ----------------------------------------------------------------------------

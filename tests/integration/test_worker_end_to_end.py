@@ -154,7 +154,7 @@ def test_recommendations_follow_the_user_and_bad_input_is_dead_lettered(
     assert worker.metric_value('streamrec_events_invalid_total{reason="not_json"}') == 1.0
     assert worker.metric_value('streamrec_events_consumed_total{event_type="view"}') == len(browsed) + 5 + 1
     assert worker.metric_value('streamrec_events_consumed_total{event_type="buy"}') == 1.0
-    assert worker.metric_value('streamrec_recommendations_published_total{kind="personalized"}') >= 1
+    assert worker.metric_value('streamrec_recommendations_published_total{kind="personalized",variant="default"}') >= 1
     assert worker.metric_value('streamrec_event_to_recommendation_seconds_count{clock="event_time"}') >= 2
     assert worker.metric_value("streamrec_index_items") == len(known)
 

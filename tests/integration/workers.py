@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from tests.integration.conftest import TopicNames, WorkerProcess, launch_worker_process
+
+
+def streamrec_command(*args: str, env: Mapping[str, str], timeout_s: float = 90.0) -> subprocess.CompletedProcess:
+    """Run a ``streamrec`` command in its own process with ``env`` added to this one's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamrec.stream.app.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
 
 
 def launch(bootstrap: str, artifacts: Path, topics: TopicNames, log_path: Path, **extra_env: str) -> WorkerProcess:

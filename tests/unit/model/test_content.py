@@ -359,3 +359,21 @@ def test_load_rejects_corrupt_and_inconsistent_files(tmp_path: Path) -> None:
 
     with pytest.raises(FileNotFoundError):
         ContentProjection.load(tmp_path / "missing.safetensors")
+
+
+def test_the_projection_is_fitted_on_a_bounded_sample_of_items() -> None:
+    from streamrec.model.config import TrainConfig
+    from streamrec.model.train import fit_content_projection
+
+    rng = np.random.default_rng(0)
+    item_ids = [f"i{n}" for n in range(400)]
+    catalog = [{"item_id": item, "title": f"thing {n % 37} model {n}", "category": f"c{n % 5}"} for n, item in
+               enumerate(item_ids)]  # fmt: skip
+    embeddings = rng.normal(size=(400, 8)).astype(np.float32)
+    config = TrainConfig(content_encoder="hashed", content_fit_max_items=120)
+    projection, manifest = fit_content_projection(catalog, item_ids, embeddings, config)
+    assert projection is not None and manifest["content"]["items"] == 120
+    _, everything = fit_content_projection(
+        catalog, item_ids, embeddings, config.model_copy(update={"content_fit_max_items": 1000})
+    )
+    assert everything["content"]["items"] == 400

@@ -55,12 +55,12 @@ def test_two_workers_exchanging_records_hold_what_one_worker_holds(
     category = shop[1][0]["category"]
     _same_ranking(a.trending.top_in_category(category, 20), alone.trending.top_in_category(category, 20))
     for row in range(0, len(artifacts.item_ids), 7):
-        assert a.covisitation.similar(row) == pytest.approx(alone.covisitation.similar(row))
-        assert b.covisitation.similar(row) == pytest.approx(alone.covisitation.similar(row))
+        assert a.primary.model.covisitation.similar(row) == pytest.approx(alone.primary.model.covisitation.similar(row))
+        assert b.primary.model.covisitation.similar(row) == pytest.approx(alone.primary.model.covisitation.similar(row))
     # Exposure depends on the lists each worker showed; after the exchange both hold every worker's counts.
     for item in artifacts.item_ids:
-        assert a.explorer.exposure.counts(item) == b.explorer.exposure.counts(item)
-    assert sum(a.explorer.exposure.counts(item)[0] for item in artifacts.item_ids) > 0
+        assert a.exposure.counts(item) == b.exposure.counts(item)
+    assert sum(a.exposure.counts(item)[0] for item in artifacts.item_ids) > 0
 
 
 def test_a_record_holds_everything_since_the_last_and_then_starts_afresh() -> None:
@@ -72,7 +72,7 @@ def test_a_record_holds_everything_since_the_last_and_then_starts_afresh() -> No
     [message] = deltas.take("aggregates")
     assert (message.topic, message.key) == ("aggregates", b"w1") and not deltas
     trending, exposure = TrendingBoard(3_600.0), ExposureStats()
-    assert apply_deltas(orjson.loads(message.value), trending, None, exposure, {}) == 1
+    assert apply_deltas(orjson.loads(message.value), trending, exposure) == 1
     assert trending.top(5) == [("i1", 1.0)] and trending.top_in_category("shoes", 5) == [("i1", 1.0)]
     assert exposure.counts("i1") == (2.0, 0.0) and exposure.counts("i2") == (1.0, 1.0)
     deltas.count("i1", 1.0, 101.0, None, None)
@@ -87,11 +87,11 @@ def test_a_large_record_is_split_and_nothing_is_lost() -> None:
     messages = deltas.take("aggregates")
     assert len(messages) > 1 and all(len(m.value) <= MAX_RECORD_BYTES for m in messages)
     trending, exposure = TrendingBoard(3_600.0), ExposureStats()
-    counted = sum(apply_deltas(orjson.loads(m.value), trending, None, exposure, {}) for m in messages)
+    counted = sum(apply_deltas(orjson.loads(m.value), trending, exposure) for m in messages)
     assert counted == 20_000 and exposure.counts("item-19999") == (1.0, 0.0)
     assert len({orjson.loads(m.value)["sequence"] for m in messages}) == len(messages)
 
 
 def test_a_record_of_another_format_is_refused() -> None:
     with pytest.raises(ValueError, match="format"):
-        apply_deltas({"format": 99}, TrendingBoard(1.0), None, ExposureStats(), {})
+        apply_deltas({"format": 99}, TrendingBoard(1.0), ExposureStats())

@@ -141,7 +141,7 @@ def test_a_failing_ranker_degrades_to_trending_instead_of_losing_the_batch(pipel
         def score(self, *_):
             raise RuntimeError("boom")
 
-    pipeline.ranker = Broken()
+    pipeline.primary.model.ranker = Broken()
     rec = recommendations(pipeline.process([records.event("u1", artifacts.item_ids[3], "view")], now=NOW))["u1"]
     assert rec["items"] and {i["source"] for i in rec["items"]} <= TRENDING
 

@@ -21,7 +21,7 @@ def test_message_follows_the_output_contract() -> None:
     similar = ScoredItem("i9", 0.5, "ann", reason="Similar to item i3, which you clicked")
     similar.reason_code = "similar_to_recent:i3"
     explored = ScoredItem("i2", 0.25, "trending", explore=True, reason="Something new", reason_code="explore")
-    value = recommendation_message("u1", [similar, explored], "v1", trigger, 1.8e9 + 1, segment=4)
+    value = recommendation_message("u1", [similar, explored], "v1", trigger, 1.8e9 + 1, segment=4, variant="fresh")
     message = orjson.loads(value)
     assert message == {
         "user_id": "u1",
@@ -44,6 +44,7 @@ def test_message_follows_the_output_contract() -> None:
             },
         ],
         "segment": 4,
+        "variant": "fresh",
         "model_version": "v1",
         "trigger": {"event_id": "e7", "item_id": "i3", "event_type": "click", "ts": 1_800_000_000.5},
         "generated_at": 1.8e9 + 1,
@@ -79,7 +80,7 @@ def test_the_publisher_answers_every_trigger_and_records_what_was_shown() -> Non
         "u2": [ScoredItem("i9", 1.0, "trending")],
     }
 
-    messages, published = publisher.recommendations(triggers, chosen, {"u1": None}, "v1")
+    messages, published = publisher.recommendations(triggers, chosen, {"u1": None}, {"default": "v1"})
 
     assert [(m.topic, m.key) for m in messages] == [("recommendations", b"u1"), ("recommendations", b"u2")]
     assert [orjson.loads(m.value)["model_version"] for m in messages] == ["v1", "v1"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from streamrec.index.covisitation import CoVisitation
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.events import Event, EventType
@@ -15,14 +17,20 @@ from streamrec.stream.user_state import InterestModel, UserStateStore
 NOW = 1_800_000_000.0
 
 
+@dataclass
+class _Model:
+    interest: InterestModel
+    counted_covisitation: CoVisitation | None
+    segments: None = None
+
+
 def _updater(artifacts: ModelArtifacts) -> StateUpdater:
     settings = Settings()
     interest = InterestModel.from_settings(settings, artifacts.item_embeddings, artifacts.row_of, artifacts.version)
     return StateUpdater(
         UserStateStore(),
-        interest,
-        CoVisitation(len(artifacts.item_ids)),
-        None,
+        {"default": _Model(interest, CoVisitation(len(artifacts.item_ids)))},
+        lambda user_id: "default",
         ExposureStats(),
         TrendingBoard(settings.trending_half_life_s),
         lambda item_id: None,
