@@ -76,10 +76,12 @@ def test_variants_online_evaluation_read_path_and_report(
         first = {u: orjson.loads(reader.wait_for(recommendation_for(f"{u}-1"), 60).value) for u in users}
         # Every user's next event: half on the first item they were shown (a hit at rank 1), half elsewhere.
         hits = users[::2]
-        follow = [
-            event_message(u, first[u]["items"][0]["item_id"] if u in hits else items[200], "click", f"{u}-2", now + 5)
-            for u in users
-        ]
+
+        def next_item(user: str) -> str:
+            shown = [item["item_id"] for item in first[user]["items"]]
+            return shown[0] if user in hits else next(item for item in items[100:] if item not in shown)
+
+        follow = [event_message(u, next_item(u), "click", f"{u}-2", now + 5) for u in users]
         produce(kafka.bootstrap, topics.events, follow)
         second = {u: orjson.loads(reader.wait_for(recommendation_for(f"{u}-2"), 60).value) for u in users}
 
@@ -91,7 +93,7 @@ def test_variants_online_evaluation_read_path_and_report(
         report = _cli("report", *metrics_options, "--json", env=topics.env())
         from_topics = _cli("report", "--from-topics", "--json", "--bootstrap", kafka.bootstrap, env=topics.env())
         evaluated = sum(
-            w.metric_value(f'streamrec_online_evaluated_total{{variant="{v}",event_type="click"}}')
+            w.metric_value(f'streamrec_online_evaluated_total{{event_type="click",variant="{v}"}}')
             for w in workers
             for v in ("control", "short")
         )
