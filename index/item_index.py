@@ -318,13 +318,24 @@ class ItemIndex:
         return f"ItemIndex(kind={self._kind!r}, n={len(self)}, dim={self.dim}, params={self.search_params})"
 
 
+#: Scores one brute-force step holds (64 MiB of float32): a million items times a few thousand queries at once
+#: would need tens of gigabytes with the sort's copies.
+EXACT_CHUNK_SCORES = 1 << 24
+
+
 def exact_top_k(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the exact top-``k`` inner products (``[B, min(k, n)]``, best first) by brute force in numpy."""
-    scores = as_float32_matrix(queries) @ as_float32_matrix(embeddings).T
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1).astype(np.int64)
+    """Rows of the exact top-``k`` inner products (``[B, min(k, n)]``, best first) by brute force in numpy, a
+    chunk of queries at a time."""
+    queries, embeddings = as_float32_matrix(queries), as_float32_matrix(embeddings)
+    k = min(k, len(embeddings))
+    step = max(1, EXACT_CHUNK_SCORES // max(1, len(embeddings)))
+    parts = []
+    for begin in range(0, len(queries), step):
+        scores = queries[begin : begin + step] @ embeddings.T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        parts.append(np.take_along_axis(top, order, axis=1).astype(np.int64))
+    return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
 
 
 def exact_recall(index: ItemIndex, embeddings: np.ndarray, queries: np.ndarray, k: int) -> float:

@@ -15,7 +15,7 @@ the same data the trained model sees as input at that stage.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Protocol
@@ -186,14 +186,23 @@ class ItemKNNModel:
         """
         users, items = user_item_pairs(split, split.history_end(stage), n_items)
         degree = np.bincount(items, minlength=n_items).astype(np.float64)
-        first, second, together = _co_occurrences(users, items, n_items)
-        similarity = together / np.sqrt(degree[first] * degree[second])
-        if max_neighbors is not None:
-            keep = _top_per_row(first, similarity, max_neighbors)
-            first, second, similarity = first[keep], second[keep], similarity[keep]
+        rows_per_item = np.zeros(n_items, dtype=np.int64)
+        neighbor_parts, similarity_parts = [], []
+        # Each part holds whole rows (items first in a pair), so similarities and pruning are exact per part, and
+        # only one part's float64 temporaries are alive at a time.
+        for first, second, together in _co_occurrences(users, items, n_items):
+            similarity = together / np.sqrt(degree[first] * degree[second])
+            if max_neighbors is not None:
+                keep = _top_per_row(first, similarity, max_neighbors)
+                first, second, similarity = first[keep], second[keep], similarity[keep]
+            rows_per_item += np.bincount(first, minlength=n_items)
+            neighbor_parts.append(second.astype(np.int32))
+            similarity_parts.append(similarity.astype(np.float32))
         indptr = np.zeros(n_items + 1, dtype=np.int64)
-        np.cumsum(np.bincount(first, minlength=n_items), out=indptr[1:])
-        return cls(indptr, second.astype(np.int32), similarity.astype(np.float32), n_recent, decay)
+        np.cumsum(rows_per_item, out=indptr[1:])
+        neighbors = np.concatenate(neighbor_parts) if neighbor_parts else np.zeros(0, dtype=np.int32)
+        similarities = np.concatenate(similarity_parts) if similarity_parts else np.zeros(0, dtype=np.float32)
+        return cls(indptr, neighbors, similarities, n_recent, decay)
 
     def neighbors_of(self, item: int) -> tuple[np.ndarray, np.ndarray]:
         """``(neighbour items, similarities)`` of one item, most similar first."""
@@ -286,12 +295,16 @@ def _flatten(recent: Sequence[Sequence[int]], n_recent: int) -> tuple[np.ndarray
     return rows, items, steps
 
 
-def _co_occurrences(users: np.ndarray, items: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(item a, item b, number of users holding both)`` for every ordered pair ``a != b`` that co-occurs.
+def _co_occurrences(
+    users: np.ndarray, items: np.ndarray, n_items: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(item a, item b, number of users holding both)`` for every ordered pair ``a != b`` that co-occurs, in parts
+    ordered by ``a`` (then ``b``), each part holding every pair of a range of items ``a``.
 
-    ``users``/``items`` are distinct pairs sorted by user. Each user contributes its ``m²`` item pairs; users
-    are processed in chunks of about :data:`PAIRS_PER_CHUNK` pairs, each chunk reduced to distinct pair keys
-    before the next, so the peak memory follows the number of distinct pairs, not the total.
+    ``users``/``items`` are distinct pairs sorted by user. Each user contributes its ``m²`` item pairs; users are
+    processed in chunks of about :data:`PAIRS_PER_CHUNK` pairs, each chunk reduced to distinct pair keys and split
+    by item range; each range is then reduced on its own. The peak memory follows the distinct pairs (kept compact
+    until their range is reduced) plus one range's temporaries, not the total.
     """
     user_start = np.flatnonzero(np.diff(users, prepend=-1)) if len(users) else np.zeros(0, dtype=np.int64)
     sizes = np.diff(np.append(user_start, len(users)))
@@ -299,9 +312,11 @@ def _co_occurrences(users: np.ndarray, items: np.ndarray, n_items: int) -> tuple
     # Chunk boundaries where the running pair count crosses a multiple of the chunk size.
     chunk_of = np.cumsum(squares) // PAIRS_PER_CHUNK
     bounds = [0, *np.flatnonzero(np.diff(chunk_of)) + 1, len(sizes)]
+    n_ranges = max(1, int(squares.sum()) // PAIRS_PER_CHUNK)
+    edges = np.linspace(0, n_items, n_ranges + 1).astype(np.int64) * n_items  # key bounds of the item ranges
 
-    key_parts: list[np.ndarray] = []
-    count_parts: list[np.ndarray] = []
+    key_parts: list[list[np.ndarray]] = [[] for _ in range(n_ranges)]
+    count_parts: list[list[np.ndarray]] = [[] for _ in range(n_ranges)]
     for lo, hi in pairwise(bounds):
         if lo == hi:
             continue
@@ -312,19 +327,23 @@ def _co_occurrences(users: np.ndarray, items: np.ndarray, n_items: int) -> tuple
         b = items[start[owner] + local % size[owner]]
         keys = a[a != b] * n_items + b[a != b]
         chunk_keys, chunk_counts = np.unique(keys, return_counts=True)
-        key_parts.append(chunk_keys)
-        count_parts.append(chunk_counts)
-    if not key_parts:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0, dtype=np.float64)
-    keys = np.concatenate(key_parts)
-    counts = np.concatenate(count_parts)
-    order = np.argsort(keys, kind="stable")
-    keys, counts = keys[order], counts[order]
-    distinct = np.flatnonzero(np.diff(keys, prepend=-1))
-    totals = np.add.reduceat(counts, distinct).astype(np.float64)
-    keys = keys[distinct]
-    return keys // n_items, keys % n_items, totals
+        cuts = np.searchsorted(chunk_keys, edges)
+        for r in range(n_ranges):
+            if cuts[r] < cuts[r + 1]:
+                key_parts[r].append(chunk_keys[cuts[r] : cuts[r + 1]])
+                count_parts[r].append(chunk_counts[cuts[r] : cuts[r + 1]].astype(np.int32))
+    for r in range(n_ranges):
+        if not key_parts[r]:
+            continue
+        keys = np.concatenate(key_parts[r])
+        counts = np.concatenate(count_parts[r])
+        key_parts[r], count_parts[r] = [], []  # this range's chunk pieces are no longer needed
+        order = np.argsort(keys, kind="stable")
+        keys, counts = keys[order], counts[order]
+        distinct = np.flatnonzero(np.diff(keys, prepend=-1))
+        totals = np.add.reduceat(counts.astype(np.int64), distinct).astype(np.float64)
+        keys = keys[distinct]
+        yield keys // n_items, keys % n_items, totals
 
 
 def _top_per_row(rows: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:

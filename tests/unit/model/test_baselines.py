@@ -123,11 +123,15 @@ def test_item_knn_matches_a_dense_reference_and_chunking_changes_nothing(monkeyp
     knn = ItemKNNModel.fit(split, n_items)
     np.testing.assert_allclose(knn.score_users(histories), expected, rtol=1e-5, atol=1e-7)
 
-    monkeypatch.setattr(baselines, "PAIRS_PER_CHUNK", 7)  # a handful of users per chunk
+    pruned = ItemKNNModel.fit(split, n_items, max_neighbors=3)
+    monkeypatch.setattr(baselines, "PAIRS_PER_CHUNK", 7)  # a handful of users per chunk, many item ranges
     chunked = ItemKNNModel.fit(split, n_items)
     np.testing.assert_array_equal(chunked.indptr, knn.indptr)
     np.testing.assert_array_equal(chunked.neighbors, knn.neighbors)
-    np.testing.assert_allclose(chunked.similarities, knn.similarities)
+    np.testing.assert_array_equal(chunked.similarities, knn.similarities)
+    chunked_pruned = ItemKNNModel.fit(split, n_items, max_neighbors=3)
+    np.testing.assert_array_equal(chunked_pruned.indptr, pruned.indptr)
+    np.testing.assert_array_equal(chunked_pruned.neighbors, pruned.neighbors)
 
 
 def test_item_knn_neighbour_pruning_keeps_the_most_similar(split: LeaveOneOutSplit) -> None:
