@@ -48,7 +48,7 @@ def filled_store(n_users: int, seed: int = 0) -> tuple[UserStateStore, list[str]
             continue
         state = UserState(user, deque())
         items = tuple(f"item-{rng.randrange(1_000_000)}" for _ in range(20))
-        state.last_list = ShownList(items, tuple(rng.choice(sources) for _ in items),
+        state.last_list = ShownList.of(items, tuple(rng.choice(sources) for _ in items),
                                     tuple(rng.choice(reasons) for _ in items), "default", time.time())  # fmt: skip
         store.put(partition, state)
     return store, users

@@ -6,7 +6,8 @@ Usage::
     python bench/bench_user_state.py [--users 1000000] [--events-per-user 10] [--dim 64] [--output results.json]
 
 Users are built the way the worker builds them (``InterestModel.apply`` on events of a catalogue of 100,000
-items, so each holds an interest vector, its recent items and purchases) and kept in a ``UserStateStore``.
+items, so each holds an interest vector, its recent items and purchases, and the ``top_k``-item list last shown to
+them, as the worker keeps it for the online evaluation and the read path) and kept in a ``UserStateStore``.
 Reported: resident memory per user (process RSS before and after, divided by the users), the size of a user's
 changelog record, the time to decode and restore a partition's records (what a rebalance costs per live user),
 and the time of an eviction sweep that drops half the users, and of one that drops none.
@@ -23,8 +24,9 @@ import numpy as np
 from _measure import rss_mib, write_report
 
 from streamrec.model.events import Event, EventType
+from streamrec.stream.metrics import REASON_KINDS, SOURCES
 from streamrec.stream.settings import Settings
-from streamrec.stream.user_state import InterestModel, UserStateStore, decode_state, encode_state
+from streamrec.stream.user_state import InterestModel, ShownList, UserStateStore, decode_state, encode_state
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -46,6 +48,8 @@ def main() -> None:
     item_ids = [f"item-{n}" for n in range(args.items)]
     interest = InterestModel.from_settings(Settings(), embeddings, {item: n for n, item in enumerate(item_ids)}, "v1")
     picks = rng.integers(0, args.items, size=(args.users, args.events_per_user)).tolist()
+    top_k = Settings().top_k
+    shown = rng.integers(0, args.items, size=(args.users, top_k)).tolist()
     kinds = rng.integers(0, len(KINDS), size=(args.users, args.events_per_user)).tolist()
     gc.collect()
     before = rss_mib()
@@ -57,9 +61,16 @@ def main() -> None:
         for step, (item, kind) in enumerate(zip(picks[user], kinds[user], strict=True)):
             interest.apply(state, Event(state.user_id, item_ids[item], KINDS[kind], now - 3_600 + step * 60))
         state.updated_at = now - (user % 2) * 86_400  # half the users idle for a day
+        state.last_list = ShownList.of(
+            [item_ids[item] for item in shown[user]],
+            [SOURCES[(user + n) % len(SOURCES)] for n in range(top_k)],
+            [REASON_KINDS[(user + n) % len(REASON_KINDS)] for n in range(top_k)],
+            "default",
+            now,
+        )
         store.put(user % PARTITIONS, state)
     build_s = time.perf_counter() - started
-    del picks, kinds
+    del picks, kinds, shown
     gc.collect()
     per_user_bytes = (rss_mib() - before) * 1024 * 1024 / args.users
 

@@ -90,10 +90,10 @@ class OnlineEvaluation:
 
 def shown_list(items: Sequence[ScoredItem], variant: str, trigger_ts: float) -> ShownList:
     """What the online evaluation keeps of a published list."""
-    return ShownList(
-        tuple(item.item_id for item in items),
-        tuple(item.source for item in items),
-        tuple(item.reason_code.partition(":")[0] for item in items),
+    return ShownList.of(
+        [item.item_id for item in items],
+        [item.source for item in items],
+        [item.reason_code.partition(":")[0] for item in items],
         variant,
         trigger_ts,
     )

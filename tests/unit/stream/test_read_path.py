@@ -34,7 +34,7 @@ def test_an_owned_user_gets_their_last_list() -> None:
     partition = partition_of(user, 8)
     read_path, store = _read_path({partition})
     state = UserState(user, deque())
-    state.last_list = ShownList(("i1", "i2"), ("ann", "trending"), ("similar_to_recent", "trending"), "b", 5.0)
+    state.last_list = ShownList.of(("i1", "i2"), ("ann", "trending"), ("similar_to_recent", "trending"), "b", 5.0)
     store.put(partition, state)
     status, body = read_path.answer(user)
     assert status == 200
@@ -59,7 +59,7 @@ def test_the_http_server_routes_and_quotes_user_ids() -> None:
     partition = partition_of(user, 8)
     read_path, store = _read_path({partition})
     state = UserState(user, deque())
-    state.last_list = ShownList(("i1",), ("ann",), ("trending",), "default", 1.0)
+    state.last_list = ShownList.of(("i1",), ("ann",), ("trending",), "default", 1.0)
     store.put(partition, state)
     health = Health()
     app = health_app(health, CollectorRegistry())
