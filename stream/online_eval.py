@@ -5,7 +5,8 @@ within ``online_eval_window_s`` of the event the list answered (event time, so r
 does), is checked against it: was its item in the list, at which position, from which candidate source and with
 which explanation. That is the offline leave-one-out protocol (next item against the top-k) measured on live
 traffic, per variant. Only the first event after a list counts: later ones in the same batch were not answered
-by a new list, and counting a view, a cart and a buy of one item three times would reward repetition.
+by a new list. Events a list could never hold are not evaluated: another event on the item the list answered (the
+cart and the buy after a view) and a repeat purchase (bought items are never recommended).
 
 :class:`ListStatistics` adds what a list offers beyond hits: catalogue coverage (distinct items recommended) and
 intra-list diversity (mean pairwise cosine distance of the items' embeddings, on a sample of lists per batch).
@@ -59,13 +60,18 @@ class OnlineEvaluation:
         self.window_s = window_s
         self.depths = tuple(depths)
         self.tally = OnlineTally()
+        # Users whose list this batch already evaluated. The list itself stays in the state until the batch
+        # publishes a new one: the read path serves it meanwhile.
+        self._evaluated: set[str] = set()
 
     def observe(self, state: UserState, event: Event) -> None:
         """Evaluate ``event`` (applied for the first time) before it moves ``state``."""
         shown = state.last_list
-        if shown is None:
+        if shown is None or state.user_id in self._evaluated:
             return
-        state.last_list = None  # one evaluation per list
+        if event.item_id == shown.trigger_item or event.item_id in state.bought:
+            return  # the list could not hold it: not an answer to the list
+        self._evaluated.add(state.user_id)
         if not 0.0 <= event.ts - shown.trigger_ts <= self.window_s:
             return
         event_type = event.event_type.value
@@ -84,18 +90,22 @@ class OnlineEvaluation:
         tally.reason_hits[shown.variant, shown.reasons[position]] += 1
 
     def take(self) -> OnlineTally:
+        """The batch's tally; the next batch starts afresh. The runtime records it once the batch is delivered,
+        so a batch that is fenced and processed again by another worker is counted once."""
         tally, self.tally = self.tally, OnlineTally()
+        self._evaluated.clear()
         return tally
 
 
-def shown_list(items: Sequence[ScoredItem], variant: str, trigger_ts: float) -> ShownList:
-    """What the online evaluation keeps of a published list."""
+def shown_list(items: Sequence[ScoredItem], variant: str, trigger: Event) -> ShownList:
+    """What the online evaluation and the read path keep of a list published in answer to ``trigger``."""
     return ShownList.of(
         [item.item_id for item in items],
         [item.source for item in items],
         [item.reason_code.partition(":")[0] for item in items],
         variant,
-        trigger_ts,
+        trigger.ts,
+        trigger.item_id,
     )
 
 

@@ -36,7 +36,7 @@ from streamrec.stream.settings import Settings, variant_settings
 from streamrec.stream.trending import TrendingBoard
 from streamrec.stream.update_state import StateUpdater, Trigger
 from streamrec.stream.user_state import UserState, UserStateStore
-from streamrec.stream.variants import VariantAssigner, variants_of
+from streamrec.stream.variants import VariantAssigner, own_model_dir, variants_of
 
 if TYPE_CHECKING:
     from streamrec.model.artifacts import ModelArtifacts
@@ -106,7 +106,7 @@ class Pipeline:
     @property
     def default_followers(self) -> list[str]:
         """The variants that serve the worker's own ``artifacts_dir`` (and follow its ``LATEST``)."""
-        return [name for name, spec in self.variant_specs.items() if spec.artifacts_dir is None]
+        return [name for name, spec in self.variant_specs.items() if own_model_dir(self.settings, spec) is None]
 
     def use_model(self, artifacts: ModelArtifacts, variants: Sequence[str] | None = None) -> None:
         """Serve ``artifacts`` to ``variants`` (default: :attr:`default_followers`) from the next batch on.
@@ -236,8 +236,7 @@ class Pipeline:
             triggers, forgotten = self.updater.apply(admitted.accepted, now)
             ttl = self.settings.user_idle_ttl_s
             evicted = self.store.evict_idle(now - ttl, EVICTIONS_PER_BATCH) if ttl is not None else {}
-            if self.online is not None:
-                self.online.take().record(self.metrics)
+            online = self.online.take() if self.online is not None else None
         answered = list(triggers.values())
         requests = {t.event.user_id: Request.of(t.state, t.event) for t in answered}
         by_variant: dict[str, list[Trigger]] = {}
@@ -278,6 +277,7 @@ class Pipeline:
             clock.seconds,
             list(forgotten),
             shared,
+            online,
         )
 
     def _rank(

@@ -60,7 +60,7 @@ class Publisher:
             published.append(PublishedRecommendation(kind, trigger.event.ts, trigger.received_at, variant))
             trigger.state.record_shown([item.item_id for item in items])
             # Kept with the state: the online evaluation reads it at the user's next event, the read path serves it.
-            trigger.state.last_list = shown_list(items, variant, trigger.event.ts)
+            trigger.state.last_list = shown_list(items, variant, trigger.event)
             for item in items:
                 self.exposure.shown(item.item_id)
             if self.deltas is not None:

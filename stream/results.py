@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from streamrec.stream.events import SourceRecord
 from streamrec.stream.rejection import InvalidEvent
@@ -20,6 +21,10 @@ SOURCE_HEADER = "streamrec.source"
 TRUNCATED_HEADER = "streamrec.truncated"
 ORIGINAL_SIZE_HEADER = "streamrec.original_size"
 MAX_DEAD_LETTER_KEY_BYTES = 1_024  # keys are user ids (at most max_id_length characters) in every valid message
+
+
+if TYPE_CHECKING:
+    from streamrec.stream.online_eval import OnlineTally
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,7 @@ class BatchResult:
     stage_seconds: dict[str, float]
     forgotten: list[str] = field(default_factory=list)  # users erased by a `forget` command in this batch
     shared: list[OutgoingMessage] = field(default_factory=list)  # this batch's additions to the shared aggregates
+    online: OnlineTally | None = None  # the online evaluation's counts: recorded once the batch is delivered
 
     @property
     def messages(self) -> list[OutgoingMessage]:

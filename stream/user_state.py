@@ -24,8 +24,10 @@ from streamrec.model.events import Event, EventType
 from streamrec.stream.metrics import REASON_KINDS, SOURCES
 from streamrec.stream.settings import Settings
 
-STATE_FORMAT = 3
-"""Version of the changelog record written by :func:`encode_state`; 2 added ``updated_at``, 3 ``last_list``."""
+STATE_FORMAT = 2
+"""Version of the changelog record written by :func:`encode_state`; 2 added ``updated_at``. The optional
+``last_list`` needs no new format: a reader that predates it ignores it, so workers of both versions can share a
+changelog during a rolling update. 3 is read too, for records written while it briefly marked ``last_list``."""
 READABLE_STATE_FORMATS = (1, 2, 3)
 MAX_SHOWN_ITEMS = 200
 
@@ -64,16 +66,23 @@ class ShownList:
     reason_codes: bytes  # the kind of each item's explanation (``reason_code`` before its ``:``)
     variant: str
     trigger_ts: float  # event time of the event the list answered
+    trigger_item: str | None = None  # the item of that event, which the list could not hold
 
     @classmethod
     def of(
-        cls, item_ids: Iterable[str], sources: Iterable[str], reasons: Iterable[str], variant: str, trigger_ts: float
+        cls,
+        item_ids: Iterable[str],
+        sources: Iterable[str],
+        reasons: Iterable[str],
+        variant: str,
+        trigger_ts: float,
+        trigger_item: str | None = None,
     ) -> ShownList:
         item_ids = tuple(item_ids)
         source_codes, reason_codes = _codes(sources, _SOURCE_CODE), _codes(reasons, _REASON_CODE)
         if not len(item_ids) == len(source_codes) == len(reason_codes):
             raise ValueError("a shown list's items, sources and reasons differ in length")
-        return cls(item_ids, source_codes, reason_codes, sys.intern(variant), trigger_ts)
+        return cls(item_ids, source_codes, reason_codes, sys.intern(variant), trigger_ts, trigger_item)
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -306,6 +315,7 @@ def _shown_list_fields(shown: ShownList) -> dict[str, Any]:
         "reasons": shown.reasons,
         "variant": shown.variant,
         "trigger_ts": shown.trigger_ts,
+        "trigger_item": shown.trigger_item,
     }
 
 
@@ -320,6 +330,7 @@ def _shown_list(data: Any) -> ShownList | None:
         [_text(reason) for reason in data["reasons"]],
         _text(data["variant"]),
         _finite(data["trigger_ts"]),
+        None if data.get("trigger_item") is None else _text(data["trigger_item"]),
     )
 
 

@@ -11,6 +11,7 @@ import bisect
 import hashlib
 from collections.abc import Sequence
 from itertools import accumulate
+from pathlib import Path
 
 from streamrec.stream.settings import Settings, Variant
 
@@ -21,6 +22,17 @@ _HASH_SPAN = float(1 << 64)
 def variants_of(settings: Settings) -> list[Variant]:
     """The configured variants, or the one ``default`` variant serving the worker's model and settings."""
     return list(settings.variants) or [Variant(name=DEFAULT_VARIANT, share=1.0)]
+
+
+def own_model_dir(settings: Settings, variant: Variant) -> Path | None:
+    """The model directory ``variant`` serves apart from the worker's, resolved; None when it serves the worker's
+    own (no ``artifacts_dir``, or the worker's ``artifacts_dir`` under another spelling), so that one directory is
+    loaded, watched and swapped once."""
+    if variant.artifacts_dir is None:
+        return None
+    own = Path(variant.artifacts_dir).resolve()
+    worker = None if settings.artifacts_dir is None else Path(settings.artifacts_dir).resolve()
+    return None if own == worker else own
 
 
 def hash_fraction(salt: str, user_id: str) -> float:

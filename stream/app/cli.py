@@ -493,7 +493,11 @@ def train(
         train_from_settings,  # torch: only now that every input is known to be good
     )
 
-    directory = train_from_settings(log, out, settings, epochs=epochs, dim=dim, seed=seed, catalog=records)
+    try:
+        directory = train_from_settings(log, out, settings, epochs=epochs, dim=dim, seed=seed, catalog=records)
+    except ValueError as exc:  # too few users or events to train on: the data, not the code, is at fault
+        source = str(events) if events is not None else f"that range of {settings.events_topic}"
+        raise StreamrecError(f"cannot train on {source} ({one_line(exc)}); give it more events") from None
     typer.echo(f"wrote {directory}")
 
 
@@ -557,12 +561,22 @@ def retrain(
     from streamrec.stream.runtime.network import wait_for_kafka
 
     wait_for_kafka(settings.bootstrap_servers, timeout_s=10)
+    if every is None:
+        _retrain_once(settings, out, days, tolerance, max_records, records)
+        return
+    # On a schedule: a signal ends the wait between two runs (a run in progress finishes first), and a failed run
+    # (the broker away, too few events) is reported and tried again at the next period.
+    from kafka.errors import KafkaError
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    while True:
-        _retrain_once(settings, out, days, tolerance, max_records, records)
-        if every is None or stop.wait(every * 3600):
+    while not stop.is_set():
+        try:
+            _retrain_once(settings, out, days, tolerance, max_records, records)
+        except (StreamrecError, KafkaError, OSError) as exc:
+            typer.echo(f"{PROG}: retraining failed: {one_line(exc)}; next try in {every:g} h", err=True)
+        if stop.wait(every * 3600):
             return
 
 

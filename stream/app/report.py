@@ -1,6 +1,6 @@
 """``streamrec report``: how each A/B variant does online, with 95 % confidence intervals.
 
-Two sources, the same figures:
+Two sources of the same hit rates:
 
 * **A worker's metrics** (``--metrics URL``, repeatable: one per worker, summed): the online evaluation's counters
   (``streamrec_online_*``, see ``stream/online_eval.py``), the lists' diversity histogram and each worker's
@@ -180,6 +180,7 @@ class ShownRecord:
     trigger_event_id: str | None
     trigger_ts: float
     item_ids: tuple[str, ...]
+    trigger_item: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,23 @@ class EventRecord:
     event_id: str | None
     item_id: str
     ts: float
+    event_type: str = "view"
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return float(value)
 
 
 def parse_recommendation(value: bytes) -> ShownRecord | None:
@@ -196,22 +214,30 @@ def parse_recommendation(value: bytes) -> ShownRecord | None:
         data = orjson.loads(value)
         trigger = data["trigger"]
         return ShownRecord(
-            data["user_id"],
-            data.get("variant", "default"),
-            trigger.get("event_id"),
-            float(trigger["ts"]),
-            tuple(item["item_id"] for item in data["items"]),
+            _text(data["user_id"]),
+            _text(data.get("variant", "default")),
+            _optional_text(trigger.get("event_id")),
+            _number(trigger["ts"]),
+            tuple(_text(item["item_id"]) for item in data["items"]),
+            _optional_text(trigger.get("item_id")),
         )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
 
 
 def parse_event(value: bytes) -> EventRecord | None:
-    """An event message (commands and malformed messages give None: the worker dead-letters the latter)."""
+    """An event message, or None for a command or a malformed message (which the worker dead-letters). Events are
+    joined to lists by ``event_id``: events without one cannot be matched to the list that answered them."""
     try:
         data = orjson.loads(value)
-        return EventRecord(data["user_id"], data.get("event_id"), data["item_id"], float(data["ts"]))
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return EventRecord(
+            _text(data["user_id"]),
+            _optional_text(data.get("event_id")),
+            _text(data["item_id"]),
+            _number(data["ts"]),
+            _text(data.get("event_type", "view")),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
 
 
@@ -250,7 +276,11 @@ def report_from_records(
         index = position.get((record.user_id, record.trigger_event_id)) if record.trigger_event_id else None
         if index is None or index + 1 >= len(by_user[record.user_id]):
             continue
-        following = by_user[record.user_id][index + 1]
+        history = by_user[record.user_id]
+        following = history[index + 1]
+        bought = {event.item_id for event in history[: index + 1] if event.event_type == "buy"}
+        if following.item_id == record.trigger_item or following.item_id in bought:
+            continue  # the list could not hold it, as the worker's online evaluation skips it
         if not 0.0 <= following.ts - record.trigger_ts <= window_s:
             continue
         report.evaluated += 1

@@ -50,6 +50,8 @@ def read_range(
         bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
         group_id=None,
+        # A start that retention has deleted meanwhile reads from what is left, not from the end.
+        auto_offset_reset="earliest",
         request_timeout_ms=30_000,
         **kafka_python_options(settings),
     )
@@ -64,23 +66,28 @@ def read_range(
         if since_s is not None:
             found = consumer.offsets_for_times({tp: int(since_s * 1000) for tp in assigned})
             starts = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in assigned}
+        settled: set[TopicPartition] = set()  # partitions whose end has been checked against a fetch
+        if until_s is not None:  # the range ends where the time index says; no later record is read
+            found = consumer.offsets_for_times({tp: int(until_s * 1000) for tp in assigned})
+            for tp in assigned:
+                if found.get(tp) is not None:
+                    ends[tp] = min(ends[tp], found[tp].offset)
+                    settled.add(tp)
         remaining = {tp for tp in assigned if starts[tp] < ends[tp]}
         for tp in assigned:
             consumer.seek(tp, starts[tp])
         yielded = 0
-        settled: set[TopicPartition] = set()  # partitions whose end has been checked against a fetch
         last_progress = time.monotonic()
         until_ms = None if until_s is None else int(until_s * 1000)
         while remaining:
             batches = consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
-            if not batches:
-                if time.monotonic() - last_progress > STALL_TIMEOUT_S:
-                    raise StreamrecError(
-                        f"reading {topic} stalled for {STALL_TIMEOUT_S:.0f} s with "
-                        f"{len(remaining)} partition(s) unfinished; is the broker reachable?"
-                    )
-                continue
-            last_progress = time.monotonic()
+            if batches:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > STALL_TIMEOUT_S:
+                raise StreamrecError(
+                    f"reading {topic} stalled for {STALL_TIMEOUT_S:.0f} s with "
+                    f"{len(remaining)} partition(s) unfinished; is the broker reachable?"
+                )
             for tp, records in batches.items():
                 if tp not in settled and consumer.highwater(tp) is not None:
                     ends[tp] = max(ends[tp], consumer.highwater(tp))
@@ -93,6 +100,7 @@ def read_range(
                         yielded += 1
                         if max_records is not None and yielded >= max_records:
                             return
+            for tp in list(remaining):  # also partitions this poll returned nothing from (their end reached)
                 if consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
                     consumer.pause(tp)

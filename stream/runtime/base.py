@@ -179,6 +179,8 @@ class BatchRuntime:
         if self.metrics:
             self.metrics.stage_seconds.labels("produce").observe(time.perf_counter() - started)
             self.metrics.observe_published(result.published, time.time())
+            if result.online is not None:
+                result.online.record(self.metrics)
         return True
 
     async def _send_once(

@@ -1,7 +1,8 @@
 """Which worker owns a partition of the events topic: the consumer group's description, read through the admin API
 (the coordinator knows every member's host and assignment; a member knows only its own). Used by the read path to
-send a caller to the right worker. Cached for a few seconds: a rebalance moves partitions rarely, and a stale answer
-only costs the caller one more redirect.
+send a caller to the right worker. The answer comes from a cache that a background thread refreshes when it is a
+few seconds old, so a slow broker never holds up a request: a stale or missing owner only costs the caller one
+more redirect.
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ class GroupOwners:
     def owner_of(self, partition: int) -> str | None:
         with self._lock:
             if time.monotonic() - self._read_at > CACHE_S:
-                self._read_at = time.monotonic()
-                try:
-                    self._owners = self._describe()
-                except Exception as exc:  # the read path answers without an owner rather than failing
-                    log.warning("cannot describe consumer group %s: %s", self.settings.consumer_group, exc)
-                    self._owners = {}
+                self._read_at = time.monotonic()  # one refresh at a time
+                threading.Thread(target=self._refresh, name="streamrec-group-owners", daemon=True).start()
             return self._owners.get(partition)
+
+    def _refresh(self) -> None:
+        try:
+            owners = self._describe()
+        except Exception as exc:  # the read path answers without an owner rather than failing
+            log.warning("cannot describe consumer group %s: %s", self.settings.consumer_group, exc)
+            owners = {}
+        self._owners = owners  # one reference swap: readers see the old map or the new one
 
     def _describe(self) -> dict[int, str]:
         from kafka import KafkaAdminClient

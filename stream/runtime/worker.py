@@ -37,6 +37,7 @@ from streamrec.stream.runtime.follow import TopicFollower
 from streamrec.stream.runtime.owners import GroupOwners
 from streamrec.stream.runtime.topics import ensure_topics
 from streamrec.stream.settings import Settings
+from streamrec.stream.variants import own_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,8 @@ def build_pipeline(settings: Settings) -> tuple[Pipeline, WorkerMetrics]:
     loaded: dict[Path, ModelArtifacts] = {}
     variant_artifacts = {}
     for variant in settings.variants:
-        if variant.artifacts_dir is not None:
-            root = Path(variant.artifacts_dir).resolve()
+        root = own_model_dir(settings, variant)
+        if root is not None:
             if root not in loaded:
                 loaded[root] = load_artifacts(root)
             variant_artifacts[variant.name] = loaded[root]
@@ -181,8 +182,9 @@ def model_watchers(settings: Settings, pipeline: Pipeline, lock: asyncio.Lock) -
     directory share a watcher, and swap together)."""
     by_root: dict[Path, list[str]] = {}
     for variant in settings.variants:
-        if variant.artifacts_dir is not None:
-            by_root.setdefault(Path(variant.artifacts_dir).resolve(), []).append(variant.name)
+        root = own_model_dir(settings, variant)
+        if root is not None:
+            by_root.setdefault(root, []).append(variant.name)
     watchers = [ModelWatcher(settings, pipeline, lock)] if pipeline.default_followers else []
     watchers += [ModelWatcher(settings, pipeline, lock, root, names) for root, names in by_root.items()]
     return watchers

@@ -28,7 +28,7 @@ def _items(*ids: str) -> list[ScoredItem]:
 def _state(shown: list[ScoredItem] | None, variant: str = "a") -> UserState:
     state = UserState("u1", deque())
     if shown is not None:
-        state.last_list = shown_list(shown, variant, T0)
+        state.last_list = shown_list(shown, variant, Event("u1", "answered", EventType.VIEW, T0))
     return state
 
 
@@ -74,6 +74,24 @@ def test_only_the_first_event_after_a_list_is_evaluated() -> None:
     tally = online.take()
     assert tally.evaluated == {("a", "view"): 1} and sum(tally.hits.values()) == 3  # k = 5, 10, 20
     assert not online.take().evaluated  # take() starts a new tally
+
+
+def test_events_the_list_could_not_hold_are_not_evaluated() -> None:
+    online = OnlineEvaluation(window_s=600)
+    state = _state(_items("a", "b"))
+    online.observe(state, Event("u1", "answered", EventType.CART, T0 + 1))  # the item the list answered
+    state.bought["old"] = None
+    online.observe(state, Event("u1", "old", EventType.BUY, T0 + 2))  # a repeat purchase
+    assert not online.take().evaluated
+    online.observe(state, Event("u1", "b", EventType.VIEW, T0 + 3))  # the list still answers the next event
+    assert online.take().hits == {("a", "view", 5): 1, ("a", "view", 10): 1, ("a", "view", 20): 1}
+
+
+def test_the_list_stays_for_the_read_path_after_it_is_evaluated() -> None:
+    online = OnlineEvaluation(window_s=600)
+    state = _state(_items("a"))
+    online.observe(state, Event("u1", "a", EventType.VIEW, T0 + 1))
+    assert state.last_list is not None and state.last_list.item_ids == ("a",)
 
 
 def test_no_list_no_evaluation() -> None:

@@ -89,7 +89,14 @@ def test_the_next_event_is_evaluated_against_the_list_shown(artifacts: ModelArti
     pipeline = Pipeline(Settings(top_k=20, n_candidates=50, exploration_share=0.0, random_seed=0), artifacts, metrics)
     shown = _messages(pipeline.process([_record("u1", artifacts.item_ids[3], 1, ts=NOW)], now=NOW))["u1"]
     hit = shown["items"][6]["item_id"]  # rank 7
-    pipeline.process([_record("u1", hit, 2, ts=NOW + 60, kind="click")], now=NOW + 60)
+    result = pipeline.process([_record("u1", hit, 2, ts=NOW + 60, kind="click")], now=NOW + 60)
+    assert (
+        metrics.registry.get_sample_value(
+            "streamrec_online_evaluated_total", {"variant": "default", "event_type": "click"}
+        )
+        == 0
+    )  # counted once the runtime has delivered the batch
+    result.online.record(metrics)
 
     def value(name: str, **labels: str) -> float:
         return metrics.registry.get_sample_value(name, {"variant": "default", **labels}) or 0.0
@@ -101,7 +108,7 @@ def test_the_next_event_is_evaluated_against_the_list_shown(artifacts: ModelArti
     source = shown["items"][6]["source"]
     assert value("streamrec_online_source_hits_total", source=source) == 1
     # A miss: evaluated, no hit.
-    pipeline.process([_record("u1", "not-in-any-list", 3, ts=NOW + 120)], now=NOW + 120)
+    pipeline.process([_record("u1", "not-in-any-list", 3, ts=NOW + 120)], now=NOW + 120).online.record(metrics)
     assert value("streamrec_online_evaluated_total", event_type="view") == 1
     assert value("streamrec_online_hits_total", event_type="view", k="20") == 0
     assert value("streamrec_recommended_items") >= 20
@@ -124,7 +131,8 @@ def test_online_evaluation_can_be_turned_off(artifacts: ModelArtifacts) -> None:
     metrics = WorkerMetrics(CollectorRegistry())
     pipeline = Pipeline(Settings(top_k=10, n_candidates=50, online_eval_window_s=None), artifacts, metrics)
     shown = _messages(pipeline.process([_record("u1", artifacts.item_ids[3], 1)], now=NOW))["u1"]
-    pipeline.process([_record("u1", shown["items"][0]["item_id"], 2, ts=NOW + 1)], now=NOW + 1)
+    result = pipeline.process([_record("u1", shown["items"][0]["item_id"], 2, ts=NOW + 1)], now=NOW + 1)
+    assert result.online is None
     evaluated = metrics.registry.get_sample_value(
         "streamrec_online_evaluated_total", {"variant": "default", "event_type": "view"}
     )

@@ -73,3 +73,21 @@ def test_variants_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPa
     settings = Settings()
     assert [(v.name, v.share) for v in settings.variants] == [("control", 3.0), ("explore", 1.0)]
     assert variant_settings(settings, settings.variants[1]).exploration_share == 0.2
+
+
+def test_a_variant_naming_the_workers_own_model_directory_shares_it(tmp_path) -> None:
+    from streamrec.stream.variants import own_model_dir
+
+    models = tmp_path / "models"
+    models.mkdir()
+    settings = Settings(
+        artifacts_dir=models,
+        variants=[
+            {"name": "a", "share": 1},
+            {"name": "b", "share": 1, "artifacts_dir": str(tmp_path / "models" / ".." / "models")},
+            {"name": "c", "share": 1, "artifacts_dir": str(tmp_path / "candidate")},
+        ],
+    )
+    a, b, c = settings.variants
+    assert own_model_dir(settings, a) is None and own_model_dir(settings, b) is None
+    assert own_model_dir(settings, c) == (tmp_path / "candidate").resolve()

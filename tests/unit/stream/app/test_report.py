@@ -101,3 +101,23 @@ def test_messages_are_parsed_and_garbage_skipped() -> None:
     assert parse_recommendation(b"{oops") is None
     assert parse_event(orjson.dumps({"user_id": "u", "item_id": "i", "ts": 1})) == EventRecord("u", None, "i", 1.0)
     assert parse_event(orjson.dumps({"command": "forget", "user_id": "u"})) is None
+
+
+def test_the_topics_join_skips_what_a_list_could_not_hold_and_hostile_messages() -> None:
+    events = [
+        EventRecord("u1", "e1", "a", 100.0, "view"),
+        EventRecord("u1", "e2", "a", 101.0, "cart"),  # the list answering e1 excluded "a"
+        EventRecord("u2", "f1", "b", 100.0, "buy"),
+        EventRecord("u2", "f2", "b", 101.0, "buy"),  # a repeat purchase
+    ]
+    shown = [
+        ShownRecord("u1", "default", "e1", 100.0, ("x",), "a"),
+        ShownRecord("u2", "default", "f1", 100.0, ("y",), "b"),
+    ]
+    (report,) = report_from_records(shown, events, 600.0)
+    assert report.lists == 2 and report.evaluated == 0
+    assert parse_event(orjson.dumps({"user_id": "u", "item_id": ["x"], "ts": 1})) is None
+    assert parse_event(orjson.dumps({"user_id": "u", "item_id": "i", "ts": float("nan")})) is None
+    assert (
+        parse_recommendation(orjson.dumps({"user_id": "u", "items": [{"item_id": {}}], "trigger": {"ts": 1}})) is None
+    )
