@@ -31,12 +31,7 @@ class Intake:
     """Decodes and validates the records of a batch, counting events by type and rejections by reason."""
 
     def __init__(self, settings: Settings, metrics: WorkerMetrics) -> None:
-        self.rules = ValidationRules(
-            max_id_length=settings.max_id_length,
-            min_event_ts=settings.min_event_ts,
-            max_clock_skew_s=settings.max_clock_skew_s,
-            reject_key_mismatch=settings.reject_key_mismatch,
-        )
+        self.rules = ValidationRules.from_settings(settings)
         self.max_payload_bytes = settings.max_payload_bytes
         self.dead_letter_topic = settings.dead_letter_topic
         self.dead_letter_max_bytes = settings.dead_letter_max_bytes

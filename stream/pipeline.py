@@ -255,7 +255,7 @@ class Pipeline:
         with clock("publish"):
             versions = {name: variant.model.artifacts.version for name, variant in self.variants.items()}
             recommendations, published = self.publisher.recommendations(answered, chosen, ranked, versions)
-            self._observe_lists(by_variant, chosen)
+            self._observe_lists(answered, by_variant, chosen)
         with clock("state"):
             state_updates, tombstones = self.publisher.state_updates(answered, forgotten, evicted)
             shared = self.deltas.take(self.settings.aggregates_topic) if self.deltas else []
@@ -327,10 +327,11 @@ class Pipeline:
             self.metrics.items_filtered.labels(rule).inc(count)
         return chosen
 
-    def _observe_lists(self, by_variant: dict[str, list[Trigger]], chosen: dict[str, list[ScoredItem]]) -> None:
+    def _observe_lists(
+        self, answered: list[Trigger], by_variant: dict[str, list[Trigger]], chosen: dict[str, list[ScoredItem]]
+    ) -> None:
         """The batch's lists in the metrics: explanation kinds, segments, and each variant's coverage and
         diversity."""
-        answered = [t for group in by_variant.values() for t in group]
         segments = self.primary.model.segments
         n_segments = 0 if segments is None else segments.n_segments
         lists = [chosen[t.event.user_id] for t in answered]

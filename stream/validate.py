@@ -11,10 +11,13 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamrec.model.events import EVENT_TYPES, Event, EventType
 from streamrec.stream.events import COMMAND_TYPES, Command, CommandType
+
+if TYPE_CHECKING:
+    from streamrec.stream.settings import Settings
 from streamrec.stream.rejection import InvalidEvent
 
 FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
@@ -54,6 +57,15 @@ class ValidationRules:
     min_event_ts: float = 946_684_800.0
     max_clock_skew_s: float = 86_400.0
     reject_key_mismatch: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ValidationRules:
+        return cls(
+            max_id_length=settings.max_id_length,
+            min_event_ts=settings.min_event_ts,
+            max_clock_skew_s=settings.max_clock_skew_s,
+            reject_key_mismatch=settings.reject_key_mismatch,
+        )
 
 
 def _required_id(payload: dict[str, Any], name: str, max_length: int) -> str:

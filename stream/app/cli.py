@@ -9,7 +9,6 @@ of a second rather than the ten of an import.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
@@ -484,7 +483,7 @@ def train(
         log = _events_from_topic(settings, days, since, until)
     records = _read_catalog(catalog) if catalog is not None else None
     if records is None and from_topic:
-        from streamrec.stream.app.retrain import catalog_from_topic
+        from streamrec.stream.app.topic_read import catalog_from_topic
 
         records = catalog_from_topic(settings) or None
         typer.echo(f"read {len(records or [])} catalog items from {settings.items_topic}")
@@ -588,8 +587,9 @@ def _retrain_once(
     max_records: int | None,
     catalog: list[dict[str, Any]] | None,
 ) -> None:
-    from streamrec.stream.app.retrain import catalog_from_topic, events_from_topic
+    from streamrec.stream.app.retrain import events_from_topic
     from streamrec.stream.app.retrain import retrain as run_retrain
+    from streamrec.stream.app.topic_read import catalog_from_topic
 
     if catalog is None:
         catalog = catalog_from_topic(settings) or None
@@ -625,7 +625,6 @@ def evaluate_model(
 ) -> None:
     """Evaluate a model version against popularity and item-kNN: full and sampled ranking, beyond-accuracy
     measures, and what the serving pipeline actually recommends (leave-one-out on the event log)."""
-    import orjson
 
     _artifact_dir(artifacts)
     if output is not None and output.is_dir():
@@ -740,7 +739,7 @@ def _report_from_topics(
     settings: Settings, since_hours: float, window: float | None, max_records: int | None
 ) -> list[Any]:
     from streamrec.stream.app import report as reporting
-    from streamrec.stream.app.topic_read import read_range
+    from streamrec.stream.app.topic_read import catalog_from_topic, read_range
 
     since = time.time() - since_hours * 3600
     shown = [
@@ -753,16 +752,10 @@ def _report_from_topics(
         for message in read_range(settings, settings.events_topic, since, max_records=max_records)
         if message.value is not None and (event := reporting.parse_event(message.value)) is not None
     ]
-    catalog: dict[str, str | None] = {}
-    for message in read_range(settings, settings.items_topic, max_records=max_records):
-        if message.key is None:
-            continue
-        if message.value is None:  # a tombstone: the item left the catalog
-            catalog.pop(message.key.decode(errors="replace"), None)
-            continue
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            category = orjson.loads(message.value).get("category")
-            catalog[message.key.decode(errors="replace")] = category if isinstance(category, str) else None
+    catalog = {
+        str(record["item_id"]): record.get("category") if isinstance(record.get("category"), str) else None
+        for record in catalog_from_topic(settings, max_records)
+    }
     window_s = window if window is not None else (settings.online_eval_window_s or 1_800.0)
     return reporting.report_from_records(shown, events, window_s, catalog)
 

@@ -53,9 +53,7 @@ def events_from_topic(
     """The events topic's valid events with a broker timestamp in [since_s, until_s), as an event log."""
     from streamrec.stream.app.topic_read import read_range
 
-    rules = ValidationRules(
-        settings.max_id_length, settings.min_event_ts, settings.max_clock_skew_s, settings.reject_key_mismatch
-    )
+    rules = ValidationRules.from_settings(settings)
     events, read, skipped = [], 0, 0
     now = time.time()
     for message in read_range(settings, settings.events_topic, since_s, until_s, max_records):
@@ -69,29 +67,6 @@ def events_from_topic(
         except InvalidEvent:
             skipped += 1
     return TopicEvents(EventLog.from_events(events, name=settings.events_topic), read, skipped)
-
-
-def catalog_from_topic(settings: Settings, max_records: int | None = None) -> list[dict[str, Any]]:
-    """The catalog topic's items as they stand now (the latest record per item; removed items left out): what
-    training needs to fit the content projection that lets workers embed new items."""
-    import orjson
-
-    from streamrec.stream.app.topic_read import read_range
-
-    latest: dict[bytes, dict[str, Any] | None] = {}
-    for message in read_range(settings, settings.items_topic, max_records=max_records):
-        if message.key is None:
-            continue
-        if message.value is None:
-            latest[message.key] = None
-            continue
-        try:
-            record = orjson.loads(message.value)
-        except orjson.JSONDecodeError:
-            continue  # workers skip it too (and count it in streamrec_catalog_rejected_total)
-        if isinstance(record, dict) and record.get("item_id"):
-            latest[message.key] = record
-    return [record for record in latest.values() if record is not None]
 
 
 @dataclass(frozen=True)

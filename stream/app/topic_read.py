@@ -13,6 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from streamrec.stream.errors import StreamrecError
 from streamrec.stream.settings import Settings
@@ -106,3 +109,22 @@ def read_range(
                     consumer.pause(tp)
     finally:
         consumer.close()
+
+
+def catalog_from_topic(settings: Settings, max_records: int | None = None) -> list[dict[str, Any]]:
+    """The catalog topic's items as they stand now (the latest record per item; removed items left out): what
+    training needs to fit the content projection that lets workers embed new items."""
+    latest: dict[bytes, dict[str, Any] | None] = {}
+    for message in read_range(settings, settings.items_topic, max_records=max_records):
+        if message.key is None:
+            continue
+        if message.value is None:
+            latest[message.key] = None
+            continue
+        try:
+            record = orjson.loads(message.value)
+        except orjson.JSONDecodeError:
+            continue  # workers skip it too (and count it in streamrec_catalog_rejected_total)
+        if isinstance(record, dict) and record.get("item_id"):
+            latest[message.key] = record
+    return [record for record in latest.values() if record is not None]
