@@ -4,7 +4,7 @@
 Usage::
 
     python bench/bench_index_scale.py [--items 1000000] [--dim 64] [--queries 2000] [--batch 500]
-                                      [--artifacts DIR] [--output results.json]
+                                      [--artifacts DIR [--reindex]] [--sample N] [--output results.json]
 
 Embeddings come from ``--artifacts`` (a trained model's item table, e.g. the one ``bench_training_scale.py``
 trains on a million-item shop) or, without it, are drawn with the structure trained tables have: items around
@@ -13,10 +13,13 @@ interest vectors: a decayed, weighted sum of a few items, mostly from one catego
 
 Each index kind (exact flat, HNSW, IVF) is built once, in a fresh process so its memory can be read alone, then
 searched in batches of ``--batch`` queries (a micro-batch's one search) at several search breadths: recall@100 of
-each breadth against the exact top 100, queries per second, and speed-up over the exact scan. The index defaults
-(``index_kind`` auto = HNSW above 5,000 items, ``hnsw_m`` 32, ``ef_construction`` 200, ``hnsw_ef_search`` 128)
-are marked. With ``--artifacts``, the worker's start-up (artifact load with checksums, and the pipeline) and a
-hot swap (a second copy loaded while the first serves) are timed, with peak memory.
+each breadth against the exact top 100, queries per second, and speed-up over the exact scan. ``ivfpq`` is searched
+at several shares of its cells and re-scoring factors; its defaults (``index_kind`` auto = ``ivfpq`` from 100,000
+items, about sqrt(n)/4 cells, 5/8 of them probed, re-scoring 5 × k) are the rows with breadth = ``params.nprobe``
+and rerank 5. With ``--artifacts``, the worker's start-up (artifact load with checksums, and the pipeline) and a
+hot swap (a second copy loaded while the first serves) are timed, with peak memory; ``--reindex`` first rebuilds
+that model's index with today's defaults. ``--sample`` indexes a random subset of the table (the curve between
+the datasets' sizes and a million).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ RESULTS = REPO / "bench" / "results"
 RECALL_K = 100
 HNSW_EF = (32, 64, 128, 256)
 IVF_NPROBE = (8, 16, 32, 64, 128)
+IVFPQ_PROBE_SHARES = (0.25, 0.5, 0.625, 0.75, 1.0)  # of the cells; 0.625 is the default
+IVFPQ_RERANK = (2, 10)  # re-scoring factors tried at the default nprobe, beside the default 5
 
 
 def synthetic_table(n_items: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,25 +91,36 @@ def measure_kind(kind: str, table_path: Path, queries_path: Path, batch: int) ->
     faiss.omp_set_num_threads(1)  # a worker searches from one thread
     # In slices: the exact scores of 2,000 queries against a million items would take 8 GB at once.
     truth = np.concatenate([exact_top_k(table, queries[i : i + 100], RECALL_K) for i in range(0, len(queries), 100)])
-    breadths = {"hnsw": HNSW_EF, "ivf": IVF_NPROBE}.get(kind, (0,))
+    default = index.search_params
+    # (ef_search, nprobe, rerank_factor) per measured breadth; the first value that changes names the row.
+    breadths: list[tuple[int, int | None, int | None]]
+    if kind == "hnsw":
+        breadths = [(ef, None, None) for ef in HNSW_EF]
+    elif kind == "ivf":
+        breadths = [(1, nprobe, None) for nprobe in IVF_NPROBE]
+    elif kind == "ivfpq":
+        nlist, nprobe, factor = default["nlist"], default["nprobe"], default["rerank_factor"]
+        breadths = [(1, max(1, round(share * nlist)), factor) for share in IVFPQ_PROBE_SHARES]
+        breadths += [(1, nprobe, other) for other in IVFPQ_RERANK]
+    else:
+        breadths = [(1, None, None)]
     rows = []
-    for breadth in breadths:
-        if kind == "hnsw":
-            index.set_search_params(breadth, 1)
-        elif kind == "ivf":
-            index.set_search_params(1, breadth)
+    for ef_search, nprobe, rerank_factor in breadths:
+        index.set_search_params(ef_search, nprobe, rerank_factor)
         started = time.perf_counter()
         found = np.concatenate(
             [index.search(queries[i : i + batch], RECALL_K)[1] for i in range(0, len(queries), batch)]
         )
         seconds = time.perf_counter() - started
         hits = sum(len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth, found, strict=True))
-        rows.append(
-            {"breadth": breadth, "recall@100": round(hits / truth.size, 4), "qps": round(len(queries) / seconds, 1)}
-        )
+        breadth = {"hnsw": ef_search, "ivf": nprobe, "ivfpq": nprobe}.get(kind, 0)
+        row = {"breadth": breadth, "recall@100": round(hits / truth.size, 4), "qps": round(len(queries) / seconds, 1)}
+        if kind == "ivfpq":
+            row["rerank_factor"] = rerank_factor
+        rows.append(row)
     return {
         "kind": kind,
-        "params": index.search_params,
+        "params": default,
         "build_s": round(build_s, 1),
         "index_mib": round(index_mib, 1),
         "build_peak_mib": round(build_peak, 1),
@@ -155,8 +171,15 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64, help="embedding dimension of the synthetic table")
     parser.add_argument("--queries", type=int, default=2_000, help="interest-vector queries")
     parser.add_argument("--batch", type=int, default=500, help="queries per search call (a micro-batch)")
-    parser.add_argument("--kinds", default="flat,hnsw,ivf", help="index kinds to measure")
+    parser.add_argument("--kinds", default="flat,hnsw,ivf,ivfpq", help="index kinds to measure")
     parser.add_argument("--artifacts", type=Path, help="a trained model: its item table, start-up and hot swap")
+    parser.add_argument(
+        "--reindex",
+        action="store_true",
+        help="first rebuild --artifacts' index with today's defaults (a new version beside it, LATEST switched), "
+        "so start-up and hot swap are timed with the index a new training would build",
+    )
+    parser.add_argument("--sample", type=int, help="index only this many rows of the table, drawn at random")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=RESULTS / "index_scale.json", help="JSON results file")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -174,6 +197,13 @@ def main() -> None:
     if args.artifacts is not None:
         from streamrec.model.artifacts import load_artifacts
 
+        if args.reindex:  # what `streamrec reindex --artifacts DIR` does
+            from streamrec.stream.app.training import reindex_from_settings
+            from streamrec.stream.settings import Settings
+
+            started = time.perf_counter()
+            print(f"reindexed with the defaults: {reindex_from_settings(args.artifacts, Settings())} "
+                  f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
         loaded = load_artifacts(args.artifacts)
         table, category = loaded.item_embeddings, (loaded.segments.item_cluster if loaded.segments else None)
         if category is None:
@@ -182,6 +212,10 @@ def main() -> None:
     else:
         table, category = synthetic_table(args.items, args.dim, args.seed)
         source = "synthetic: items around category centres"
+    if args.sample is not None and args.sample < len(table):
+        rows = np.sort(np.random.default_rng(args.seed).choice(len(table), args.sample, replace=False))
+        table, category = np.ascontiguousarray(table[rows]), category[rows]
+        source += f", {args.sample:,} rows drawn at random"
     queries = interest_queries(table, category, args.queries, args.seed)
     table_path, queries_path = work / "table.npy", work / "queries.npy"
     np.save(table_path, table)
@@ -192,13 +226,15 @@ def main() -> None:
         in_child("kind", kind, str(table_path), str(queries_path), str(args.batch)) for kind in args.kinds.split(",")
     ]
     exact_qps = next((r["searches"][0]["qps"] for r in results if r["kind"] == "flat"), None)
-    print(f"{'kind':<6} {'build s':>8} {'MiB':>7} {'breadth':>8} {'recall@100':>11} {'q/s':>9} {'× exact':>8}")
+    print(f"{'kind':<6} {'build s':>8} {'MiB':>7} {'breadth':>8} {'rerank':>7} {'recall@100':>11} {'q/s':>9} "
+          f"{'× exact':>8}")  # fmt: skip
     for result in results:
         for row in result["searches"]:
             row["speedup"] = round(row["qps"] / exact_qps, 1) if exact_qps else None
             print(
                 f"{result['kind']:<6} {result['build_s']:>8} {result['index_mib']:>7} {row['breadth']:>8} "
-                f"{row['recall@100']:>11.4f} {row['qps']:>9,.0f} {row['speedup'] or '':>8}"
+                f"{row.get('rerank_factor') or '':>7} {row['recall@100']:>11.4f} {row['qps']:>9,.0f} "
+                f"{row['speedup'] or '':>8}"
             )
     worker = in_child("worker", str(args.artifacts)) if args.artifacts is not None else None
     if worker:

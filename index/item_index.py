@@ -9,13 +9,21 @@ Kinds:
 
 * ``flat`` — exact brute force. One ``[B, d] x [d, n]`` matrix product per batch; the best choice while that
   product is cheap, and the ground truth for :func:`exact_recall`.
-* ``hnsw`` — graph-based ANN. Sub-linear in the catalogue size, no training step, good recall at the default
-  ``ef_search``; the default for large catalogues.
-* ``ivf`` — inverted lists over k-means cells. Cheaper memory than HNSW and fast to build on millions of
-  items, with recall tuned by ``nprobe``.
-* ``auto`` — ``flat`` under :data:`AUTO_FLAT_MAX_ITEMS` items, ``hnsw`` otherwise. Below a few thousand items an
-  exact scan of a micro-batch costs well under a millisecond on one core (5,000 x 64 floats is 1.3 MB, which
-  stays in cache), so an approximate index would only lose recall and add build time for no latency gain.
+* ``hnsw`` — graph-based ANN. Sub-linear in the catalogue size, no training step; recall@100 0.96–1.00 at the default
+  ``ef_search`` on trained tables up to tens of thousands of items, but it falls as the table grows (0.60 on a
+  trained table of 758k items): a trained table's long tail spreads a query's best items thinly, which a greedy
+  graph walk misses.
+* ``ivf`` — inverted lists over k-means cells, with recall tuned by ``nprobe``. Kept for comparison: on trained
+  tables it needs most cells probed, and then it is no faster than ``flat``.
+* ``ivfpq`` — inverted lists whose vectors are stored as 4-bit product-quantised codes (one code per dimension)
+  and scanned with SIMD ("fast-scan"), then the best ``rerank_factor · k`` re-scored exactly from the float
+  vectors. Scanning codes is an order of magnitude cheaper than scanning floats, so the search can afford to probe
+  most cells (:data:`IVFPQ_PROBE_SHARE`), which is what trained tables need; the exact re-scoring restores the
+  ordering the codes blur. The default for large catalogues.
+* ``auto`` — ``flat`` under :data:`AUTO_FLAT_MAX_ITEMS` items, ``hnsw`` under :data:`AUTO_HNSW_MAX_ITEMS`, ``ivfpq``
+  above. Below a few thousand items an exact scan of a micro-batch costs well under a millisecond on one core
+  (5,000 x 64 floats is 1.3 MB, which stays in cache), so an approximate index would only lose recall and add build
+  time for no latency gain. ``bench/bench_index_scale.py`` measures every kind (README, "Shop scale").
 
 Live catalogue changes never rebuild the index: new items are appended with :meth:`ItemIndex.add`, and items that
 go out of stock or are delisted are hidden with :meth:`ItemIndex.set_available`. HNSW graphs cannot delete
@@ -36,9 +44,12 @@ import numpy as np
 
 from streamrec.index.params import (
     AUTO_FLAT_MAX_ITEMS,
+    AUTO_HNSW_MAX_ITEMS,
     DEFAULT_EF_SEARCH,
     DEFAULT_NPROBE,
+    DEFAULT_RERANK_FACTOR,
     INDEX_KINDS,
+    IVFPQ_PROBE_SHARE,
     IndexKind,
     IndexKindOrAuto,
 )
@@ -47,9 +58,13 @@ from streamrec.index.params import (
 def resolve_kind(kind: IndexKindOrAuto, n_items: int) -> IndexKind:
     """The concrete index kind ``kind`` stands for on a catalogue of ``n_items`` items."""
     if kind == "auto":
-        return "flat" if n_items < AUTO_FLAT_MAX_ITEMS else "hnsw"
+        if n_items < AUTO_FLAT_MAX_ITEMS:
+            return "flat"
+        return "hnsw" if n_items < AUTO_HNSW_MAX_ITEMS else "ivfpq"
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r}; expected one of auto, {', '.join(INDEX_KINDS)}")
+    if kind == "ivfpq" and n_items < IVFPQ_MIN_ITEMS:
+        raise ValueError(f"an ivfpq index needs at least {IVFPQ_MIN_ITEMS:,} items to train its codes, got {n_items:,}")
     return kind
 
 
@@ -57,9 +72,27 @@ IVF_MIN_POINTS_PER_CELL = 39
 """FAISS's k-means wants at least this many training points per centroid; fewer gives poorly placed cells."""
 
 
+IVFPQ_MIN_ITEMS = 1_000
+"""Fewest items an ``ivfpq`` index is built on: each of its codebooks is a 16-centroid k-means over the items."""
+
+
 def default_ivf_nlist(n_items: int) -> int:
     """About ``4·sqrt(n)`` cells (the usual FAISS rule of thumb), capped so k-means has enough points per cell."""
     return max(1, min(round(4 * math.sqrt(n_items)), n_items // IVF_MIN_POINTS_PER_CELL))
+
+
+def default_ivfpq_nlist(n_items: int) -> int:
+    """About ``sqrt(n)/4`` cells for ``ivfpq``: it probes most of them, so fewer, larger cells cost less to rank
+    and lose fewer of a query's best items at cell borders (capped like :func:`default_ivf_nlist`)."""
+    return max(1, min(round(math.sqrt(n_items) / 4), n_items // IVF_MIN_POINTS_PER_CELL))
+
+
+def default_nprobe(kind: IndexKind, nlist: int) -> int:
+    """Cells probed when none is set: :data:`DEFAULT_NPROBE` for ``ivf``, :data:`IVFPQ_PROBE_SHARE` of them for
+    ``ivfpq``."""
+    if kind == "ivfpq":
+        return max(1, math.ceil(IVFPQ_PROBE_SHARE * nlist))
+    return min(DEFAULT_NPROBE, nlist)
 
 
 def as_float32_matrix(array: np.ndarray, dim: int | None = None, name: str | None = None) -> np.ndarray:
@@ -94,6 +127,14 @@ class ItemIndex:
             raise ValueError("ItemIndex needs an inner-product FAISS index")
         self._index = index
         self._kind: IndexKind = kind
+        # The inverted lists of an ivf or ivfpq index (for ivfpq, the coarse part under the exact re-scoring).
+        self._cells: faiss.IndexIVF | None = None
+        if kind == "ivf":
+            self._cells = cast(faiss.IndexIVF, index)
+        elif kind == "ivfpq":
+            self._cells = faiss.downcast_index(cast(faiss.IndexRefine, index).base_index)
+        # What ``set_search_params(nprobe=None)`` returns to: the breadth the index was built (or saved) with.
+        self._built_nprobe = int(self._cells.nprobe) if self._cells is not None else 0
         self._available = np.ones(int(index.ntotal), dtype=bool)
         self._n_unavailable = 0
         # The filtered-search objects, built lazily and kept until the mask, the row count or the search breadth
@@ -102,6 +143,7 @@ class ItemIndex:
         self._bitmap: np.ndarray | None = None
         self._selector: faiss.IDSelectorBitmap | None = None
         self._params: faiss.SearchParameters | None = None
+        self._cell_params: faiss.SearchParametersIVF | None = None  # referenced by ``_params`` for ivfpq
 
     # --- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -113,9 +155,17 @@ class ItemIndex:
         ef_construction: int = 200,
         ivf_nlist: int | None = None,
         ef_search: int = DEFAULT_EF_SEARCH,
-        nprobe: int = DEFAULT_NPROBE,
+        nprobe: int | None = None,
+        rerank_factor: int = DEFAULT_RERANK_FACTOR,
     ) -> ItemIndex:
-        """Index ``embeddings`` (float32 ``[n_items, dim]``); row ``i`` of the table is result id ``i``."""
+        """Index ``embeddings`` (float32 ``[n_items, dim]``); row ``i`` of the table is result id ``i``.
+
+        ``ivf_nlist`` and ``nprobe`` apply to ``ivf`` and ``ivfpq`` (unset: the kind's defaults, see
+        :func:`default_ivf_nlist`, :func:`default_ivfpq_nlist`, :func:`default_nprobe`); the nprobe given here is
+        the one :meth:`set_search_params` returns to when called without one, and is saved with the index.
+        """
+        if rerank_factor < 1:
+            raise ValueError("rerank_factor must be at least 1")
         vectors = as_float32_matrix(embeddings)
         n_items, dim = vectors.shape
         if n_items == 0:
@@ -128,14 +178,24 @@ class ItemIndex:
             index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = ef_construction
         else:
-            nlist = default_ivf_nlist(n_items) if ivf_nlist is None else max(1, min(ivf_nlist, n_items))
-            quantizer = faiss.IndexFlatIP(dim)
-            # FAISS's Python wrapper keeps a reference to the quantizer for the lifetime of the IVF index.
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            default_nlist = default_ivf_nlist if concrete == "ivf" else default_ivfpq_nlist
+            nlist = default_nlist(n_items) if ivf_nlist is None else max(1, min(ivf_nlist, n_items))
+            if concrete == "ivf":
+                quantizer = faiss.IndexFlatIP(dim)
+                # FAISS's Python wrapper keeps a reference to the quantizer for the lifetime of the IVF index.
+                index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+                cells = index
+            else:
+                # One 4-bit code per dimension ("x4fs": the SIMD fast-scan layout); "RFlat" keeps the float vectors
+                # for the exact re-scoring.
+                index = faiss.index_factory(dim, f"IVF{nlist},PQ{dim}x4fs,RFlat", faiss.METRIC_INNER_PRODUCT)
+                cast(faiss.IndexRefine, index).k_factor = float(rerank_factor)
+                cells = faiss.downcast_index(cast(faiss.IndexRefine, index).base_index)
             index.train(vectors)
+            cells.nprobe = min(default_nprobe(concrete, nlist) if nprobe is None else nprobe, nlist)
         index.add(vectors)
         built = cls(index, concrete)
-        built.set_search_params(ef_search, nprobe)
+        built.set_search_params(ef_search, None)
         return built
 
     # --- queries ---------------------------------------------------------------------------------------
@@ -160,15 +220,26 @@ class ItemIndex:
         scores[rows < 0] = -np.inf
         return scores, rows
 
-    def set_search_params(self, ef_search: int, nprobe: int) -> None:
-        """Search breadth: ``ef_search`` for HNSW, ``nprobe`` for IVF; ignored by kinds that lack it."""
-        if ef_search < 1 or nprobe < 1:
-            raise ValueError("ef_search and nprobe must be positive")
+    def set_search_params(self, ef_search: int, nprobe: int | None, rerank_factor: int | None = None) -> None:
+        """Search breadth: ``ef_search`` for HNSW, ``nprobe`` for ivf / ivfpq (``None``: the nprobe the index was
+        built with), ``rerank_factor`` for ivfpq (``None``: unchanged); ignored by kinds that lack them."""
+        if ef_search < 1 or (nprobe is not None and nprobe < 1) or (rerank_factor is not None and rerank_factor < 1):
+            raise ValueError("ef_search, nprobe and rerank_factor must be positive")
+        if self._kind == "ivfpq" and rerank_factor is not None:
+            refine = cast(faiss.IndexRefine, self._index)
+            if refine.k_factor != rerank_factor:
+                refine.k_factor = float(rerank_factor)
+                self._params = None
         if self._kind == "hnsw":
-            cast(faiss.IndexHNSW, self._index).hnsw.efSearch = ef_search
-        elif self._kind == "ivf":
-            ivf = cast(faiss.IndexIVF, self._index)
-            ivf.nprobe = min(nprobe, ivf.nlist)
+            hnsw = cast(faiss.IndexHNSW, self._index).hnsw
+            if hnsw.efSearch == ef_search:
+                return
+            hnsw.efSearch = ef_search
+        elif self._cells is not None:
+            wanted = min(self._built_nprobe if nprobe is None else nprobe, self._cells.nlist)
+            if self._cells.nprobe == wanted:
+                return
+            self._cells.nprobe = wanted
         self._params = None  # the filtered path copies these values into its own parameters object
 
     @property
@@ -177,9 +248,11 @@ class ItemIndex:
         if self._kind == "hnsw":
             hnsw = cast(faiss.IndexHNSW, self._index).hnsw
             return {"ef_search": int(hnsw.efSearch), "ef_construction": int(hnsw.efConstruction)}
-        if self._kind == "ivf":
-            ivf = cast(faiss.IndexIVF, self._index)
-            return {"nlist": int(ivf.nlist), "nprobe": int(ivf.nprobe)}
+        if self._cells is not None:
+            params = {"nlist": int(self._cells.nlist), "nprobe": int(self._cells.nprobe)}
+            if self._kind == "ivfpq":
+                params["rerank_factor"] = int(cast(faiss.IndexRefine, self._index).k_factor)
+            return params
         return {}
 
     def clone(self) -> ItemIndex:
@@ -188,6 +261,7 @@ class ItemIndex:
         copy = ItemIndex(faiss.clone_index(self._index), self._kind)
         copy._available = self._available.copy()
         copy._n_unavailable = self._n_unavailable
+        copy._built_nprobe = self._built_nprobe
         return copy
 
     # --- live updates ----------------------------------------------------------------------------------
@@ -247,6 +321,7 @@ class ItemIndex:
         self._bitmap = None
         self._selector = None
         self._params = None
+        self._cell_params = None
 
     def _filtered_search_params(self) -> faiss.SearchParameters:
         """Search parameters that admit only available rows, with this index's current efSearch / nprobe.
@@ -270,8 +345,16 @@ class ItemIndex:
             ef_search = int(cast(faiss.IndexHNSW, self._index).hnsw.efSearch)
             return faiss.SearchParametersHNSW(sel=selector, efSearch=ef_search)
         if self._kind == "ivf":
-            nprobe = int(cast(faiss.IndexIVF, self._index).nprobe)
-            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=int(cast(faiss.IndexIVF, self._cells).nprobe))
+        if self._kind == "ivfpq":
+            # The cells filter; the exact re-scoring only sees what they return. FAISS does not own the inner
+            # object, so it stays referenced beside the outer one.
+            self._cell_params = faiss.SearchParametersIVF(
+                sel=selector, nprobe=int(cast(faiss.IndexIVF, self._cells).nprobe)
+            )
+            return faiss.IndexRefineSearchParameters(
+                k_factor=float(cast(faiss.IndexRefine, self._index).k_factor), base_index_params=self._cell_params
+            )
         return faiss.SearchParameters(sel=selector)
 
     # --- persistence -----------------------------------------------------------------------------------
@@ -292,8 +375,12 @@ class ItemIndex:
         if not Path(path).is_file():
             raise FileNotFoundError(f"no index file at {path}")
         index = faiss.read_index(str(path))  # returns the concrete subclass, e.g. IndexHNSWFlat
-        if isinstance(index, faiss.IndexHNSWFlat):
-            kind: IndexKind = "hnsw"
+        if isinstance(index, faiss.IndexRefineFlat) and isinstance(
+            faiss.downcast_index(index.base_index), faiss.IndexIVFPQFastScan
+        ):
+            kind: IndexKind = "ivfpq"
+        elif isinstance(index, faiss.IndexHNSWFlat):
+            kind = "hnsw"
         elif isinstance(index, faiss.IndexIVFFlat):
             kind = "ivf"
         elif isinstance(index, faiss.IndexFlat):

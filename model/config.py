@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from streamrec.index.params import (
     DEFAULT_EF_SEARCH,
     DEFAULT_N_CANDIDATES,
-    DEFAULT_NPROBE,
+    DEFAULT_RERANK_FACTOR,
     IndexKindOrAuto,
 )
 from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, checked_event_weights
@@ -100,13 +100,27 @@ class TrainConfig(BaseModel):
     )
     # --- the index ---------------------------------------------------------------------------------------------
     index_kind: IndexKindOrAuto = Field(
-        "auto", description="FAISS index: auto (flat under 5,000 items), hnsw, flat, ivf."
+        "auto",
+        description="FAISS index: auto (flat under 5,000 items, hnsw under 100,000, ivfpq above), hnsw, flat, ivf, "
+        "ivfpq.",
     )
     hnsw_m: int = Field(32, ge=2, description="HNSW graph degree.")
     ef_construction: int = Field(200, ge=1, description="HNSW build breadth.")
-    ivf_nlist: int | None = Field(None, ge=1, description="IVF cells; unset: about 4·sqrt(items).")
+    ivf_nlist: int | None = Field(
+        None,
+        ge=1,
+        description="Cells of ivf / ivfpq indexes; unset: about 4·sqrt(items) for ivf, sqrt(items)/4 for ivfpq.",
+    )
     ef_search: int = Field(DEFAULT_EF_SEARCH, ge=1, description="HNSW search breadth recorded for serving.")
-    nprobe: int = Field(DEFAULT_NPROBE, ge=1, description="IVF cells searched, recorded for serving.")
+    nprobe: int | None = Field(
+        None,
+        ge=1,
+        description="Cells searched by ivf / ivfpq, recorded for serving; unset: 16 for ivf, 5/8 of the "
+        "cells for ivfpq.",
+    )
+    rerank_factor: int = Field(
+        DEFAULT_RERANK_FACTOR, ge=1, description="ivfpq re-scores this many times k of its best code matches exactly."
+    )
     n_candidates: int = Field(
         DEFAULT_N_CANDIDATES, ge=1, description="Retrieval candidates re-ranked in the retrieve→rerank test metric."
     )

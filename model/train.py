@@ -47,6 +47,7 @@ from streamrec.model.artifacts import (
     MANIFEST_FILE,
     MODEL_FILE,
     SEGMENTS_FILE,
+    ModelArtifacts,
     load_artifacts,
     save_item_knn,
     sha256_file,
@@ -141,15 +142,7 @@ def train_artifacts(
     test_metrics = {name: summarize(ranks) | {"users": len(ranks)} for name, ranks in test_ranks.items()}
     peaks.mark("test")
     embeddings = model.item_embeddings().detach().numpy().astype(np.float32)
-    index = ItemIndex.build(
-        embeddings,
-        config.index_kind,
-        hnsw_m=config.hnsw_m,
-        ef_construction=config.ef_construction,
-        ivf_nlist=config.ivf_nlist,
-        ef_search=config.ef_search,
-        nprobe=config.nprobe,
-    )
+    index = build_index(embeddings, config)
     sample = queries[rng.permutation(len(queries))[:RECALL_SAMPLE]]
     recall_k = min(100, len(item_ids))
     index_recall = exact_recall(index, embeddings, sample, recall_k)
@@ -171,12 +164,7 @@ def train_artifacts(
         "dim": config.dim,
         "ranker_config": model.config.to_dict(),
         "train_config": config.model_dump(mode="json"),
-        "index": {
-            "kind": index.kind,
-            "file": INDEX_FILE,
-            "params": {"hnsw_m": config.hnsw_m, **index.search_params} if index.kind == "hnsw" else index.search_params,
-            f"recall@{recall_k}": index_recall,
-        },
+        "index": index_manifest(index, config) | {f"recall@{recall_k}": index_recall},
         "data": {
             "events": len(log),
             "users": split.n_users,
@@ -336,6 +324,68 @@ def fit_blend(
     return served, manifest
 
 
+def build_index(embeddings: np.ndarray, config: TrainConfig) -> ItemIndex:
+    """The retrieval index over ``embeddings`` that ``config``'s index fields describe."""
+    return ItemIndex.build(
+        embeddings,
+        config.index_kind,
+        hnsw_m=config.hnsw_m,
+        ef_construction=config.ef_construction,
+        ivf_nlist=config.ivf_nlist,
+        ef_search=config.ef_search,
+        nprobe=config.nprobe,
+        rerank_factor=config.rerank_factor,
+    )
+
+
+def index_manifest(index: ItemIndex, config: TrainConfig) -> dict[str, Any]:
+    """The manifest's ``index`` section (without its recall, which needs the training queries)."""
+    params = {"hnsw_m": config.hnsw_m, **index.search_params} if index.kind == "hnsw" else index.search_params
+    return {"kind": index.kind, "file": INDEX_FILE, "params": params}
+
+
+def reindex(artifact_dir: Path, config: TrainConfig) -> Path:
+    """Publish a new version of an existing artifact whose index is rebuilt from its item table with ``config``'s
+    index fields (``index_kind``, ``hnsw_m``, ``ivf_nlist``, ``nprobe``, ...), every other file copied unchanged,
+    and ``LATEST`` switched to it: a model trained before a change of index defaults is served with the new ones
+    without retraining. The manifest's recall is left out (it was measured on the training queries);
+    ``streamrec eval`` measures the served one."""
+    artifacts = load_artifacts(artifact_dir)
+    index = build_index(artifacts.item_embeddings, config)
+    index_fields = {"index_kind", "hnsw_m", "ef_construction", "ivf_nlist", "ef_search", "nprobe", "rerank_factor"}
+    recorded = dict(artifacts.manifest.get("train_config", {}))
+    dumped = config.model_dump(mode="json")
+    updates: dict[str, Any] = {
+        "index": index_manifest(index, config),
+        "train_config": recorded | {key: dumped[key] for key in index_fields},
+    }
+    return _derive(artifacts, INDEX_FILE, lambda path: index.save(path), updates)
+
+
+def _derive(
+    artifacts: ModelArtifacts,
+    replaced: str,
+    write_replaced: Callable[[Path], None],
+    updates: dict[str, Any],
+    dropped: frozenset[str] = frozenset(),
+) -> Path:
+    """Publish a version next to ``artifacts``' with the file ``replaced`` written anew by ``write_replaced`` (which
+    may write nothing) and the others copied; its manifest is the source's without ``dropped``, with ``updates``
+    and ``derived_from``."""
+    source = artifacts.directory
+    copied = [name for name in artifacts.manifest["files"] if name != replaced]
+
+    def write(staging: Path, version: str) -> None:
+        for name in copied:
+            shutil.copyfile(source / name, staging / name)
+        write_replaced(staging / replaced)
+
+    left_out = {"version", "created_at", "files"} | dropped
+    kept = {key: value for key, value in artifacts.manifest.items() if key not in left_out}
+    manifest = kept | updates | {"derived_from": artifacts.version}
+    return _publish(source.parent, str(manifest.get("data_fingerprint", "unknown")), write, manifest)
+
+
 def attach_item_knn(artifact_dir: Path, log: EventLog, config: TrainConfig | None = None) -> Path:
     """Publish a new version of an existing artifact with the item-kNN blend :func:`fit_blend` would add.
 
@@ -352,27 +402,20 @@ def attach_item_knn(artifact_dir: Path, log: EventLog, config: TrainConfig | Non
     torch.set_num_threads(config.torch_threads or 2)
     ranker = RankerScorer(artifacts.ranker, artifacts.ranker.config.max_len)
     item_knn, blend_manifest = fit_blend(ranker, split, len(artifacts.item_ids), config)
-    source = artifacts.directory
-    copied = [name for name in artifacts.manifest["files"] if name != ITEM_KNN_FILE]
 
-    def write(staging: Path, version: str) -> None:
-        for name in copied:
-            shutil.copyfile(source / name, staging / name)
+    def write_item_knn(path: Path) -> None:
         if item_knn is not None:
-            save_item_knn(item_knn, staging / ITEM_KNN_FILE)
+            save_item_knn(item_knn, path)
 
-    manifest = {
-        key: value
-        for key, value in artifacts.manifest.items()
-        if key not in {"version", "created_at", "files", "item_knn", "blend_weight", "blend_validation"}
+    updates: dict[str, Any] = {
+        "train_config": {
+            **recorded,
+            **{k: v for k, v in config.model_dump(mode="json").items() if k.startswith(("blend", "item_knn"))},
+        },
+        **blend_manifest,
     }
-    manifest["train_config"] = {
-        **recorded,
-        **{k: v for k, v in config.model_dump(mode="json").items() if k.startswith(("blend", "item_knn"))},
-    }
-    manifest["derived_from"] = artifacts.version
-    manifest |= blend_manifest
-    return _publish(source.parent, str(manifest.get("data_fingerprint", "unknown")), write, manifest)
+    stale = frozenset({"item_knn", "blend_weight", "blend_validation"})  # the source's blend: replaced, if any
+    return _derive(artifacts, ITEM_KNN_FILE, write_item_knn, updates, stale)
 
 
 def build_vocabulary(log: EventLog, min_item_count: int = 1) -> list[str]:

@@ -91,11 +91,6 @@ class ServedVariant:
             model.counts_covisitation = True
 
     def use_search_params(self) -> None:
-        """The variant's search breadth on its (possibly shared) index, before its retrieval."""
-        index = self.model.items.index
-        params = index.search_params
-        ef_search, nprobe = self.settings.hnsw_ef_search, self.settings.ivf_nprobe
-        if params.get("ef_search", ef_search) != ef_search or params.get("nprobe", nprobe) != min(
-            nprobe, params.get("nlist", nprobe)
-        ):
-            index.set_search_params(ef_search, nprobe)
+        """The variant's search breadth on its (possibly shared) index, before its retrieval (a no-op when
+        already in force)."""
+        self.model.items.index.set_search_params(self.settings.hnsw_ef_search, self.settings.ivf_nprobe)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamrec.index.params import DEFAULT_EF_SEARCH, DEFAULT_N_CANDIDATES, DEFAULT_NPROBE
+from streamrec.index.params import DEFAULT_EF_SEARCH, DEFAULT_N_CANDIDATES
 from streamrec.model.config import TrainConfig
 from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, checked_event_weights
 
@@ -278,7 +278,12 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(
         DEFAULT_EF_SEARCH, ge=1, description="HNSW search breadth: higher is more exact and slower."
     )
-    ivf_nprobe: int = Field(DEFAULT_NPROBE, ge=1, description="IVF lists probed per query (IVF indexes only).")
+    ivf_nprobe: int | None = Field(
+        None,
+        ge=1,
+        description="Cells probed per query by ivf and ivfpq indexes; unset: what the model was trained with "
+        "(16 for ivf, 5/8 of the cells for ivfpq).",
+    )
     torch_threads: int = Field(
         1, ge=1, description="Intra-op threads of the ranker. One per worker process scales best per core."
     )

@@ -784,6 +784,25 @@ def _read_catalog(path: Path) -> list[dict[str, Any]]:
         ) from None
 
 
+@app.command()
+def reindex(
+    artifacts: Annotated[Path, typer.Option(help="Model artifact directory (or its parent with LATEST).")],
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Rebuild a model's retrieval index with today's index settings (STREAMREC_TRAIN__INDEX_KIND and the other
+    index fields) without retraining; publish it as a new version beside the old one and switch LATEST to it."""
+    _artifact_dir(artifacts)
+    settings = _settings()
+    _logging(log_level)
+    from streamrec.stream.app.training import reindex_from_settings  # torch and FAISS: the inputs are good
+
+    try:
+        directory = reindex_from_settings(artifacts, settings)
+    except ValueError as exc:  # e.g. an ivfpq index asked of a catalogue too small to train its codes
+        raise StreamrecError(f"cannot rebuild the index of {artifacts}: {one_line(exc)}") from None
+    typer.echo(f"wrote {directory}")
+
+
 def _artifact_failure(exc: BaseException) -> StreamrecError | None:
     artifacts = sys.modules.get("streamrec.model.artifacts")  # not imported: not an artifact failure
     if artifacts is None or not isinstance(exc, artifacts.ArtifactError):

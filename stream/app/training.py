@@ -1,5 +1,5 @@
 """Training with the serving settings: the bridge from :class:`~streamrec.stream.settings.Settings` to the
-offline :class:`~streamrec.model.train.TrainConfig`, for ``streamrec train`` and the demo."""
+offline :class:`~streamrec.model.train.TrainConfig`, for ``streamrec train``, ``streamrec reindex`` and the demo."""
 
 from __future__ import annotations
 
@@ -9,8 +9,22 @@ from typing import Any
 
 from streamrec.model.config import TrainConfig
 from streamrec.model.event_log import EventLog
-from streamrec.model.train import train_artifacts
+from streamrec.model.train import reindex, train_artifacts
 from streamrec.stream.settings import Settings
+
+
+def config_from_settings(settings: Settings, **overrides: Any) -> TrainConfig:
+    """``settings.train`` (``STREAMREC_TRAIN__*``) with the serving twins (event weights, half-life, history
+    length, index search breadth, candidates) winning, then ``overrides``: a model is trained as it will be served."""
+    twins: dict[str, Any] = {
+        "event_weights": dict(settings.event_weights),
+        "half_life_s": settings.interest_half_life_s,
+        "max_len": settings.max_recent_items,
+        "ef_search": settings.hnsw_ef_search,
+        "nprobe": settings.ivf_nprobe,
+        "n_candidates": settings.n_candidates,
+    }
+    return TrainConfig(**(settings.train.model_dump() | twins | overrides))
 
 
 def train_from_settings(
@@ -28,19 +42,12 @@ def train_from_settings(
     """Train with ``settings.train`` (``STREAMREC_TRAIN__*``), except where a serving setting has a training twin
     (event weights, half-life, history length, index search breadth): the serving value wins, so the model is
     trained as it will be served. ``epochs``, ``dim`` and ``seed`` (the command's options) win over both."""
-    overrides: dict[str, Any] = {
-        "event_weights": dict(settings.event_weights),
-        "half_life_s": settings.interest_half_life_s,
-        "max_len": settings.max_recent_items,
-        "ef_search": settings.hnsw_ef_search,
-        "nprobe": settings.ivf_nprobe,
-        "n_candidates": settings.n_candidates,
-    }
-    if epochs is not None:
-        overrides["max_epochs"] = epochs
-    if dim is not None:
-        overrides["dim"] = dim
-    if seed is not None:
-        overrides["seed"] = seed
-    config = TrainConfig(**(settings.train.model_dump() | overrides))
+    options = {"max_epochs": epochs, "dim": dim, "seed": seed}
+    config = config_from_settings(settings, **{key: value for key, value in options.items() if value is not None})
     return train_artifacts(log, Path(out_dir), config, progress=progress, catalog=catalog, switch_latest=switch_latest)
+
+
+def reindex_from_settings(artifacts: Path, settings: Settings) -> Path:
+    """A new version of ``artifacts`` with its index rebuilt as ``settings`` (``STREAMREC_TRAIN__INDEX_KIND`` and
+    the other index fields, the serving search breadth) would build it; see :func:`~streamrec.model.train.reindex`."""
+    return reindex(artifacts, config_from_settings(settings))

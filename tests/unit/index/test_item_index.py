@@ -7,8 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrec.index.item_index import ItemIndex, default_ivf_nlist, exact_recall, exact_top_k, resolve_kind
-from streamrec.index.params import AUTO_FLAT_MAX_ITEMS
+from streamrec.index.item_index import (
+    IVFPQ_MIN_ITEMS,
+    ItemIndex,
+    default_ivf_nlist,
+    default_ivfpq_nlist,
+    default_nprobe,
+    exact_recall,
+    exact_top_k,
+    resolve_kind,
+)
+from streamrec.index.params import AUTO_FLAT_MAX_ITEMS, AUTO_HNSW_MAX_ITEMS
 
 DIM = 16
 
@@ -23,7 +32,7 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return items.astype(np.float32), queries.astype(np.float32)
 
 
-@pytest.mark.parametrize(("kind", "min_recall"), [("flat", 1.0), ("hnsw", 0.95), ("ivf", 0.9)])
+@pytest.mark.parametrize(("kind", "min_recall"), [("flat", 1.0), ("hnsw", 0.95), ("ivf", 0.9), ("ivfpq", 0.95)])
 def test_recall_against_exact_search(data: tuple[np.ndarray, np.ndarray], kind: str, min_recall: float) -> None:
     items, queries = data
     index = ItemIndex.build(items, kind)  # type: ignore[arg-type]
@@ -50,7 +59,7 @@ def test_k_larger_than_the_catalogue_pads_with_minus_one(kind: str) -> None:
     assert rows[0, 0] == 0 and rows[1, 0] == 1
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
 def test_save_load_round_trip(data: tuple[np.ndarray, np.ndarray], tmp_path: Path, kind: str) -> None:
     items, queries = data
     index = ItemIndex.build(items, kind, ef_search=64, nprobe=8)  # type: ignore[arg-type]
@@ -79,6 +88,8 @@ def test_search_params_apply_to_the_kind_that_has_them(data: tuple[np.ndarray, n
 def test_auto_picks_exact_search_for_small_catalogues() -> None:
     assert resolve_kind("auto", AUTO_FLAT_MAX_ITEMS - 1) == "flat"
     assert resolve_kind("auto", AUTO_FLAT_MAX_ITEMS) == "hnsw"
+    assert resolve_kind("auto", AUTO_HNSW_MAX_ITEMS - 1) == "hnsw"
+    assert resolve_kind("auto", AUTO_HNSW_MAX_ITEMS) == "ivfpq"
     assert ItemIndex.build(np.eye(3, DIM, dtype=np.float32)).kind == "flat"
     with pytest.raises(ValueError):
         resolve_kind("lsh", 10)  # type: ignore[arg-type]
@@ -88,6 +99,31 @@ def test_default_nlist_follows_four_sqrt_n_with_enough_points_per_cell() -> None
     assert default_ivf_nlist(1_000_000) == 4_000
     assert default_ivf_nlist(2_000) == 2_000 // 39
     assert default_ivf_nlist(5) == 1
+    assert default_ivfpq_nlist(1_000_000) == 250 and default_ivfpq_nlist(2_000) == 11
+    assert default_nprobe("ivf", 4_000) == 16 and default_nprobe("ivf", 10) == 10
+    assert default_nprobe("ivfpq", 250) == 157
+
+
+def test_ivfpq_needs_enough_items_to_train_its_codes() -> None:
+    with pytest.raises(ValueError, match="at least 1,000 items"):
+        ItemIndex.build(np.ones((IVFPQ_MIN_ITEMS - 1, DIM), dtype=np.float32), "ivfpq")
+
+
+def test_ivfpq_rescores_exactly_and_returns_to_its_built_breadth(data: tuple[np.ndarray, np.ndarray]) -> None:
+    items, queries = data
+    index = ItemIndex.build(items, "ivfpq", ivf_nlist=8, nprobe=3, rerank_factor=4)
+    assert index.search_params == {"nlist": 8, "nprobe": 3, "rerank_factor": 4}
+    scores, rows = index.search(queries, 5)
+    # The codes only choose the candidates: the scores are the exact inner products.
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ items.T, rows, axis=1), rtol=1e-4, atol=1e-4)
+    index.set_search_params(ef_search=1, nprobe=8)
+    assert index.search_params["nprobe"] == 8
+    index.set_search_params(ef_search=1, nprobe=None)
+    assert index.search_params["nprobe"] == 3
+    copy = index.clone()
+    copy.set_search_params(ef_search=1, nprobe=6)
+    copy.set_search_params(ef_search=1, nprobe=None)
+    assert copy.search_params["nprobe"] == 3 and index.search_params["nprobe"] == 3
 
 
 def test_bad_inputs_are_rejected(data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
@@ -105,30 +141,37 @@ def test_bad_inputs_are_rejected(data: tuple[np.ndarray, np.ndarray], tmp_path: 
 
 
 # --- live updates: add and availability -----------------------------------------------------------------
-KINDS = ["flat", "hnsw", "ivf"]
+KINDS = ["flat", "hnsw", "ivf", "ivfpq"]
+
+
+def _catalogue(kind: str) -> np.ndarray:
+    """A catalogue small enough that every kind searches it exhaustively (IVF probes all its cells; an HNSW walk
+    still reaches the few rows a heavy filter leaves), and for ivfpq just large enough to train its codes."""
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(IVFPQ_MIN_ITEMS if kind == "ivfpq" else 300, DIM)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def small() -> np.ndarray:
-    """A catalogue small enough that every kind searches it exhaustively (IVF probes all its cells)."""
-    rng = np.random.default_rng(1)
-    return rng.normal(size=(300, DIM)).astype(np.float32)
+    return _catalogue("flat")
 
 
 def _build_small(items: np.ndarray, kind: str) -> ItemIndex:
     """``kind`` over ``items`` with breadth wide enough that filtered searches are exact on this catalogue."""
-    return ItemIndex.build(items, kind, ivf_nlist=4, nprobe=4, ef_search=256)  # type: ignore[arg-type]
+    return ItemIndex.build(items, kind, ivf_nlist=4, nprobe=4, ef_search=256, rerank_factor=100)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_added_vectors_are_found_and_old_results_kept(small: np.ndarray, kind: str) -> None:
+def test_added_vectors_are_found_and_old_results_kept(kind: str) -> None:
+    small = _catalogue(kind)
     index = _build_small(small, kind)
     queries = small[:20]
     before_scores, before = index.search(queries, 5)
     rng = np.random.default_rng(2)
     new = 10.0 * rng.normal(size=(3, DIM)).astype(np.float32)  # long vectors: each is its own best match
     rows = index.add(new)
-    assert rows.dtype == np.int64 and rows.tolist() == [300, 301, 302] and len(index) == 303
+    n = len(small)
+    assert rows.dtype == np.int64 and rows.tolist() == [n, n + 1, n + 2] and len(index) == n + 3
     assert index.search(new, 1)[1][:, 0].tolist() == rows.tolist()
     assert all(index.is_available(int(r)) for r in rows)
     # Queries that score every new row below their old 5th hit keep exactly their old results.
@@ -138,7 +181,8 @@ def test_added_vectors_are_found_and_old_results_kept(small: np.ndarray, kind: s
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_unavailable_rows_are_never_returned_and_can_come_back(small: np.ndarray, kind: str) -> None:
+def test_unavailable_rows_are_never_returned_and_can_come_back(kind: str) -> None:
+    small = _catalogue(kind)
     index = _build_small(small, kind)
     queries = small[:10]
     _, rows = index.search(queries, 5)
@@ -157,7 +201,8 @@ def test_unavailable_rows_are_never_returned_and_can_come_back(small: np.ndarray
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_only_available_rows_come_back_padded_with_minus_one(small: np.ndarray, kind: str) -> None:
+def test_only_available_rows_come_back_padded_with_minus_one(kind: str) -> None:
+    small = _catalogue(kind)
     index = _build_small(small, kind)
     keep = [7, 150, 299]
     index.set_available(np.setdiff1d(np.arange(len(small)), keep), False)
@@ -169,14 +214,20 @@ def test_only_available_rows_come_back_padded_with_minus_one(small: np.ndarray, 
     assert index.search(small[:1], 1)[1][0, 0] == added[0]
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
-def test_search_breadth_still_applies_under_a_filter(small: np.ndarray, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
+def test_search_breadth_still_applies_under_a_filter(kind: str) -> None:
+    small = _catalogue(kind)
     index = _build_small(small, kind)
     index.set_available([0], False)
     index.search(small[:1], 3)  # builds and caches the filtered parameters
     index.set_search_params(ef_search=40, nprobe=2)
     params = index._filtered_search_params()
-    assert (params.efSearch if kind == "hnsw" else params.nprobe) == (40 if kind == "hnsw" else 2)
+    if kind == "hnsw":
+        assert params.efSearch == 40
+    else:
+        # ivfpq's outer parameters carry the cells' own (FAISS hands the inner object back untyped).
+        cells = index._cell_params if kind == "ivfpq" else params
+        assert cells is not None and cells.nprobe == 2 and cells.sel is not None
 
 
 def test_selector_is_cached_until_the_mask_changes(small: np.ndarray) -> None:
@@ -190,7 +241,8 @@ def test_selector_is_cached_until_the_mask_changes(small: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_bad_updates_are_rejected(small: np.ndarray, kind: str) -> None:
+def test_bad_updates_are_rejected(kind: str) -> None:
+    small = _catalogue(kind)
     index = _build_small(small, kind)
     with pytest.raises(ValueError):
         index.add(np.zeros((2, DIM + 1), dtype=np.float32))

@@ -32,6 +32,7 @@ from streamrec.model.train import (
     evaluation_users,
     fit_blend,
     interest_queries,
+    reindex,
     train_artifacts,
     type_weights,
 )
@@ -204,6 +205,27 @@ def test_attach_item_knn_publishes_a_new_version_of_an_old_artifact(trained: Pat
     assert {name: digest for name, digest in new["files"].items() if name != MANIFEST_FILE} == old["files"]
     artifacts = load_artifacts(attached)
     assert artifacts.item_knn is not None and artifacts.blend_weight == old["blend_weight"]
+
+
+def test_reindex_rebuilds_only_the_index_with_the_new_settings(trained: Path) -> None:
+    reindexed = reindex(trained, changed(CONFIG, index_kind="ivf", ivf_nlist=3, nprobe=2))
+    assert (trained.parent / LATEST_FILE).read_text().strip() == reindexed.name
+    old, new = manifest_of(trained), manifest_of(reindexed)
+    assert old["index"]["kind"] == "flat" and new["derived_from"] == trained.name
+    assert new["index"] == {"kind": "ivf", "file": INDEX_FILE, "params": {"nlist": 3, "nprobe": 2}}
+    assert new["train_config"]["index_kind"] == "ivf" and new["train_config"]["dim"] == old["train_config"]["dim"]
+    unchanged = {name: digest for name, digest in new["files"].items() if name not in (MANIFEST_FILE, INDEX_FILE)}
+    assert unchanged == {name: digest for name, digest in old["files"].items() if name != INDEX_FILE}
+    assert new["metrics"] == old["metrics"]
+    artifacts = load_artifacts(reindexed)
+    assert artifacts.index.kind == "ivf" and artifacts.index.search_params["nprobe"] == 2
+    # Every item is still found as its own best match... of an index that probes all its cells.
+    artifacts.index.set_search_params(1, 3)
+    table = artifacts.item_embeddings
+    exact = (table @ table.T).argmax(axis=1)
+    assert np.array_equal(artifacts.index.search(table, 1)[1][:, 0], exact)
+    with pytest.raises(ValueError, match="at least 1,000 items"):
+        reindex(trained, changed(CONFIG, index_kind="ivfpq"))
 
 
 def test_a_catalog_gives_the_artifacts_a_content_projection(trained_artifacts: Path, shop) -> None:

@@ -51,12 +51,12 @@ def test_every_setting_is_documented_and_the_readme_table_is_current() -> None:
 def test_serving_defaults_match_the_training_and_index_defaults() -> None:
     """A serving setting and its training twin start equal, so a model trained with the defaults is served as it
     was trained; and reading the settings loads neither FAISS nor torch (the CLI checks its inputs first)."""
-    from streamrec.index.params import DEFAULT_EF_SEARCH, DEFAULT_N_CANDIDATES, DEFAULT_NPROBE
+    from streamrec.index.params import DEFAULT_EF_SEARCH, DEFAULT_N_CANDIDATES
     from streamrec.model.config import TrainConfig
 
     settings, config = Settings(), TrainConfig()
     assert settings.n_candidates == DEFAULT_N_CANDIDATES == config.n_candidates
-    assert settings.hnsw_ef_search == DEFAULT_EF_SEARCH and settings.ivf_nprobe == DEFAULT_NPROBE
+    assert settings.hnsw_ef_search == DEFAULT_EF_SEARCH and settings.ivf_nprobe is None is config.nprobe
     assert settings.event_weights == config.event_weights and settings.interest_half_life_s == config.half_life_s
     assert settings.max_recent_items == config.max_len
     probe = "import sys, streamrec.stream.settings; print('torch' in sys.modules, 'faiss' in sys.modules)"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiokafka.errors
 import kafka.errors
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -169,6 +170,9 @@ def _mistakes(files: dict[str, Path], taken_port: int, dead: str) -> dict[str, M
         "eval with missing artifacts": Mistake(
             ["eval", "--events", events, "--artifacts", missing], ["artifact directory not found"]
         ),
+        "reindex with missing artifacts": Mistake(
+            ["reindex", "--artifacts", missing], ["artifact directory not found"]
+        ),
         "eval on a missing file": Mistake(
             ["eval", "--events", missing, "--artifacts", no_artifacts], ["event file not found"]
         ),
@@ -251,6 +255,22 @@ def test_a_mistake_is_one_line_naming_the_problem(
     if mistake.exit_code is not None:
         assert result.returncode == mistake.exit_code, line
     assert heavy_imports == "", f"{name} failed only after importing {heavy_imports}"
+
+
+def test_reindex_publishes_the_index_the_settings_ask_for(tmp_path: Path, trained_artifacts: Path) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_artifacts, root / trained_artifacts.name)
+    write_latest(root, trained_artifacts.name)
+    result = run_cli("reindex", "--artifacts", str(root), env=_clean_env(STREAMREC_TRAIN__INDEX_KIND="ivf"))
+    assert result.returncode == 0, result.stderr
+    latest = (root / "LATEST").read_text().strip()
+    assert latest != trained_artifacts.name and f"wrote {root / latest}" in result.stdout
+    manifest = orjson.loads((root / latest / "manifest.json").read_bytes())
+    assert manifest["index"]["kind"] == "ivf" and manifest["derived_from"] == trained_artifacts.name
+    # The simulated shop's 300 items are too few for ivfpq's codes: one line, nothing published.
+    refused = run_cli("reindex", "--artifacts", str(root), env=_clean_env(STREAMREC_TRAIN__INDEX_KIND="ivfpq"))
+    assert "needs at least 1,000 items" in error_line(refused)
+    assert (root / "LATEST").read_text().strip() == latest
 
 
 def test_debug_shows_the_traceback(files: dict[str, Path]) -> None:
