@@ -15,8 +15,8 @@ Each index kind (exact flat, HNSW, IVF) is built once, in a fresh process so its
 searched in batches of ``--batch`` queries (a micro-batch's one search) at several search breadths: recall@100 of
 each breadth against the exact top 100, queries per second, and speed-up over the exact scan. ``ivfpq`` is searched
 at several shares of its cells and re-scoring factors; its defaults (``index_kind`` auto = ``ivfpq`` from 100,000
-items, about sqrt(n)/4 cells, 5/8 of them probed, re-scoring 5 × k) are the rows with breadth = ``params.nprobe``
-and rerank 5. With ``--artifacts``, the worker's start-up (artifact load with checksums, and the pipeline) and a
+items, about sqrt(n)/4 cells, 5/8 of them probed, re-scoring 4 × k) are the rows with breadth = ``params.nprobe``
+and rerank 4. With ``--artifacts``, the worker's start-up (artifact load with checksums, and the pipeline) and a
 hot swap (a second copy loaded while the first serves) are timed, with peak memory; ``--reindex`` first rebuilds
 that model's index with today's defaults. ``--sample`` indexes a random subset of the table (the curve between
 the datasets' sizes and a million).
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,7 +43,7 @@ RECALL_K = 100
 HNSW_EF = (32, 64, 128, 256)
 IVF_NPROBE = (8, 16, 32, 64, 128)
 IVFPQ_PROBE_SHARES = (0.25, 0.5, 0.625, 0.75, 1.0)  # of the cells; 0.625 is the default
-IVFPQ_RERANK = (2, 10)  # re-scoring factors tried at the default nprobe, beside the default 5
+IVFPQ_RERANK = (2, 8)  # re-scoring factors tried at the default nprobe, beside the default 4
 
 
 def synthetic_table(n_items: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +101,7 @@ def measure_kind(kind: str, table_path: Path, queries_path: Path, batch: int) ->
         breadths = [(1, nprobe, None) for nprobe in IVF_NPROBE]
     elif kind == "ivfpq":
         nlist, nprobe, factor = default["nlist"], default["nprobe"], default["rerank_factor"]
-        breadths = [(1, max(1, round(share * nlist)), factor) for share in IVFPQ_PROBE_SHARES]
+        breadths = [(1, max(1, math.ceil(share * nlist)), factor) for share in IVFPQ_PROBE_SHARES]
         breadths += [(1, nprobe, other) for other in IVFPQ_RERANK]
     else:
         breadths = [(1, None, None)]
@@ -236,7 +237,8 @@ def main() -> None:
                 f"{row.get('rerank_factor') or '':>7} {row['recall@100']:>11.4f} {row['qps']:>9,.0f} "
                 f"{row['speedup'] or '':>8}"
             )
-    worker = in_child("worker", str(args.artifacts)) if args.artifacts is not None else None
+    # A sample's start-up would still load the whole model: it is timed only on the whole table.
+    worker = in_child("worker", str(args.artifacts)) if args.artifacts is not None and args.sample is None else None
     if worker:
         print(f"worker: start-up {worker['startup_s']} s ({worker['startup_peak_mib']} MiB peak), "
               f"hot swap {worker['swap_s']} s ({worker['swap_peak_mib']} MiB peak)")  # fmt: skip

@@ -19,6 +19,6 @@ DEFAULT_NPROBE = 16  # IVF cells probed by the ``ivf`` kind when none is set
 IVFPQ_PROBE_SHARE = 0.625
 """Share of its cells an ``ivfpq`` index probes when no nprobe is set: trained item tables spread a query's best
 items over many cells, and the 4-bit codes make scanning most of them cheap."""
-DEFAULT_RERANK_FACTOR = 5
+DEFAULT_RERANK_FACTOR = 4
 """``ivfpq`` re-scores this many times ``k`` of its best code matches with the exact vectors."""
 DEFAULT_N_CANDIDATES = 200  # candidates retrieved per query and re-scored by the ranker

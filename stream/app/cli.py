@@ -147,6 +147,9 @@ def _logging(level: str, *, quiet_kafka_clients: bool = False) -> None:
         from streamrec.stream.logs import limit_repeats
 
         limit_repeats()
+    if not _options.debug and level.upper() != "DEBUG":
+        # FAISS tells at INFO which of its builds it tried to load: noise to a user, kept for --debug.
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if quiet_kafka_clients and not _options.debug and level.upper() != "DEBUG":
         # A one-shot command reports a Kafka failure itself, in one line; the clients would log every reconnect.
         for name in ("kafka", "aiokafka"):
