@@ -345,16 +345,15 @@ class ItemIndex:
         if self._kind == "hnsw":
             ef_search = int(cast(faiss.IndexHNSW, self._index).hnsw.efSearch)
             return faiss.SearchParametersHNSW(sel=selector, efSearch=ef_search)
-        if self._kind == "ivf":
-            return faiss.SearchParametersIVF(sel=selector, nprobe=int(cast(faiss.IndexIVF, self._cells).nprobe))
-        if self._kind == "ivfpq":
-            # The cells filter; the exact re-scoring only sees what they return. FAISS does not own the inner
-            # object, so it stays referenced beside the outer one.
-            self._cell_params = faiss.SearchParametersIVF(
-                sel=selector, nprobe=int(cast(faiss.IndexIVF, self._cells).nprobe)
-            )
+        if self._cells is not None:
+            cells = faiss.SearchParametersIVF(sel=selector, nprobe=int(self._cells.nprobe))
+            if self._kind == "ivf":
+                return cells
+            # ivfpq: the cells filter; the exact re-scoring only sees what they return. FAISS does not own the
+            # inner object, so it stays referenced beside the outer one.
+            self._cell_params = cells
             return faiss.IndexRefineSearchParameters(
-                k_factor=float(cast(faiss.IndexRefine, self._index).k_factor), base_index_params=self._cell_params
+                k_factor=float(cast(faiss.IndexRefine, self._index).k_factor), base_index_params=cells
             )
         return faiss.SearchParameters(sel=selector)
 
