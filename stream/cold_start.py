@@ -15,6 +15,7 @@ a scope weight, so "rising in what you just looked at" leads and the whole shop 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,9 +40,47 @@ def personal_weight(known_events: int, prior_events: float) -> float:
     return known_events / (known_events + prior_events)
 
 
-def trending_candidates(
-    board: TrendingBoard, categories: Sequence[str], segment: int | None, n: int
-) -> list[ScoredItem]:
+@dataclass(slots=True)
+class RankedKeys:
+    """A ranked list as arrays, best first: what :func:`fuse` reads and returns.
+
+    ``keys`` identify items across the lists being fused (the list builder uses the item's table row, or a
+    negative code for an item the model does not know); ``labels`` say where each item came from (an index into
+    the caller's table of (source, context) pairs); ``rows`` are the items' table rows as the list knew them
+    (-1: unknown to that list).
+    """
+
+    keys: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, where: np.ndarray | slice) -> RankedKeys:
+        return RankedKeys(self.keys[where], self.scores[where], self.labels[where], self.rows[where])
+
+    @staticmethod
+    def concatenate(lists: Sequence[RankedKeys]) -> RankedKeys:
+        return RankedKeys(*(np.concatenate([getattr(part, name) for part in lists]) for name in RANKED_FIELDS))
+
+
+RANKED_FIELDS = ("keys", "scores", "labels", "rows")
+
+
+@dataclass(slots=True)
+class TrendingRanking:
+    """The trending items for one context, best first: trending board keys, fused scores, and for each item the
+    index of the scope that explains it in ``explained_by`` ((source, context) per scope)."""
+
+    keys: np.ndarray
+    scores: np.ndarray
+    scopes: np.ndarray
+    explained_by: list[tuple[str, str | None]]
+
+
+def trending_ranking(board: TrendingBoard, categories: Sequence[str], segment: int | None, n: int) -> TrendingRanking:
     """Up to ``n`` trending items for a user whose latest categories are ``categories`` (most recent first)."""
     scopes: list[tuple[float, str, str | None, tuple[np.ndarray, np.ndarray]]] = []
     for position, category in enumerate(categories):
@@ -52,53 +91,89 @@ def trending_candidates(
     if segment is not None and (counter := board.by_segment.get(segment)) is not None:
         scopes.append((SEGMENT_WEIGHT, "trending_segment", str(segment), counter.top_keys(n)))
     scopes.append((OVERALL_WEIGHT, "trending", None, board.overall.top_keys(n)))
+    explained_by = [(source, context) for _, source, context, _ in scopes]
     keys = np.concatenate([top[0] for *_, top in scopes])
     if not len(keys):
-        return []
+        return TrendingRanking(keys.astype(np.int64), np.empty(0), np.empty(0, dtype=np.int64), explained_by)
     contributions = np.concatenate([weight * top[1] for weight, *_, top in scopes])
     scope_of = np.repeat(np.arange(len(scopes)), [len(top[0]) for *_, top in scopes])
     unique, first_seen, inverse = np.unique(keys, return_index=True, return_inverse=True)
     scores = np.bincount(inverse, weights=contributions)
     # The scope that contributed most explains the item (the earliest scope on a tie).
-    by_strength = np.lexsort((np.arange(len(keys)), -contributions, inverse))
-    grouped = inverse[by_strength]
-    group_start = np.ones(len(grouped), dtype=bool)
-    group_start[1:] = grouped[1:] != grouped[:-1]
-    explaining_scope = scope_of[by_strength[group_start]]
+    explaining_scope = scope_of[_strongest(contributions, inverse)]
     best = np.lexsort((first_seen, -scores))[:n]  # ties keep the order the scopes listed the items in
+    return TrendingRanking(unique[best], scores[best], explaining_scope[best], explained_by)
+
+
+def trending_candidates(
+    board: TrendingBoard, categories: Sequence[str], segment: int | None, n: int
+) -> list[ScoredItem]:
+    """:func:`trending_ranking` as items."""
+    ranking = trending_ranking(board, categories, segment, n)
     out = []
-    listed = zip(unique[best].tolist(), scores[best].tolist(), explaining_scope[best].tolist(), strict=True)
+    listed = zip(ranking.keys.tolist(), ranking.scores.tolist(), ranking.scopes.tolist(), strict=True)
     for key, score, scope in listed:
-        _, source, context, _ = scopes[scope]
+        source, context = ranking.explained_by[scope]
         out.append(ScoredItem(board.item_id(key), score, source, context=context))
     return out
 
 
-def blend(personal: Sequence[ScoredItem], trending: Sequence[ScoredItem], weight: float) -> list[ScoredItem]:
+def fuse(personal: RankedKeys, trending: RankedKeys, weight: float) -> RankedKeys:
     """One list from both, by weighted reciprocal-rank fusion; ``weight`` is the personalised list's share.
 
-    Each item keeps the provenance of the list that contributed more to it; its score becomes the fused score.
-    The result never shares item objects with ``trending``.
+    Each item keeps the label of the list that contributed more to it (the personal list's on a tie) and the
+    first known row; its score becomes the fused score. Equal scores keep the order items were first listed in.
     """
+    if weight >= 1.0 or not len(trending):
+        return personal
+    if weight <= 0.0 or not len(personal):
+        return trending
+    both = RankedKeys.concatenate([personal, trending])
+    added = np.concatenate(
+        [
+            weight / (RRF_OFFSET + np.arange(len(personal)) + 1),
+            (1.0 - weight) / (RRF_OFFSET + np.arange(len(trending)) + 1),
+        ]
+    )
+    _, first_seen, inverse = np.unique(both.keys, return_index=True, return_inverse=True)
+    scores = np.bincount(inverse, weights=added)
+    rows = np.full(len(scores), -1, dtype=np.int64)
+    np.maximum.at(rows, inverse, both.rows)  # an item has one row wherever it is known
+    labels = both.labels[_strongest(added, inverse)]
+    order = np.lexsort((first_seen, -scores))
+    return RankedKeys(both.keys[first_seen[order]], scores[order], labels[order], rows[order])
+
+
+def _strongest(contributions: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per group (``groups`` numbered 0..G-1), the position of its largest contribution (the earliest on a tie)."""
+    by_strength = np.lexsort((np.arange(len(contributions)), -contributions, groups))
+    grouped = groups[by_strength]
+    group_start = np.ones(len(grouped), dtype=bool)
+    group_start[1:] = grouped[1:] != grouped[:-1]
+    return by_strength[group_start]
+
+
+def blend(personal: Sequence[ScoredItem], trending: Sequence[ScoredItem], weight: float) -> list[ScoredItem]:
+    """:func:`fuse` over items. The result never shares item objects with ``trending``."""
     if weight >= 1.0 or not trending:
         return list(personal)
-    if weight <= 0.0 or not personal:
-        # Fresh objects: later stages mark and explain items per user, and trending lists are shared.
-        return [ScoredItem(item.item_id, item.score, item.source, item.row, item.context) for item in trending]
-    fused: dict[str, ScoredItem] = {}
-    contribution: dict[str, float] = {}
-    for share, ranked in ((weight, personal), (1.0 - weight, trending)):
-        for rank, item in enumerate(ranked):
-            added = share / (RRF_OFFSET + rank + 1)
-            held = fused.get(item.item_id)
-            if held is None:
-                fused[item.item_id] = ScoredItem(item.item_id, added, item.source, item.row, item.context)
-                contribution[item.item_id] = added
-                continue
-            held.score += added
-            if held.row < 0:
-                held.row = item.row
-            if added > contribution[item.item_id]:
-                contribution[item.item_id] = added
-                held.source, held.context = item.source, item.context
-    return sorted(fused.values(), key=lambda item: -item.score)
+    key_of: dict[str, int] = {}
+    labels: dict[tuple[str, str | None], int] = {}
+
+    def as_keys(items: Sequence[ScoredItem]) -> RankedKeys:
+        return RankedKeys(
+            np.array([key_of.setdefault(item.item_id, len(key_of)) for item in items], dtype=np.int64),
+            np.array([item.score for item in items], dtype=np.float64),
+            np.array([labels.setdefault((item.source, item.context), len(labels)) for item in items], dtype=np.int64),
+            np.array([item.row for item in items], dtype=np.int64),
+        )
+
+    fused = fuse(as_keys(personal), as_keys(trending), weight)
+    item_ids, label_names = list(key_of), list(labels)
+    # Fresh objects: later stages mark and explain items per user, and trending lists are shared.
+    return [
+        ScoredItem(item_ids[key], score, label_names[label][0], row, label_names[label][1])
+        for key, score, label, row in zip(
+            fused.keys.tolist(), fused.scores.tolist(), fused.labels.tolist(), fused.rows.tolist(), strict=True
+        )
+    ]

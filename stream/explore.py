@@ -81,27 +81,27 @@ class Explorer:
         Items for which ``first`` is true (items indexed from their content since the last training, about
         which the model has no collaborative evidence at all) are explored before any other.
         """
-        if n <= 0:
-            return []
-        eligible: list[ScoredItem] = []
-        alpha: list[float] = []
-        beta: list[float] = []
-        for item in pool:
-            impressions, engagements = self.exposure.counts(item.item_id)
-            if impressions < self.max_impressions:
-                eligible.append(item)
-                a, b = _beta_parameters(impressions, engagements)
-                alpha.append(a)
-                beta.append(b)
-        if not eligible:
-            return []
-        draws = self._rng.beta(alpha, beta)
-        if first is not None:
-            draws += np.array([1.0 if first(item) else 0.0 for item in eligible])  # draws lie in [0, 1]
-        picked = [eligible[i] for i in np.argsort(-draws, kind="stable")[:n]]
+        marks = None if first is None else np.array([first(item) for item in pool], dtype=bool)
+        picked = [pool[i] for i in self.pick_positions([item.item_id for item in pool], n, marks).tolist()]
         for item in picked:
             item.explore = True
         return picked
+
+    def pick_positions(self, item_ids: Sequence[str], n: int, first: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`pick` over item ids: the positions of the picked items, in the order they were picked."""
+        if n <= 0:
+            return np.empty(0, dtype=np.int64)
+        counts = self.exposure.counts
+        exposure = np.array([counts(item_id) for item_id in item_ids], dtype=np.float64).reshape(-1, 2)
+        eligible = np.flatnonzero(exposure[:, 0] < self.max_impressions)
+        if not len(eligible):
+            return eligible
+        impressions, engagements = exposure[eligible, 0], exposure[eligible, 1]
+        engagements = np.minimum(engagements, impressions)
+        draws = self._rng.beta(1.0 + engagements, 1.0 + impressions - engagements)
+        if first is not None:
+            draws += first[eligible]  # draws lie in [0, 1]
+        return eligible[np.argsort(-draws, kind="stable")[:n]]
 
     @staticmethod
     def place(exploited: Sequence[ScoredItem], explored: Sequence[ScoredItem]) -> list[ScoredItem]:

@@ -7,7 +7,7 @@ twice. Diversity (``stream/diversify.py``) and exploration (``stream/explore.py`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from streamrec.stream.rules import Request, RuleSet
@@ -32,16 +32,10 @@ class ScoredItem:
     reason_code: str = ""
 
 
-def allowed_pool(candidates: Iterable[ScoredItem], request: Request, rules: RuleSet, size: int) -> list[ScoredItem]:
+def allowed_pool(candidates: Sequence[ScoredItem], request: Request, rules: RuleSet, size: int) -> list[ScoredItem]:
     """The first ``size`` candidates (best first) that no rule blocks, each item once."""
-    pool: list[ScoredItem] = []
-    seen: set[str] = set()
+    unique: dict[str, ScoredItem] = {}
     for item in candidates:
-        if len(pool) == size:
-            break
-        if item.item_id in seen:
-            continue
-        seen.add(item.item_id)
-        if rules.allows(item.item_id, request):
-            pool.append(item)
-    return pool
+        unique.setdefault(item.item_id, item)
+    listed = list(unique.values())
+    return [listed[i] for i in rules.first_allowed(list(unique), request, size).tolist()]

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from streamrec.model.events import Event
 from streamrec.stream.catalog import Catalog
 from streamrec.stream.settings import Settings
@@ -59,6 +61,12 @@ class ItemRule(Protocol):
     def blocks(self, item_id: str, request: Request) -> bool: ...
 
 
+class ManyItemRule(ItemRule, Protocol):
+    """A rule that can also judge a whole list at once (the list builder's hot path asks rules for lists)."""
+
+    def blocks_many(self, item_ids: Sequence[str], request: Request) -> list[bool]: ...
+
+
 class ExcludeBought:
     """A purchased item is not recommended again (the user state remembers the latest purchases)."""
 
@@ -66,6 +74,10 @@ class ExcludeBought:
 
     def blocks(self, item_id: str, request: Request) -> bool:
         return item_id in request.state.bought
+
+    def blocks_many(self, item_ids: Sequence[str], request: Request) -> list[bool]:
+        bought = request.state.bought
+        return [item_id in bought for item_id in item_ids]
 
 
 class ExcludeCurrentItem:
@@ -75,6 +87,10 @@ class ExcludeCurrentItem:
 
     def blocks(self, item_id: str, request: Request) -> bool:
         return item_id == request.trigger.item_id
+
+    def blocks_many(self, item_ids: Sequence[str], request: Request) -> list[bool]:
+        current = request.trigger.item_id
+        return [item_id == current for item_id in item_ids]
 
 
 class ExcludeUnavailable:
@@ -87,6 +103,12 @@ class ExcludeUnavailable:
 
     def blocks(self, item_id: str, request: Request) -> bool:
         return not self.catalog.is_available(item_id)
+
+    def blocks_many(self, item_ids: Sequence[str], request: Request) -> list[bool]:
+        if not self.catalog.n_unavailable:
+            return [False] * len(item_ids)
+        available = self.catalog.is_available
+        return [not available(item_id) for item_id in item_ids]
 
 
 class DenyList:
@@ -103,6 +125,13 @@ class DenyList:
             return True
         tenant_items = self.per_tenant.get(request.tenant) if request.tenant is not None else None
         return tenant_items is not None and item_id in tenant_items
+
+    def blocks_many(self, item_ids: Sequence[str], request: Request) -> list[bool]:
+        denied = [self.items, request.exclude_items]
+        if request.tenant is not None and (tenant_items := self.per_tenant.get(request.tenant)) is not None:
+            denied.append(tenant_items)
+        denied = [items for items in denied if items]
+        return [any(item_id in items for items in denied) for item_id in item_ids]
 
 
 class ExcludeIgnored:
@@ -121,6 +150,10 @@ class ExcludeIgnored:
 
     def blocks(self, item_id: str, request: Request) -> bool:
         return request.state.shown.get(item_id, 0) >= self.max_impressions
+
+    def blocks_many(self, item_ids: Sequence[str], request: Request) -> list[bool]:
+        shown, limit = request.state.shown, self.max_impressions
+        return [shown.get(item_id, 0) >= limit for item_id in item_ids]
 
 
 class RuleSet:
@@ -149,6 +182,27 @@ class RuleSet:
 
     def allows(self, item_id: str, request: Request) -> bool:
         return self.blocking_rule(item_id, request) is None
+
+    def first_allowed(self, item_ids: Sequence[str], request: Request, size: int) -> np.ndarray:
+        """Positions of the first ``size`` of ``item_ids`` that no rule blocks, in order.
+
+        Counts what :meth:`blocking_rule` would have counted asking item by item until ``size`` were allowed: each
+        blocked item before the last allowed one, under the first rule that blocks it.
+        """
+        if size <= 0 or not item_ids:
+            return np.empty(0, dtype=np.int64)
+        blocked_by = np.full(len(item_ids), -1, dtype=np.int64)
+        for number, rule in enumerate(self.rules):
+            many = getattr(rule, "blocks_many", None)
+            verdicts = (
+                many(item_ids, request) if many is not None else [rule.blocks(item, request) for item in item_ids]
+            )
+            blocked_by[(blocked_by < 0) & np.asarray(verdicts, dtype=bool)] = number
+        allowed = np.flatnonzero(blocked_by < 0)[:size]
+        scanned = blocked_by[: allowed[-1] + 1] if len(allowed) == size else blocked_by
+        for number, count in enumerate(np.bincount(scanned[scanned >= 0], minlength=len(self.rules)).tolist()):
+            self.blocked[self.rules[number].name] += count
+        return allowed
 
     def take_counts(self) -> dict[str, int]:
         """Items blocked per rule since the last call (for the metrics), resetting the counts."""

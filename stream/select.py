@@ -9,15 +9,14 @@ never changed in place: a refill or a blend hands on copies.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 
-from streamrec.stream.cold_start import blend, personal_weight, trending_candidates
+from streamrec.stream.cold_start import RankedKeys, fuse, personal_weight, trending_ranking
 from streamrec.stream.diversify import diversify
 from streamrec.stream.explain import Explainer
 from streamrec.stream.explore import Explorer
-from streamrec.stream.filters import ScoredItem, allowed_pool
+from streamrec.stream.filters import ScoredItem
 from streamrec.stream.item_table import ItemTable
 from streamrec.stream.rank import RankedCandidates
 from streamrec.stream.rules import Request, RuleSet
@@ -26,10 +25,16 @@ from streamrec.stream.trending import TrendingBoard
 from streamrec.stream.user_state import UserState
 
 TRENDING_DEPTH_STEP = 32
+NO_CONTEXT = None
 
 
 class ListBuilder:
-    """Builds each user's list; one per served model (it reads the model's item table)."""
+    """Builds each user's list; one per served model (it reads the model's item table).
+
+    Candidates travel as arrays (:class:`RankedKeys`) from the ranking to the final list: an item is keyed by its
+    table row, or by ``-1 - trending key`` when the model does not know it; its label indexes :attr:`labels`, the
+    (source, context) pairs seen so far. Only the final list's items become objects.
+    """
 
     def __init__(
         self,
@@ -43,7 +48,12 @@ class ListBuilder:
     ) -> None:
         self.settings, self.rules, self.explorer, self.trending = settings, rules, explorer, trending
         self.items, self.explainer, self.category_of = items, explainer, category_of
-        self._trending_lists: dict[tuple, list[ScoredItem]] = {}
+        self.labels: list[tuple[str, str | None]] = []
+        self._label_of: dict[tuple[str, str | None], int] = {}
+        self._trending_lists: dict[tuple, RankedKeys] = {}
+        # Trending board key -> the item's table row (-1: unknown), for the table size it was computed at.
+        self._row_of_key = np.empty(0, dtype=np.int64)
+        self._rows_for_table_size = -1
 
     def start_batch(self) -> None:
         """Trending does not move within a batch's list building: its lists are shared by users alike."""
@@ -62,42 +72,52 @@ class ListBuilder:
         head = pool_size + len(state.bought) + 1  # enough to fill the pool after the rules
         trending = self._trending_for(tuple(self._recent_categories(state)), segment, head)
         weight = personal_weight(known, settings.cold_start_prior_events)
-        candidates = blend(ranked.items(0, head), trending, weight)
-        pool = allowed_pool(candidates, request, self.rules, pool_size)
+        personal = self._personal(ranked, slice(0, head))
+        candidates = fuse(personal, trending, weight)
+        pool = self._allowed(candidates, request, pool_size)
         if len(pool) < pool_size and len(candidates) < head + len(trending):
             # Heavy filtering emptied the head: let the rest of the personalised list and the whole shop's
             # trending refill the pool, below what it holds.
-            extra = [*ranked.items(head), *(ScoredItem(i, s, "trending") for i, s in self.trending.top(head))]
-            pool += self._ranked_after(pool, extra, request, pool_size - len(pool))
+            extra = RankedKeys.concatenate([self._personal(ranked, slice(head, None)), self._overall_trending(head)])
+            pool = self._refilled(pool, extra, request, pool_size - len(pool))
         size = min(k, len(pool))
         order = self._diversify(pool, size)
         if len(order) < size and settings.max_per_category:
             # The cap left slots empty: widen the pool with the rest of the ranking and trending once.
-            pool += self._ranked_after(pool, [*ranked.items(head), *trending, *candidates], request, 4 * pool_size)
+            extra = RankedKeys.concatenate([self._personal(ranked, slice(head, None)), trending, candidates])
+            pool = self._refilled(pool, extra, request, 4 * pool_size)
             order = self._diversify(pool, size)
         n_explore = self.explorer.n_slots(len(order))
-        exploited = [pool[i] for i in order[: len(order) - n_explore]]
-        explored: list[ScoredItem] = []
-        if n_explore:
-            chosen = {item.item_id for item in exploited}
-            unexploited = [item for item in pool if item.item_id not in chosen]
+        exploited = order[: len(order) - n_explore]
+        if not n_explore:
+            final = self._items(pool, exploited)
+        else:
             # New items the retrieval found for this user may rank below the pool: their scores rest on content
             # alone. Exploration considers them wherever they rank.
-            held = {item.item_id for item in pool}
-            unexploited += allowed_pool(
-                (c for c in ranked.from_row(self.items.n_trained) if c.item_id not in held),
-                request,
-                self.rules,
-                pool_size,
-            )
-            explored = self.explorer.pick(unexploited, n_explore, first=lambda item: item.row >= self.items.n_trained)
+            unexploited = pool.take(np.setdiff1d(np.arange(len(pool)), exploited, assume_unique=True))
+            new_items = self._personal(ranked, np.flatnonzero(ranked.rows >= self.items.n_trained))
+            new_items = new_items.take(~np.isin(new_items.keys, pool.keys))
+            unexploited = RankedKeys.concatenate([unexploited, self._allowed(new_items, request, pool_size)])
+            first = unexploited.rows >= self.items.n_trained
+            picked = self.explorer.pick_positions(self._item_ids(unexploited.keys), n_explore, first)
             # Slots exploration could not fill go back to the exploited ranking.
-            exploited += [pool[i] for i in order[len(order) - n_explore :]][: n_explore - len(explored)]
-        final = self.explorer.place(exploited, explored)
+            exploited = np.concatenate([exploited, order[len(order) - n_explore :][: n_explore - len(picked)]])
+            explored = self._items(unexploited, picked)
+            for item in explored:
+                item.explore = True
+            final = self.explorer.place(self._items(pool, exploited), explored)
         self.explainer.explain(final, state.recent)
         return final
 
-    def _trending_for(self, categories: tuple[str, ...], segment: int | None, n: int) -> list[ScoredItem]:
+    # --- candidates as arrays ---------------------------------------------------------------------------------
+    def _personal(self, ranked: RankedCandidates, where: slice | np.ndarray) -> RankedKeys:
+        """Ranks ``where`` of the personal ranking, keyed and labelled."""
+        rows = ranked.rows[where]
+        codes = np.array([self._label((name, NO_CONTEXT)) for name in ranked.source_names], dtype=np.int64)
+        labels = codes[ranked.sources[where]] if len(codes) else np.empty(0, dtype=np.int64)
+        return RankedKeys(rows, ranked.scores[where].astype(np.float64), labels, rows)
+
+    def _trending_for(self, categories: tuple[str, ...], segment: int | None, n: int) -> RankedKeys:
         """The context trending list, shared by the batch's users with the same categories and segment."""
         # Lengths are rounded up so users who bought a little more or less share one list; the rounding depends
         # on the user alone, never on who else is in the batch.
@@ -105,46 +125,109 @@ class ListBuilder:
         key = (categories, segment, depth)
         held = self._trending_lists.get(key)
         if held is None:
-            held = self._trending_lists[key] = trending_candidates(self.trending, categories, segment, depth)
-        # Items are handed on to the blend, which copies them; the list itself is never changed.
-        return held[:n]
+            ranking = trending_ranking(self.trending, categories, segment, depth)
+            scope_labels = np.array([self._label(pair) for pair in ranking.explained_by], dtype=np.int64)
+            held = self._trending_lists[key] = self._trending_keys(
+                ranking.keys, ranking.scores, scope_labels[ranking.scopes]
+            )
+        return held.take(slice(0, n))
 
-    def _ranked_after(
-        self, pool: list[ScoredItem], extra: list[ScoredItem], request: Request, size: int
-    ) -> list[ScoredItem]:
-        """Up to ``size`` allowed items of ``extra`` not in ``pool``, in their order, scored below the whole pool.
+    def _overall_trending(self, n: int) -> RankedKeys:
+        """The whole shop's trending items, with the counts relative to the first."""
+        keys, scores = self.trending.overall.top_keys(n)
+        return self._trending_keys(keys, scores, np.full(len(keys), self._label(("trending", NO_CONTEXT))))
+
+    def _trending_keys(self, board_keys: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> RankedKeys:
+        rows = self._rows_of_board_keys(board_keys)
+        keys = np.where(rows >= 0, rows, -1 - board_keys)
+        # A trending list does not know the model's rows: explanations and exploration treat its items as such.
+        return RankedKeys(keys, scores.astype(np.float64), labels, np.full(len(keys), -1, dtype=np.int64))
+
+    def _rows_of_board_keys(self, board_keys: np.ndarray) -> np.ndarray:
+        """Table rows of trending board keys, from a mapping kept up to date as the board and the table grow."""
+        known = len(self._row_of_key)
+        if len(self.items.item_ids) != self._rows_for_table_size:
+            known, self._rows_for_table_size = 0, len(self.items.item_ids)
+        if len(self.trending.overall) > known:
+            row_of, item_id = self.items.row_of, self.trending.item_id
+            added = np.array(
+                [row_of.get(item_id(key), -1) for key in range(known, len(self.trending.overall))], dtype=np.int64
+            )
+            self._row_of_key = np.concatenate([self._row_of_key[:known], added])
+        return self._row_of_key[board_keys]
+
+    def _item_ids(self, keys: np.ndarray) -> list[str]:
+        table, board_item = self.items.item_ids, self.trending.item_id
+        return [table[key] if key >= 0 else board_item(-1 - key) for key in keys.tolist()]
+
+    def _label(self, pair: tuple[str, str | None]) -> int:
+        label = self._label_of.get(pair)
+        if label is None:
+            label = self._label_of[pair] = len(self.labels)
+            self.labels.append(pair)
+        return label
+
+    def _allowed(self, candidates: RankedKeys, request: Request, size: int) -> RankedKeys:
+        """The first ``size`` candidates no rule blocks, in order (candidates hold each item once)."""
+        return candidates.take(self.rules.first_allowed(self._item_ids(candidates.keys), request, size))
+
+    def _refilled(self, pool: RankedKeys, extra: RankedKeys, request: Request, size: int) -> RankedKeys:
+        """``pool`` and after it up to ``size`` allowed items of ``extra`` not in it, in their order, scored below
+        the whole pool.
 
         Refills come from lists on other scales (raw ranker scores, trending counts) than the blended pool: they
         must not jump ahead of it.
         """
-        taken = {item.item_id for item in pool}
-        added = allowed_pool((c for c in extra if c.item_id not in taken), request, self.rules, size)
-        floor = min((item.score for item in pool), default=0.0)
+        _, first_seen = np.unique(extra.keys, return_index=True)
+        fresh = np.sort(first_seen)
+        fresh = fresh[~np.isin(extra.keys[fresh], pool.keys)]
+        added = self._allowed(extra.take(fresh), request, size)
+        floor = float(pool.scores.min()) if len(pool) else 0.0
         step = max(abs(floor), 1.0) * 1e-3
-        return [replace(item, score=floor - (n + 1) * step) for n, item in enumerate(added)]
+        added.scores = floor - (np.arange(len(added)) + 1) * step
+        return RankedKeys.concatenate([pool, added])
 
+    def _items(self, candidates: RankedKeys, positions: np.ndarray) -> list[ScoredItem]:
+        """The candidates at ``positions`` as the list's items."""
+        chosen = candidates.take(positions)
+        labels = self.labels
+        return [
+            ScoredItem(item_id, score, labels[label][0], row, labels[label][1])
+            for item_id, score, label, row in zip(
+                self._item_ids(chosen.keys),
+                chosen.scores.tolist(),
+                chosen.labels.tolist(),
+                chosen.rows.tolist(),
+                strict=True,
+            )
+        ]
+
+    # --- diversity --------------------------------------------------------------------------------------------
     def _pool_size(self) -> int:
         """Allowed candidates that diversity and exploration choose from."""
         return max(3 * self.settings.top_k, 50)
 
-    def _diversify(self, pool: list[ScoredItem], k: int) -> list[int]:
+    def _diversify(self, pool: RankedKeys, k: int) -> np.ndarray:
         settings = self.settings
-        needs_categories = settings.max_per_category > 0 or settings.diversity_weight > 0
-        return diversify(
-            np.array([item.score for item in pool]),
-            self._unit_vectors(pool) if settings.diversity_weight > 0 else np.zeros((len(pool), 1), np.float32),
-            [self.category_of(item.item_id) for item in pool] if needs_categories else [None] * len(pool),
-            k,
-            settings.diversity_weight,
-            settings.max_per_category,
+        if settings.max_per_category <= 0 and settings.diversity_weight <= 0:
+            return np.arange(min(k, len(pool)))
+        return np.array(
+            diversify(
+                pool.scores,
+                self._unit_vectors(pool.keys)
+                if settings.diversity_weight > 0
+                else np.zeros((len(pool), 1), np.float32),
+                [self.category_of(item_id) for item_id in self._item_ids(pool.keys)],
+                k,
+                settings.diversity_weight,
+                settings.max_per_category,
+            ),
+            dtype=np.int64,
         )
 
-    def _unit_vectors(self, pool: list[ScoredItem]) -> np.ndarray:
-        rows = np.array(
-            [item.row if item.row >= 0 else self.items.row_of.get(item.item_id, -1) for item in pool], dtype=np.int64
-        )
-        vectors = self.items.unit_embeddings[np.maximum(rows, 0)]
-        vectors[rows < 0] = 0.0  # an item the model does not know is like no other
+    def _unit_vectors(self, keys: np.ndarray) -> np.ndarray:
+        vectors = self.items.unit_embeddings[np.maximum(keys, 0)]
+        vectors[keys < 0] = 0.0  # an item the model does not know is like no other
         return vectors
 
     def _recent_categories(self, state: UserState, n: int = 3) -> list[str]:

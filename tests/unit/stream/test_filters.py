@@ -1,11 +1,19 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 
 from streamrec.model.events import Event, EventType
+from streamrec.stream.catalog import Catalog, CatalogItem
 from streamrec.stream.filters import ScoredItem, allowed_pool
-from streamrec.stream.rules import DenyList, ExcludeBought, ExcludeCurrentItem, Request, RuleSet
+from streamrec.stream.rules import (
+    DenyList,
+    ExcludeBought,
+    ExcludeCurrentItem,
+    ExcludeIgnored,
+    ExcludeUnavailable,
+    Request,
+    RuleSet,
+)
 from streamrec.stream.user_state import UserState
 
 
@@ -55,16 +63,49 @@ def test_pool_is_shorter_than_size_when_few_items_are_allowed() -> None:
     assert allowed_pool(items("a", "b"), request(), RuleSet(RULES), size=0) == []
 
 
-def test_pool_reads_a_lazy_iterable_only_as_far_as_needed() -> None:
-    consumed: list[str] = []
+def test_blocked_items_after_the_pool_is_full_are_not_counted() -> None:
+    rules = RuleSet(RULES)
+    assert ids(allowed_pool(items("now", "a", "b", "denied", "c"), request(), rules, size=2)) == ["a", "b"]
+    assert rules.take_counts() == {"bought": 0, "current_item": 1, "deny_list": 0}
 
-    def candidates() -> Iterator[ScoredItem]:
-        for item in items("a", "b", "c", "d"):
-            consumed.append(item.item_id)
-            yield item
 
-    assert ids(allowed_pool(candidates(), request(), RuleSet(RULES), size=2)) == ["a", "b"]
-    assert "d" not in consumed
+class OddLengthIds:
+    """A rule written item by item only (no ``blocks_many``), as a shop's own rule may be."""
+
+    name = "odd_length"
+
+    def blocks(self, item_id: str, request: Request) -> bool:
+        return len(item_id) % 2 == 1
+
+
+def test_a_rule_without_a_list_form_is_asked_item_by_item_and_the_first_blocking_rule_counts() -> None:
+    rules = RuleSet([*RULES, OddLengthIds()])
+    pool = allowed_pool(items("now", "ab", "c", "denied", "de", "fgh"), request(), rules, size=10)
+    assert ids(pool) == ["ab", "de"]
+    # "now" and "denied" have odd lengths too, but an earlier rule blocked them first.
+    assert rules.take_counts() == {"bought": 0, "current_item": 1, "deny_list": 1, "odd_length": 2}
+
+
+def test_list_answers_of_the_built_in_rules_match_their_item_answers() -> None:
+    the_request = request(current="x", bought=("b1", "b2"))
+    the_request.state.shown.update({"s": 5, "t": 1})
+    the_request.exclude_items = frozenset({"e"})
+    catalog = Catalog()
+    catalog.upsert(CatalogItem("gone", "Gone", None, None, available=False, ts=0.0))
+    rules = [
+        ExcludeBought(),
+        ExcludeCurrentItem(),
+        ExcludeUnavailable(catalog),
+        DenyList(items=["d"], per_tenant={"t1": ["tenant-only"]}),
+        ExcludeIgnored(max_impressions=3),
+    ]
+    candidates = ["x", "b1", "b2", "gone", "d", "e", "s", "t", "tenant-only", "free"]
+    for tenant in (None, "t1"):
+        the_request.tenant = tenant
+        for rule in rules:
+            expected = [rule.blocks(item, the_request) for item in candidates]
+            assert rule.blocks_many(candidates, the_request) == expected
+            assert any(expected), rule.name
 
 
 def test_rule_counts_count_each_blocked_item_once_even_when_duplicated() -> None:
