@@ -44,16 +44,24 @@ class CoVisitation:
 
     def strengths(self, sources: Sequence[int], targets: Sequence[int]) -> np.ndarray:
         """``[sources, targets]`` cosine-normalised co-visitation (0 where never seen together)."""
-        size = len(self._counts)
-        neighbours = [self._counts[source] if 0 <= source < size else {} for source in sources]
+        pairs = self.strengths_of_pairs(
+            np.repeat(np.asarray(sources, dtype=np.int64), len(targets)),
+            np.tile(np.asarray(targets, dtype=np.int64), len(sources)),
+        )
+        return pairs.reshape(len(sources), len(targets))
+
+    def strengths_of_pairs(self, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """The strength of each pair ``(sources[i], targets[i])`` as in :meth:`strengths`."""
+        size, counts = len(self._counts), self._counts
         together = np.array(
-            [[counts.get(target, 0.0) for target in targets] for counts in neighbours], dtype=np.float64
-        ).reshape(len(sources), len(targets))
+            [
+                counts[source].get(target, 0.0) if 0 <= source < size else 0.0
+                for source, target in zip(np.asarray(sources).tolist(), np.asarray(targets).tolist(), strict=True)
+            ],
+            dtype=np.float64,
+        )
         totals = np.sqrt(
-            np.outer(
-                self._totals_of(np.asarray(sources, dtype=np.int64)),
-                self._totals_of(np.asarray(targets, dtype=np.int64)),
-            )
+            self._totals_of(np.asarray(sources, dtype=np.int64)) * self._totals_of(np.asarray(targets, dtype=np.int64))
         )
         return np.divide(together, totals, out=np.zeros_like(together), where=(together > 0) & (totals > 0))
 

@@ -238,27 +238,32 @@ class ItemKNNModel:
 
     def similarities_between(self, rows: Sequence[int], others: Sequence[int]) -> np.ndarray:
         """``[rows, others]`` stored similarities (0 for pairs that never co-occurred or lie outside the model)."""
-        out = np.zeros((len(rows), len(others)))
-        anchors = np.asarray(rows, dtype=np.int64)
-        inside = np.flatnonzero((anchors >= 0) & (anchors < self.n_items))
-        if not len(inside) or not len(others):
+        anchors, columns = np.asarray(rows, dtype=np.int64), np.asarray(others, dtype=np.int64)
+        pairs = self.similarities_of_pairs(np.repeat(anchors, len(columns)), np.tile(columns, len(anchors)))
+        return pairs.reshape(len(anchors), len(columns))
+
+    def similarities_of_pairs(self, rows: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """The stored similarity of each pair ``(rows[i], others[i])`` (0 as in :meth:`similarities_between`)."""
+        rows, others = np.asarray(rows, dtype=np.int64), np.asarray(others, dtype=np.int64)
+        out = np.zeros(len(rows))
+        inside = (rows >= 0) & (rows < self.n_items) & (others >= 0) & (others < self.n_items)
+        if not inside.any():
             return out
-        begins, ends = self.indptr[anchors[inside]], self.indptr[anchors[inside] + 1]
+        anchors, owner_of_pair = np.unique(rows[inside], return_inverse=True)
+        begins, ends = self.indptr[anchors], self.indptr[anchors + 1]
         lengths = ends - begins
         if not lengths.sum():
             return out
         # All the anchors' rows as one sorted key array (anchor position, neighbour): one binary search for all pairs.
-        owner = np.repeat(np.arange(len(inside), dtype=np.int64), lengths)
+        owner = np.repeat(np.arange(len(anchors), dtype=np.int64), lengths)
         entries = np.arange(lengths.sum(), dtype=np.int64) + np.repeat(begins - (np.cumsum(lengths) - lengths), lengths)
         keys = owner * self.n_items + self.neighbors[entries]
-        columns = np.asarray(others, dtype=np.int64)
-        known = (columns >= 0) & (columns < self.n_items)  # other rows must not alias a neighbour of the next anchor
-        wanted = (np.arange(len(inside), dtype=np.int64)[:, None] * self.n_items + columns[None, :]).ravel()
+        wanted = owner_of_pair * self.n_items + others[inside]
         found = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-        hit = (keys[found] == wanted) & np.tile(known, len(inside))
+        hit = keys[found] == wanted
         values = np.zeros(len(wanted))
         values[hit] = self.similarities[entries[found[hit]]]
-        out[inside] = values.reshape(len(inside), len(others))
+        out[inside] = values
         return out
 
     def top_neighbors(self, recent: Sequence[int], n: int, excluded: set[int]) -> np.ndarray:

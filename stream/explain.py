@@ -49,29 +49,30 @@ class ItemRows(Protocol):
 
 def co_occurrence_of(
     covisitation: CoVisitation, item_knn: ItemKNNModel | None
-) -> Callable[[list[int], list[int]], np.ndarray]:
-    """``[anchors, rows]``: how strongly the collaborative sources (co-visitation, the item-kNN) tie each pair."""
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``(anchors, rows)``: how strongly the collaborative sources (co-visitation, the item-kNN) tie each pair
+    ``(anchors[i], rows[i])``."""
 
-    def co_occurrence(anchors: list[int], rows: list[int]) -> np.ndarray:
-        strength = covisitation.strengths(anchors, rows)
+    def co_occurrence(anchors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        strength = covisitation.strengths_of_pairs(anchors, rows)
         if item_knn is not None:
-            strength += item_knn.similarities_between(anchors, rows)
+            strength += item_knn.similarities_of_pairs(anchors, rows)
         return strength
 
     return co_occurrence
 
 
 class Explainer:
-    """Fills ``reason`` and ``reason_code`` of the items of one list.
+    """Fills ``reason`` and ``reason_code`` of the items of lists, a batch's lists at once.
 
-    ``co_occurrence(anchor_rows, rows)`` gives ``[anchors, rows]`` strengths of the collaborative sources' links;
+    ``co_occurrence(anchor_rows, rows)`` gives the strength of the collaborative sources' link of each pair;
     ``title_of`` gives display names (the item id where the catalog has none).
     """
 
     def __init__(
         self,
         items: ItemRows,
-        co_occurrence: Callable[[list[int], list[int]], np.ndarray],
+        co_occurrence: Callable[[np.ndarray, np.ndarray], np.ndarray],
         title_of: Callable[[str], str | None],
     ) -> None:
         self.items = items
@@ -79,41 +80,52 @@ class Explainer:
         self.title_of = title_of
 
     def explain(self, items: Sequence[ScoredItem], recent: Sequence[RecentItem]) -> None:
-        anchors = self._anchors(recent)
-        anchor_of: dict[int, RecentItem] = {}  # position in ``items`` -> the recent item that explains it
-        if anchors:
-            anchor_rows = np.fromiter((row for row, _ in anchors), dtype=np.int64, count=len(anchors))
-            collaborative = [i for i, item in enumerate(items) if _needs_anchor(item, COLLABORATIVE_SOURCES)]
-            if collaborative:
-                rows = [items[i].row for i in collaborative]
-                strengths = np.asarray(self.co_occurrence(anchor_rows.tolist(), rows), dtype=np.float64)
-                self._pick_anchors(strengths, anchor_rows, np.asarray(rows), collaborative, anchors, anchor_of)
-            similar = [i for i, item in enumerate(items) if _needs_anchor(item, ("ann",))]
-            if similar:
-                rows = np.fromiter((items[i].row for i in similar), dtype=np.int64, count=len(similar))
-                cosines = self._cosines(anchor_rows, rows)
-                self._pick_anchors(cosines, anchor_rows, rows, similar, anchors, anchor_of)
-        for i, item in enumerate(items):
-            item.reason_code, item.reason = self._explain_one(item, anchor_of.get(i))
+        self.explain_many([items], [recent])
 
-    @staticmethod
-    def _pick_anchors(
-        affinity: np.ndarray,
-        anchor_rows: np.ndarray,
-        rows: np.ndarray,
-        positions: list[int],
-        anchors: list[tuple[int, RecentItem]],
-        anchor_of: dict[int, RecentItem],
-    ) -> None:
-        """For each column of ``affinity [anchors, items]``, the anchor with the largest value, never the item
-        itself; on a tie the most recent anchor (anchors are most recent first)."""
-        is_self = anchor_rows[:, None] == rows[None, :]
-        affinity = np.where(is_self, -np.inf, affinity)
-        best = np.argmax(affinity, axis=0)
-        usable = ~is_self.all(axis=0)
-        for position, anchor, ok in zip(positions, best.tolist(), usable.tolist(), strict=True):
-            if ok:
-                anchor_of[position] = anchors[anchor][1]
+    def explain_many(self, lists: Sequence[Sequence[ScoredItem]], recents: Sequence[Sequence[RecentItem]]) -> None:
+        """Explain each list by its user's recent items (``recents``, aligned with ``lists``)."""
+        # Every (item, anchor) pair to weigh, over the whole batch: the item's list and position, the anchor's
+        # rank among its user's anchors, both rows.
+        pairs: dict[bool, list[tuple[int, int, int, int, int]]] = {True: [], False: []}
+        anchors_of: list[list[tuple[int, RecentItem]]] = []
+        for number, (items, recent) in enumerate(zip(lists, recents, strict=True)):
+            anchors = self._anchors(recent)
+            anchors_of.append(anchors)
+            if not anchors:
+                continue
+            for position, item in enumerate(items):
+                if not item.explore and item.row >= 0:
+                    collaborative = item.source in COLLABORATIVE_SOURCES
+                    if collaborative or item.source == "ann":
+                        target = pairs[collaborative]
+                        for rank, (row, _) in enumerate(anchors):
+                            if row != item.row:  # never the item itself
+                                target.append((number, position, rank, row, item.row))
+        anchor_of: dict[tuple[int, int], RecentItem] = {}  # (list, position) -> the recent item that explains it
+        for collaborative, listed in pairs.items():
+            if not listed:
+                continue
+            numbers, positions, ranks, anchor_rows, rows = np.array(listed, dtype=np.int64).T
+            if collaborative:
+                affinity = np.asarray(self.co_occurrence(anchor_rows, rows), dtype=np.float64)
+            else:
+                unit = self.items.unit_embeddings
+                affinity = np.einsum("ij,ij->i", unit[anchor_rows], unit[rows])
+            # Per item, the anchor with the largest affinity; on a tie the most recent (anchors are most recent first).
+            group = numbers * (positions.max() + 1) + positions
+            order = np.lexsort((ranks, -affinity, group))
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = group[order[1:]] != group[order[:-1]]
+            for number, position, rank in zip(
+                numbers[order[first]].tolist(),
+                positions[order[first]].tolist(),
+                ranks[order[first]].tolist(),
+                strict=True,
+            ):
+                anchor_of[(number, position)] = anchors_of[number][rank][1]
+        for number, items in enumerate(lists):
+            for position, item in enumerate(items):
+                item.reason_code, item.reason = self._explain_one(item, anchor_of.get((number, position)))
 
     def _explain_one(self, item: ScoredItem, anchor: RecentItem | None) -> tuple[str, str]:
         if item.explore:
@@ -144,15 +156,6 @@ class Explainer:
                     break
         return anchors
 
-    def _cosines(self, anchor_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``[anchors, items]`` cosine similarity of the embeddings."""
-        unit = self.items.unit_embeddings
-        return unit[anchor_rows] @ unit[rows].T
-
     def _name(self, item_id: str) -> str:
         title = self.title_of(item_id)
         return f"“{title}”" if title else f"item {item_id}"
-
-
-def _needs_anchor(item: ScoredItem, sources: tuple[str, ...]) -> bool:
-    return not item.explore and item.source in sources and item.row >= 0

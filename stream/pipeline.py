@@ -31,6 +31,7 @@ from streamrec.stream.rank import RankedCandidates, rank
 from streamrec.stream.results import BatchResult, StageClock
 from streamrec.stream.retrieve import CandidateObserver
 from streamrec.stream.rules import Request
+from streamrec.stream.select import ListRequest
 from streamrec.stream.serving import ServedModel, ServedVariant
 from streamrec.stream.settings import Settings, variant_settings
 from streamrec.stream.trending import TrendingBoard
@@ -312,17 +313,20 @@ class Pipeline:
         known_events: dict[str, int],
     ) -> dict[str, list[ScoredItem]]:
         """Each user's final list from their ranked candidates, trending, the rules and exploration."""
-        variant.lists.start_batch()
-        chosen = {
-            t.event.user_id: variant.lists.build(
-                t.state,
-                t.segment,
-                requests[t.event.user_id],
-                ranked.get(t.event.user_id, NOTHING_RANKED),
-                known_events.get(t.event.user_id, 0),
-            )
-            for t in triggers
-        }
+        users = [t.event.user_id for t in triggers]
+        lists = variant.lists.build_batch(
+            [
+                ListRequest(
+                    t.state,
+                    t.segment,
+                    requests[user_id],
+                    ranked.get(user_id, NOTHING_RANKED),
+                    known_events.get(user_id, 0),
+                )
+                for t, user_id in zip(triggers, users, strict=True)
+            ]
+        )
+        chosen = dict(zip(users, lists, strict=True))
         for rule, count in variant.rules.take_counts().items():
             self.metrics.items_filtered.labels(rule).inc(count)
         return chosen

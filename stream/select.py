@@ -1,14 +1,16 @@
-"""Stage 6 — filter and diversify: one user's final list from the personal ranking and trending.
+"""Stage 6 — filter and diversify: each user's final list from the personal ranking and trending.
 
 :class:`ListBuilder` blends the personal ranking with context trending (``cold_start.py``), keeps what the business
-rules allow (``rules.py``, ``filters.py``), refills the pool when rules emptied it, diversifies with category caps
-(``diversify.py``), fills exploration slots (``explore.py``) and explains every item (``explain.py``). Items are
-never changed in place: a refill or a blend hands on copies.
+rules allow (``rules.py``), refills the pool when rules emptied it, diversifies with category caps
+(``diversify.py``), fills exploration slots (``explore.py``) and explains every item (``explain.py``), for all the
+users of a batch. Candidates stay arrays until the final list (a per-candidate object would cost more than ranking
+it); trending lists are computed once per batch and context; explanations are weighed for the whole batch at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +28,19 @@ from streamrec.stream.user_state import UserState
 
 TRENDING_DEPTH_STEP = 32
 NO_CONTEXT = None
+
+
+@dataclass(slots=True)
+class ListRequest:
+    """What one user's list is built from: ``ranked`` is the user's personal ranking (empty for a cold user),
+    ``known`` how many of the user's events the model knows (it sets how far the personal ranking outweighs
+    trending)."""
+
+    state: UserState
+    segment: int | None
+    request: Request
+    ranked: RankedCandidates
+    known: int
 
 
 class ListBuilder:
@@ -55,17 +70,17 @@ class ListBuilder:
         self._row_of_key = np.empty(0, dtype=np.int64)
         self._rows_for_table_size = -1
 
-    def start_batch(self) -> None:
-        """Trending does not move within a batch's list building: its lists are shared by users alike."""
+    def build_batch(self, users: Sequence[ListRequest]) -> list[list[ScoredItem]]:
+        """The final lists of a batch's users, explained together."""
+        # Trending does not move within a batch's list building: its lists are shared by users alike.
         self._trending_lists = {}
+        lists = [self._build(user) for user in users]
+        self.explainer.explain_many(lists, [user.state.recent for user in users])
+        return lists
 
-    def build(
-        self, state: UserState, segment: int | None, request: Request, ranked: RankedCandidates, known: int
-    ) -> list[ScoredItem]:
-        """The final list of one user: blend, rules, diversity and category caps, exploration, explanations.
-
-        ``ranked`` is the user's personal ranking (empty for a cold user), ``known`` how many of the user's
-        events the model knows (it sets how far the personal ranking outweighs trending)."""
+    def _build(self, user: ListRequest) -> list[ScoredItem]:
+        """One user's list: blend, rules, diversity and category caps, exploration (unexplained)."""
+        state, segment, request, ranked, known = user.state, user.segment, user.request, user.ranked, user.known
         settings = self.settings
         k = settings.top_k
         pool_size = self._pool_size()
@@ -94,10 +109,14 @@ class ListBuilder:
         else:
             # New items the retrieval found for this user may rank below the pool: their scores rest on content
             # alone. Exploration considers them wherever they rank.
-            unexploited = pool.take(np.setdiff1d(np.arange(len(pool)), exploited, assume_unique=True))
-            new_items = self._personal(ranked, np.flatnonzero(ranked.rows >= self.items.n_trained))
-            new_items = new_items.take(~np.isin(new_items.keys, pool.keys))
-            unexploited = RankedKeys.concatenate([unexploited, self._allowed(new_items, request, pool_size)])
+            left = np.ones(len(pool), dtype=bool)
+            left[exploited] = False
+            unexploited = pool.take(left)
+            new_rows = np.flatnonzero(ranked.rows >= self.items.n_trained)
+            if len(new_rows):
+                new_items = self._personal(ranked, new_rows)
+                new_items = new_items.take(~np.isin(new_items.keys, pool.keys))
+                unexploited = RankedKeys.concatenate([unexploited, self._allowed(new_items, request, pool_size)])
             first = unexploited.rows >= self.items.n_trained
             picked = self.explorer.pick_positions(self._item_ids(unexploited.keys), n_explore, first)
             # Slots exploration could not fill go back to the exploited ranking.
@@ -106,7 +125,6 @@ class ListBuilder:
             for item in explored:
                 item.explore = True
             final = self.explorer.place(self._items(pool, exploited), explored)
-        self.explainer.explain(final, state.recent)
         return final
 
     # --- candidates as arrays ---------------------------------------------------------------------------------

@@ -44,13 +44,18 @@ def retrieve_candidates(
     over_fetch = max((len(rows) for rows in excluded_rows), default=0)
     k = min(n_candidates + over_fetch, len(index))
     _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    candidates = []
-    for found, excluded in zip(rows, excluded_rows, strict=True):
-        keep = found[found >= 0]
-        if excluded:
-            keep = keep[~np.isin(keep, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))]
-        candidates.append(keep[:n_candidates])
-    return candidates
+    found = rows >= 0
+    if any(excluded_rows):
+        # One membership test for the whole batch, on (user, row) pairs.
+        width = np.int64(max(len(index), int(rows.max(initial=0)) + 1))
+        pairs = np.arange(len(rows), dtype=np.int64)[:, None] * width + rows
+        excluded_pairs = np.fromiter(
+            (user * width + row for user, rows_out in enumerate(excluded_rows) for row in rows_out), dtype=np.int64
+        )
+        found &= ~np.isin(pairs, excluded_pairs)
+    # The first n_candidates rows left in each user's row of results.
+    found &= np.cumsum(found, axis=1) <= n_candidates
+    return [found_rows[keep] for found_rows, keep in zip(rows, found, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,15 +140,20 @@ def merge(proposed: dict[str, list[np.ndarray]]) -> tuple[list[np.ndarray], list
     names = list(proposed)
     if not names:
         return [], []
-    candidates = list(proposed[names[0]])
-    origin = [np.zeros(len(rows), dtype=np.int8) for rows in candidates]
-    for code, name in enumerate(names[1:], start=1):
-        merged = []
-        for i, (rows, more) in enumerate(zip(candidates, proposed[name], strict=True)):
-            new = more[~np.isin(more, rows)]
-            # An item a collaborative source proposed is explained by it, even if the first source found it too.
-            origin[i][np.isin(rows, more)] = code
-            origin[i] = np.concatenate([origin[i], np.full(len(new), code, dtype=np.int8)])
-            merged.append(np.concatenate([rows, new]))
-        candidates = merged
-    return candidates, origin
+    n_users = len(proposed[names[0]])
+    lists = [(code, user, rows) for code, name in enumerate(names) for user, rows in enumerate(proposed[name])]
+    rows = np.concatenate([rows for *_, rows in lists]).astype(np.int64, copy=False)
+    if not len(rows):
+        return [np.empty(0, dtype=np.int64) for _ in range(n_users)], [np.empty(0, dtype=np.int8)] * n_users
+    users = np.repeat(np.array([user for _, user, _ in lists]), [len(rows) for *_, rows in lists])
+    codes = np.repeat(np.array([code for code, _, _ in lists]), [len(rows) for *_, rows in lists])
+    # Occurrences are listed source by source, so a pair's first occurrence is the earliest source's, at its rank.
+    pairs = users * np.int64(rows.max() + 1) + rows
+    _, first, inverse = np.unique(pairs, return_index=True, return_inverse=True)
+    # An item a collaborative source proposed is explained by it, even if the first source found it too: the
+    # last source that proposed a row explains it.
+    origin = np.zeros(len(first), dtype=np.int8)
+    np.maximum.at(origin, inverse, codes.astype(np.int8))
+    order = np.lexsort((first, users[first]))
+    bounds = np.cumsum(np.bincount(users[first], minlength=n_users))[:-1]
+    return np.split(rows[first[order]], bounds), np.split(origin[order], bounds)

@@ -35,7 +35,9 @@ def explainer(co_occurrence: dict[tuple[int, int], float] | None = None) -> Expl
     links = co_occurrence or {}
     return Explainer(
         FakeItems(ROW_OF, EMBEDDINGS),
-        co_occurrence=lambda anchors, rows: np.array([[links.get((a, r), 0.0) for r in rows] for a in anchors]),
+        co_occurrence=lambda anchors, rows: np.array(
+            [links.get((a, r), 0.0) for a, r in zip(anchors, rows, strict=True)]
+        ),
         title_of=TITLES.get,
     )
 
@@ -86,7 +88,9 @@ def test_anchor_is_one_of_the_latest_known_items_only() -> None:
     items = FakeItems({**ROW_OF, **{f"n{i}": 10 + i for i in range(ANCHOR_WINDOW)}}, EMBEDDINGS)
     explaining = Explainer(
         items,
-        co_occurrence=lambda anchors, rows: np.array([[links.get((a, r), 0.0) for r in rows] for a in anchors]),
+        co_occurrence=lambda anchors, rows: np.array(
+            [links.get((a, r), 0.0) for a, r in zip(anchors, rows, strict=True)]
+        ),
         title_of=TITLES.get,
     )
     item = ScoredItem("x", 1.0, "covisitation", row=7)
