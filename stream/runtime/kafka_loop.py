@@ -19,13 +19,14 @@ import contextlib
 import itertools
 import logging
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from streamrec.stream.events import SourceRecord
-from streamrec.stream.results import OutgoingMessage
+from streamrec.stream.results import BatchResult, OutgoingMessage
 from streamrec.stream.runtime.base import RETRY_BACKOFF_S, BatchRuntime, WorkerFailed
 from streamrec.stream.runtime.security import aiokafka_options
 
@@ -44,6 +45,8 @@ class _Rebalance(ConsumerRebalanceListener):
         self.stop = stop
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # The batch still being acknowledged commits before its partitions move, so its owner-to-be skips it.
+        await self.worker.settle()
         await self.worker.revoked(self.worker.events_partitions(revoked))
         self.worker.forget_lag(revoked)
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
@@ -57,6 +60,13 @@ class KafkaWorker(BatchRuntime):
 
     _consumer: AIOKafkaConsumer | None = None
     _producer: AIOKafkaProducer | None = None
+    #: The last batch's delivery and commit, overlapping the next batch's poll and processing.
+    _finishing: asyncio.Task | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Set once a stopping worker gives up on the last batch's acknowledgements (they stay uncommitted).
+        self._abandon = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
@@ -110,6 +120,11 @@ class KafkaWorker(BatchRuntime):
         return sorted(tp.partition for tp in tps if tp.topic == self.settings.events_topic)
 
     async def _loop(self, stop: asyncio.Event) -> None:
+        """Poll, process, publish; a batch's acknowledgements and commit overlap the next batch's poll and processing.
+
+        At-least-once holds: a batch's offsets are committed only once its output is acknowledged, and the next
+        batch publishes only after that commit (so outputs stay in order per key and commits never go backwards).
+        """
         assert self._consumer is not None
         stop_waiter = asyncio.ensure_future(stop.wait())
         try:
@@ -119,16 +134,39 @@ class KafkaWorker(BatchRuntime):
                         timeout_ms=self.settings.batch_max_wait_ms, max_records=self.settings.batch_max_events
                     )
                 )
-                await asyncio.wait([poll, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
-                if not poll.done():
+                finishing = [self._finishing] if self._finishing is not None else []
+                await asyncio.wait([poll, stop_waiter, *finishing], return_when=asyncio.FIRST_COMPLETED)
+                if finishing and finishing[0].done():
+                    await self.settle()  # a delivery that failed stops the worker now, not at the next batch
+                if not stop.is_set() and not poll.done():
+                    await asyncio.wait([poll, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set() or not poll.done():
                     poll.cancel()
                     break
                 fetched = poll.result()
                 if fetched:
                     async with self.batch_lock:
                         await self._process(fetched, stop)
+            # Stopping: the batch in flight still gets its acknowledgements and commit, for a bounded time.
+            if self._finishing is not None:
+                await asyncio.wait([self._finishing], timeout=self.settings.shutdown_timeout_s / 4)
+                self._abandon.set()
+                await self.settle()
         finally:
             stop_waiter.cancel()
+            if self._finishing is not None:
+                self._finishing.cancel()
+
+    async def settle(self) -> None:
+        """Wait until the batch being acknowledged is committed, or given up (a delivery that cannot succeed stops
+        the worker: see :meth:`fail`)."""
+        finishing, self._finishing = self._finishing, None
+        if finishing is None:
+            return
+        try:
+            await finishing
+        except WorkerFailed as exc:
+            self.fail(exc)
 
     async def _process(self, fetched: dict[TopicPartition, list], stop: asyncio.Event) -> None:
         assert self._consumer is not None
@@ -150,14 +188,20 @@ class KafkaWorker(BatchRuntime):
             for tp, messages in fetched.items()
             for message in messages
         ]
-        # Off the event loop, so heartbeats keep flowing while torch and FAISS work (they release the GIL).
+        # Off the event loop, so heartbeats keep flowing while torch and FAISS work (they release the GIL); the
+        # previous batch's acknowledgements and commit meanwhile go on in the event loop.
         result = await asyncio.to_thread(self.pipeline.process, records)
+        await self.settle()
         started_from = {tp: messages[0].offset for tp, messages in fetched.items()}
         lost = await self._ownership_lost(started_from, stop)
         if lost is not None:
             self.fenced({tp.partition for tp in fetched}, lost)
             return
-        if not await self.deliver(result, self._send, stop):
+        self._finishing = asyncio.create_task(self._finish(result))
+
+    async def _finish(self, result: BatchResult) -> None:
+        """Publish a batch, wait for every acknowledgement, then commit its offsets."""
+        if not await self.deliver(result, self._send, self._abandon):
             return  # stopping with unacknowledged output: leave offsets uncommitted for redelivery
         await self._commit(
             {TopicPartition(self.settings.events_topic, p): offset for p, offset in result.next_offsets.items()}

@@ -95,6 +95,7 @@ def _process(worker: KafkaWorker, fetched) -> None:
     async def step() -> None:
         async with worker.batch_lock:
             await worker._process(fetched, asyncio.Event())
+            await worker.settle()
 
     asyncio.run(step())
 
@@ -164,3 +165,59 @@ def test_lag_is_the_log_end_minus_the_committed_offset_and_revoked_series_go(art
     assert lag() == 46
     worker.forget_lag([tp])
     assert lag() is None
+
+
+class HeldProducer(FakeProducer):
+    """Acknowledges nothing until released, like a broker that is slow to answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unacknowledged: list[asyncio.Future] = []
+
+    async def send(self, topic, value=None, key=None, partition=None, headers=None) -> asyncio.Future:
+        self.sent.append((topic, key))
+        future = asyncio.get_running_loop().create_future()
+        self.unacknowledged.append(future)
+        return future
+
+    def acknowledge(self) -> None:
+        for future in self.unacknowledged:
+            future.set_result(None)
+        self.unacknowledged.clear()
+
+
+def test_the_next_batch_is_processed_while_the_last_is_acknowledged_and_published_after_its_commit(
+    artifacts: ModelArtifacts,
+) -> None:
+    worker, consumer, _ = _worker(artifacts, [0])
+    producer = HeldProducer()
+    worker._producer = producer  # type: ignore[assignment]
+    tp = TopicPartition(TOPIC, 0)
+
+    async def scenario() -> None:
+        async with worker.batch_lock:
+            await worker._process({tp: _events(artifacts, ["u1"], first_offset=10)}, asyncio.Event())
+        await asyncio.sleep(0.01)
+        first_batch = len(producer.sent)
+        assert first_batch > 0 and consumer.commits == [{tp: 10}]  # published, not acknowledged: not committed
+
+        second = asyncio.create_task(
+            worker._process({tp: _events(artifacts, ["u2"], first_offset=11)}, asyncio.Event())
+        )
+        for _ in range(400):  # bounded: processing runs in a thread
+            if worker.pipeline.store.get(0, "u2") is not None:
+                break
+            await asyncio.sleep(0.025)
+        # The second batch is processed (its user's state is there) but waits for the first batch's commit.
+        assert worker.pipeline.store.get(0, "u2") is not None
+        assert not second.done() and len(producer.sent) == first_batch and consumer.commits == [{tp: 10}]
+        producer.acknowledge()
+        await asyncio.wait_for(second, 5)
+        await asyncio.sleep(0.01)
+        assert consumer.commits == [{tp: 10}, {tp: 11}, {tp: 11}]  # first batch committed, then the ownership check
+        assert len(producer.sent) > first_batch
+        producer.acknowledge()
+        await worker.settle()
+        assert consumer.commits[-1] == {tp: 12}
+
+    asyncio.run(scenario())
