@@ -509,8 +509,6 @@ def run_one(
     args: argparse.Namespace,
     log_dir: Path,
 ) -> dict[str, Any]:
-    from streamrec.stream.runtime.network import free_port
-
     topics = Topics.fresh(name)
     topics.create(bootstrap)
     n = args.events
@@ -521,32 +519,9 @@ def run_one(
     producer_rate = asyncio.run(preload(bootstrap, topics.events, preload_events))
     print(f"[{name}] preloaded {n} events to {topics.events} at {producer_rate:,.0f}/s")
 
-    port = free_port()
-    if name == BASELINE:
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--bare-loop",
-            "--bootstrap",
-            bootstrap,
-            "--events-topic",
-            topics.events,
-            "--outputs-topic",
-            topics.outputs,
-            "--group",
-            topics.group,
-            "--metrics-port",
-            str(port),
-            "--events",
-            str(n),
-        ]
-        env: dict[str, str] = {}
-    else:
-        command = WORKER_COMMAND
-        env = worker_env(topics, bootstrap, artifacts, port) | {"STREAMREC_RUNTIME": name}
     result: dict[str, Any] = {"runtime": name, "topics": topics.__dict__, "preload_events_per_s": round(producer_rate)}
     started = time.monotonic()
-    process, log_path = start_process(f"{name}-{run_id}", command, env, log_dir)
+    process, port, log_path = launch(name, topics, bootstrap, artifacts, n, log_dir / f"{name}-{run_id}.log")
     result["log"] = str(log_path)
     try:
         wait_for_metrics(port, process, log_path)
@@ -603,6 +578,28 @@ def run_one(
         if result["stop"]["killed"] or result["stop"]["returncode"] not in (0, -signal.SIGTERM):
             print(f"[{name}] stopped with {result['stop']}; log tail:\n{tail(log_path, 1500)}")
     return result
+
+
+def launch(
+    name: str, topics: Topics, bootstrap: str, artifacts: Path, events: int, log_path: Path
+) -> tuple[subprocess.Popen, int, Path]:
+    """Start the bare loop (``name`` = :data:`BASELINE`) or a worker of runtime ``name`` on ``topics``; returns the
+    process, its metrics port and its log."""
+    from streamrec.stream.runtime.network import free_port
+
+    port = free_port()
+    if name == BASELINE:
+        command = [
+            *(sys.executable, str(Path(__file__).resolve()), "--bare-loop", "--bootstrap", bootstrap),
+            *("--events-topic", topics.events, "--outputs-topic", topics.outputs, "--group", topics.group),
+            *("--metrics-port", str(port), "--events", str(events)),
+        ]
+        env: dict[str, str] = {}
+    else:
+        command = WORKER_COMMAND
+        env = worker_env(topics, bootstrap, artifacts, port) | {"STREAMREC_RUNTIME": name}
+    process, log = start_process(log_path.stem, command, env, log_path.parent)
+    return process, port, log
 
 
 def stage_delta(before: dict, after: dict) -> dict[str, Any]:

@@ -33,6 +33,9 @@ ANCHOR_WINDOW = 5
 """How many of the user's latest known items an explanation may point to."""
 
 COLLABORATIVE_SOURCES = ("covisitation", "item_knn")
+COLLABORATIVE, SIMILAR = 1, 2
+#: How an item of each personal source is anchored: by co-occurrence or by embedding similarity.
+_ANCHOR_KIND = {**dict.fromkeys(COLLABORATIVE_SOURCES, COLLABORATIVE), "ann": SIMILAR}
 #: Candidate sources that read the user's own history; the others (trending) need none.
 PERSONAL_SOURCES = ("ann", *COLLABORATIVE_SOURCES)
 _VERBS = {"view": "viewed", "click": "clicked", "cart": "added to your cart", "buy": "bought"}
@@ -84,48 +87,49 @@ class Explainer:
 
     def explain_many(self, lists: Sequence[Sequence[ScoredItem]], recents: Sequence[Sequence[RecentItem]]) -> None:
         """Explain each list by its user's recent items (``recents``, aligned with ``lists``)."""
-        # Every (item, anchor) pair to weigh, over the whole batch: the item's list and position, the anchor's
-        # rank among its user's anchors, both rows.
-        pairs: dict[bool, list[tuple[int, int, int, int, int]]] = {True: [], False: []}
-        anchors_of: list[list[tuple[int, RecentItem]]] = []
-        for number, (items, recent) in enumerate(zip(lists, recents, strict=True)):
-            anchors = self._anchors(recent)
-            anchors_of.append(anchors)
-            if not anchors:
-                continue
-            for position, item in enumerate(items):
-                if not item.explore and item.row >= 0:
-                    collaborative = item.source in COLLABORATIVE_SOURCES
-                    if collaborative or item.source == "ann":
-                        target = pairs[collaborative]
-                        for rank, (row, _) in enumerate(anchors):
-                            if row != item.row:  # never the item itself
-                                target.append((number, position, rank, row, item.row))
-        anchor_of: dict[tuple[int, int], RecentItem] = {}  # (list, position) -> the recent item that explains it
-        for collaborative, listed in pairs.items():
-            if not listed:
-                continue
-            numbers, positions, ranks, anchor_rows, rows = np.array(listed, dtype=np.int64).T
-            if collaborative:
-                affinity = np.asarray(self.co_occurrence(anchor_rows, rows), dtype=np.float64)
-            else:
+        anchors_of = [self._anchors(recent) for recent in recents]
+        flat = [item for items in lists for item in items]
+        # Which anchor each item points to, weighed over every (item, anchor) pair of the batch at once.
+        kinds = np.array(
+            [0 if item.explore or item.row < 0 else _ANCHOR_KIND.get(item.source, 0) for item in flat],
+            dtype=np.int64,
+        )
+        anchor_of: list[RecentItem | None] = [None] * len(flat)
+        if kinds.any():
+            n_anchors = np.array([len(anchors) for anchors in anchors_of], dtype=np.int64)
+            list_of = np.repeat(np.arange(len(lists)), [len(items) for items in lists])
+            anchor_rows = np.array([row for anchors in anchors_of for row, _ in anchors], dtype=np.int64)
+            anchor_start = np.cumsum(n_anchors) - n_anchors
+            item_rows = np.array([item.row for item in flat], dtype=np.int64)
+            wanting = np.flatnonzero((kinds > 0) & (n_anchors[list_of] > 0))
+            counts = n_anchors[list_of[wanting]]
+            pair_item = np.repeat(wanting, counts)
+            rank = np.arange(len(pair_item)) - np.repeat(np.cumsum(counts) - counts, counts)
+            pair_anchor = anchor_start[list_of[pair_item]] + rank
+            keep = anchor_rows[pair_anchor] != item_rows[pair_item]  # never the item itself
+            pair_item, rank, pair_anchor = pair_item[keep], rank[keep], pair_anchor[keep]
+            affinity = np.zeros(len(pair_item))
+            collaborative = kinds[pair_item] == COLLABORATIVE
+            if collaborative.any():
+                affinity[collaborative] = self.co_occurrence(
+                    anchor_rows[pair_anchor[collaborative]], item_rows[pair_item[collaborative]]
+                )
+            if not collaborative.all():
+                similar = ~collaborative
                 unit = self.items.unit_embeddings
-                affinity = np.einsum("ij,ij->i", unit[anchor_rows], unit[rows])
-            # Per item, the anchor with the largest affinity; on a tie the most recent (anchors are most recent first).
-            group = numbers * (positions.max() + 1) + positions
-            order = np.lexsort((ranks, -affinity, group))
+                affinity[similar] = np.einsum(
+                    "ij,ij->i", unit[anchor_rows[pair_anchor[similar]]], unit[item_rows[pair_item[similar]]]
+                )
+            # Per item, the anchor with the largest affinity; on a tie the most recent (anchors are most recent
+            # first).
+            order = np.lexsort((rank, -affinity, pair_item))
             first = np.ones(len(order), dtype=bool)
-            first[1:] = group[order[1:]] != group[order[:-1]]
-            for number, position, rank in zip(
-                numbers[order[first]].tolist(),
-                positions[order[first]].tolist(),
-                ranks[order[first]].tolist(),
-                strict=True,
-            ):
-                anchor_of[(number, position)] = anchors_of[number][rank][1]
-        for number, items in enumerate(lists):
-            for position, item in enumerate(items):
-                item.reason_code, item.reason = self._explain_one(item, anchor_of.get((number, position)))
+            first[1:] = pair_item[order[1:]] != pair_item[order[:-1]]
+            recent_anchors = [entry for anchors in anchors_of for _, entry in anchors]
+            for item, anchor in zip(pair_item[order[first]].tolist(), pair_anchor[order[first]].tolist(), strict=True):
+                anchor_of[item] = recent_anchors[anchor]
+        for item, anchor in zip(flat, anchor_of, strict=True):
+            item.reason_code, item.reason = self._explain_one(item, anchor)
 
     def _explain_one(self, item: ScoredItem, anchor: RecentItem | None) -> tuple[str, str]:
         if item.explore:

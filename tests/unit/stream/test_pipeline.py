@@ -330,3 +330,25 @@ def test_without_a_ttl_no_user_is_evicted(artifacts: ModelArtifacts) -> None:
     result = pipeline.process([records.event("u2", artifacts.item_ids[1])], now=NOW + 1e9)
     assert pipeline.store.get(0, "u1") is not None
     assert all(m.value is not None for m in result.state_updates)
+
+
+def test_a_users_list_does_not_depend_on_who_else_is_in_the_batch(artifacts: ModelArtifacts) -> None:
+    # Lists are built and explained for a whole batch at once: each must still be the user's own.
+    def lists(batches: list[list[tuple[str, str, str]]]) -> dict[str, dict]:
+        pipeline = Pipeline(Settings(top_k=10, exploration_share=0.0, random_seed=0), artifacts)
+        records = Records()
+        out: dict[str, dict] = {}
+        for batch in batches:
+            result = pipeline.process([records.event(*event) for event in batch], now=NOW)
+            out.update(recommendations(result))
+        return out
+
+    items = artifacts.item_ids
+    history = [("u1", items[0], "view"), ("u1", items[1], "cart")]
+    others = [("u2", items[2], "buy"), ("u3", items[3], "view"), ("u4", items[4], "click")]
+    # The same events in the same order (trending counts them all), u1's events alone in their batches or not.
+    alone = lists([others[:1], history[:1], others[1:], history[1:]])["u1"]
+    crowded = lists([[*others[:1], history[0]], [*others[1:], history[1]]])["u1"]
+    assert [item["item_id"] for item in crowded["items"]] == [item["item_id"] for item in alone["items"]]
+    assert [item["reason_code"] for item in crowded["items"]] == [item["reason_code"] for item in alone["items"]]
+    assert [item["score"] for item in crowded["items"]] == pytest.approx([item["score"] for item in alone["items"]])
