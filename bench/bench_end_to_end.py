@@ -231,6 +231,7 @@ async def latency_phase(
     await consumer.start()
     await producer.start()
     latencies: list[float] = []
+    sent_at: list[float] = []
     sent_done = asyncio.Event()
     receiver: asyncio.Task | None = None
     try:
@@ -275,6 +276,7 @@ async def latency_phase(
                         trigger = orjson.loads(message.value)["trigger"]
                         if str(trigger.get("event_id", "")).startswith(prefix):
                             latencies.append(received_at - float(trigger["ts"]))
+                            sent_at.append(float(trigger["ts"]))
                             last_new = time.monotonic()
                 if sent_done.is_set() and time.monotonic() - last_new > 2.0:
                     return
@@ -301,6 +303,14 @@ async def latency_phase(
             p99_ms=round(float(p99), 1),
             max_ms=round(float(ms.max()), 1),
             mean_ms=round(float(ms.mean()), 1),
+        )
+        # A worker that keeps up answers the last events as fast as the first; one that falls behind, ever slower.
+        quarter = (max(sent_at) - min(sent_at)) / 4
+        first = ms[np.array(sent_at) <= min(sent_at) + quarter]
+        last = ms[np.array(sent_at) >= max(sent_at) - quarter]
+        out.update(
+            p50_first_quarter_ms=round(float(np.median(first)), 1) if len(first) else None,
+            p50_last_quarter_ms=round(float(np.median(last)), 1) if len(last) else None,
         )
     return out
 

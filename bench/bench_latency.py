@@ -7,15 +7,19 @@ Usage::
 
 On one embedded broker (Tansu), with the shop and model of ``bench_end_to_end.py``:
 
-1. **Worker saturation.** A worker (kafka runtime, default settings) consumes ``--events`` preloaded events; its
-   sustained events/s is saturation (read from its own counter, as ``bench_end_to_end.py`` does).
-2. **Worker latency.** On the same worker, events are then sent at each ``--levels`` fraction of that rate for
-   ``--duration`` seconds (ts = send time); latency = when the bench's consumer received the recommendation −
-   ``ts``: p50 and p99 per level.
-3. **Bare loop.** The bare aiokafka loop of ``bench_end_to_end.py`` (consume, decode, produce one message per
+1. **Backlog throughput.** A worker (kafka runtime, default settings) consumes ``--events`` preloaded events; its
+   sustained events/s in 500-event batches (read from its own counter, as ``bench_end_to_end.py`` does).
+2. **Live saturation.** Live traffic comes in smaller batches, where a user's events no longer share one list, so
+   a worker saturates below its backlog rate. On the same worker, events are sent for ``--probe`` seconds at rising
+   rates (``PROBE_SHARES`` of the backlog rate); the worker keeps up while the median latency of the phase's last
+   quarter stays within 1.5 × that of its first quarter + 20 ms and under 1 s. Saturation is the highest rate it
+   kept up with.
+3. **Worker latency.** Events are then sent at each ``--levels`` fraction of saturation for ``--duration`` seconds
+   (ts = send time); latency = when the bench's consumer received the recommendation − ``ts``: p50 and p99.
+4. **Bare loop.** The bare aiokafka loop of ``bench_end_to_end.py`` (consume, decode, produce one message per
    event, await acknowledgements, commit) gets the same preload and then the same absolute rates: the broker's own
    floor at each level.
-4. **In-process.** A fresh pipeline processes the same preloaded events in batches of the worker's mean batch size,
+5. **In-process.** A fresh pipeline processes the same preloaded events in batches of the worker's mean batch size,
    with no broker: the worker's events/s over this is the share of the pipeline's throughput the runtime keeps.
 
 The issue's targets are printed with their verdicts: p99 at 50 % of saturation within 10 ms of the bare loop's, and
@@ -57,6 +61,14 @@ from bench_pipeline import records
 P99_GAP_TARGET_MS = 10.0
 BROKER_SHARE_TARGET = 0.8
 RUNTIME = "kafka"
+#: Live rates probed, as shares of the backlog rate, rising until the worker falls behind.
+PROBE_SHARES = (0.1, 0.15, 0.2, 0.27, 0.35, 0.45, 0.6, 0.8)
+
+
+def keeps_up(probe: dict[str, Any]) -> bool:
+    """Whether the worker answered the last quarter of a phase about as fast as the first (see the module doc)."""
+    first, last = probe.get("p50_first_quarter_ms"), probe.get("p50_last_quarter_ms")
+    return first is not None and last is not None and last <= 1.5 * first + 20.0 and last < 1000.0
 
 
 def measure(
@@ -69,8 +81,10 @@ def measure(
     rates_of: Any,
     duration_s: float,
     log_dir: Path,
+    probe_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Throughput of ``events`` preloaded events, then latency at each rate ``rates_of(saturation)`` returns."""
+    """Throughput of ``events`` preloaded events, the live saturation when ``probe_s`` > 0, then latency at each
+    rate ``rates_of(saturation)`` returns."""
     topics = Topics.fresh(name)
     topics.create(bootstrap)
     run_id = uuid.uuid4().hex[:6]
@@ -88,15 +102,38 @@ def measure(
         if name != BASELINE:
             result["stage_breakdown"] = stage_breakdown(scrape(port))
         rate = throughput.get("busy_events_per_s") or throughput["events_per_s"]
-        print(f"[{name}] throughput {rate:,.0f} events/s")
-        result["levels"] = []
+        print(f"[{name}] backlog throughput {rate:,.0f} events/s")
         offset = preload_at + events
-        for level, phase_rate in rates_of(rate):
-            count = int(phase_rate * duration_s)
-            phase_events = event_values(rows, offset, count, f"lat{run_id}-{level}-")
+
+        def phase(label: str, phase_rate: float, seconds: float) -> dict[str, Any]:
+            nonlocal offset
+            count = int(phase_rate * seconds)
+            phase_events = event_values(rows, offset, count, f"lat{run_id}-{label}-")
             offset += count
+            return asyncio.run(latency_phase(bootstrap, topics, phase_events, phase_rate))
+
+        if probe_s:
+            result["probes"] = []
+            for share in PROBE_SHARES:
+                probe = phase(f"probe{share}", share * rate, probe_s) | {"share_of_backlog_rate": share}
+                result["probes"].append(probe)
+                kept_up = keeps_up(probe)
+                print(
+                    f"[{name}] probe {share * rate:,.0f}/s: p50 first quarter {probe.get('p50_first_quarter_ms')} "
+                    f"ms, last {probe.get('p50_last_quarter_ms')} ms: {'keeps up' if kept_up else 'falls behind'}"
+                )
+                if not kept_up:
+                    break
+                result["saturation_events_per_s"] = round(share * rate, 1)
+                time.sleep(1.0)
+            if "saturation_events_per_s" not in result:
+                raise RuntimeError(f"{name} fell behind even at {PROBE_SHARES[0] * rate:,.0f} events/s")
+            print(f"[{name}] live saturation {result['saturation_events_per_s']:,.0f} events/s")
+            time.sleep(2.0)
+        result["levels"] = []
+        for level, phase_rate in rates_of(result.get("saturation_events_per_s", rate)):
             before = scrape(port)
-            latency = asyncio.run(latency_phase(bootstrap, topics, phase_events, phase_rate))
+            latency = phase(str(level), phase_rate, duration_s)
             time.sleep(0.5)
             latency["level"] = level
             if name != BASELINE:
@@ -139,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=20_000, help="events preloaded for the throughput phase")
     parser.add_argument("--levels", default="0.25,0.5,0.9", help="fractions of the worker's saturation")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each latency phase")
+    parser.add_argument("--probe", type=float, default=6.0, help="seconds of each saturation probe")
     parser.add_argument("--output", type=Path, default=RESULTS / "latency.json", help="JSON results file")
     args = parser.parse_args(argv)
     levels = [float(level) for level in args.levels.split(",")]
@@ -164,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda saturation: [(level, level * saturation) for level in levels],
             args.duration,
             log_dir,
+            args.probe,
         )
         rates = [(phase["level"], phase["rate"]) for phase in worker["levels"]]
         bare = measure(
@@ -197,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "when": stamp,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "parameters": {"events": args.events, "levels": levels, "duration_s": args.duration},
+        "parameters": {"events": args.events, "levels": levels, "duration_s": args.duration, "probe_s": args.probe},
+        "saturation_events_per_s": worker.get("saturation_events_per_s"),
         "worker": worker,
         "bare_loop": bare,
         "in_process": alone,

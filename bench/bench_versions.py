@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""The pipeline benchmark on two versions of streamrec, run alternately: a before/after on the same machine.
+
+Usage::
+
+    python bench/bench_versions.py --base REV [--batches 500,5] [--rounds 2] [--output versions.json]
+
+``REV`` (a commit, tag or branch) is checked out into a temporary git worktree; ``bench/bench_pipeline.py`` of the
+working tree then runs ``--rounds`` times on each version in turn (base, current, base, current, ...), one repeat per
+run, the base version loaded in place of the installed one through ``PYTHONPATH``. Alternating keeps slow drifts of
+the machine (other load, temperature) from favouring one version. Printed per version and batch size: the best and
+every run's events/s, recommendations/s and CPU ms per event. The worktree is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+PACKAGES = ("stream", "model", "index")
+
+
+def run_pipeline_bench(batches: str, output: Path, shim: Path | None) -> dict[str, Any]:
+    env = dict(os.environ)
+    if shim is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(shim), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    command = [
+        *(sys.executable, str(REPO / "bench" / "bench_pipeline.py")),
+        *("--batches", batches, "--repeats", "1", "--output", str(output)),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_pipeline.py failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(output.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", required=True, help="the version to compare against (commit, tag or branch)")
+    parser.add_argument("--batches", default="500,5", help="comma-separated batch sizes")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each version, alternating")
+    parser.add_argument("--output", type=Path, default=RESULTS / "versions.json", help="JSON results file")
+    args = parser.parse_args(argv)
+    base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=REPO, capture_output=True, text=True)
+    if base.returncode != 0:
+        raise SystemExit(f"no such revision: {args.base}")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    names = {"base": base.stdout.strip(), "current": head.stdout.strip() + ("+changes" if dirty else "")}
+    runs: dict[str, list[dict[str, Any]]] = {"base": [], "current": []}
+    with tempfile.TemporaryDirectory() as work:
+        tree, shim = Path(work) / "tree", Path(work) / "shim"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), args.base], cwd=REPO, check=True, capture_output=True
+        )
+        try:
+            (shim / "streamrec").mkdir(parents=True)
+            for package in PACKAGES:
+                (shim / "streamrec" / package).symlink_to(tree / package)
+            for round_number in range(args.rounds):
+                for version in ("base", "current"):
+                    output = Path(work) / f"{version}-{round_number}.json"
+                    result = run_pipeline_bench(args.batches, output, shim if version == "base" else None)
+                    runs[version].append(result)
+                    rates = {size: entry["best"]["events_per_s"] for size, entry in result["batch_sizes"].items()}
+                    print(f"round {round_number + 1}, {version} ({names[version]}): events/s {rates}")
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+    summary: dict[str, Any] = {}
+    print(f"\n{'version':<22} | {'batch':>5} | {'best events/s':>13} | {'recs/s':>7} | {'CPU ms/event':>12} | runs")
+    for version in ("base", "current"):
+        summary[version] = {}
+        for size in args.batches.split(","):
+            entries = [run["batch_sizes"][size]["best"] for run in runs[version]]
+            best = max(entries, key=lambda entry: entry["events_per_s"])
+            summary[version][size] = {"best": best, "events_per_s_runs": [e["events_per_s"] for e in entries]}
+            every = ", ".join(f"{entry['events_per_s']:,.0f}" for entry in entries)
+            print(
+                f"{names[version]:<22} | {size:>5} | {best['events_per_s']:>13,.0f} | "
+                f"{best['recommendations_per_s']:>7,.0f} | {best['cpu_ms_per_event']:>12.3f} | "
+                f"{every}"
+            )
+    for version in ("base", "current"):
+        sizes = args.batches.split(",")
+        if len(sizes) >= 2:
+            large, small = summary[version][sizes[0]]["best"], summary[version][sizes[-1]]["best"]
+            print(
+                f"{names[version]}: {sizes[-1]}-event batches keep {small['events_per_s'] / large['events_per_s']:.2f} "
+                f"of the events/s and {small['recommendations_per_s'] / large['recommendations_per_s']:.2f} of the "
+                f"recommendations/s of {sizes[0]}-event batches"
+            )
+    report = {"when": time.strftime("%Y%m%d-%H%M%S"), "versions": names, "summary": summary, "runs": runs}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
