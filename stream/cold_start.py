@@ -82,27 +82,47 @@ class TrendingRanking:
 
 def trending_ranking(board: TrendingBoard, categories: Sequence[str], segment: int | None, n: int) -> TrendingRanking:
     """Up to ``n`` trending items for a user whose latest categories are ``categories`` (most recent first)."""
-    scopes: list[tuple[float, str, str | None, tuple[np.ndarray, np.ndarray]]] = []
-    for position, category in enumerate(categories):
-        counter = board.by_category.get(category)
-        if counter is not None:
-            weight = LATEST_CATEGORY_WEIGHT if position == 0 else EARLIER_CATEGORY_WEIGHT
-            scopes.append((weight, "trending_in", category, counter.top_keys(n)))
-    if segment is not None and (counter := board.by_segment.get(segment)) is not None:
-        scopes.append((SEGMENT_WEIGHT, "trending_segment", str(segment), counter.top_keys(n)))
-    scopes.append((OVERALL_WEIGHT, "trending", None, board.overall.top_keys(n)))
-    explained_by = [(source, context) for _, source, context, _ in scopes]
-    keys = np.concatenate([top[0] for *_, top in scopes])
-    if not len(keys):
-        return TrendingRanking(keys.astype(np.int64), np.empty(0), np.empty(0, dtype=np.int64), explained_by)
-    contributions = np.concatenate([weight * top[1] for weight, *_, top in scopes])
-    scope_of = np.repeat(np.arange(len(scopes)), [len(top[0]) for *_, top in scopes])
-    unique, first_seen, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return trending_rankings(board, [(categories, segment, n)])[0]
+
+
+def trending_rankings(
+    board: TrendingBoard, contexts: Sequence[tuple[Sequence[str], int | None, int]]
+) -> list[TrendingRanking]:
+    """:func:`trending_ranking` of each (categories, segment, n) context, computed together: a batch's users need
+    many contexts, and one pass over all their scopes costs about what one context alone does."""
+    scoped: list[list[tuple[float, str, str | None, tuple[np.ndarray, np.ndarray]]]] = []
+    for categories, segment, n in contexts:
+        scopes: list[tuple[float, str, str | None, tuple[np.ndarray, np.ndarray]]] = []
+        for position, category in enumerate(categories):
+            counter = board.by_category.get(category)
+            if counter is not None:
+                weight = LATEST_CATEGORY_WEIGHT if position == 0 else EARLIER_CATEGORY_WEIGHT
+                scopes.append((weight, "trending_in", category, counter.top_keys(n)))
+        if segment is not None and (counter := board.by_segment.get(segment)) is not None:
+            scopes.append((SEGMENT_WEIGHT, "trending_segment", str(segment), counter.top_keys(n)))
+        scopes.append((OVERALL_WEIGHT, "trending", None, board.overall.top_keys(n)))
+        scoped.append(scopes)
+    lists = [top for scopes in scoped for *_, top in scopes]
+    sizes = np.array([len(top[0]) for top in lists], dtype=np.int64)
+    keys = np.concatenate([top[0] for top in lists]).astype(np.int64, copy=False)
+    contributions = np.concatenate([weight * top[1] for scopes in scoped for weight, *_, top in scopes])
+    scope_of = np.repeat(np.concatenate([np.arange(len(scopes)) for scopes in scoped]), sizes)
+    context_of = np.repeat(np.repeat(np.arange(len(scoped)), [len(scopes) for scopes in scoped]), sizes)
+    width = np.int64(keys.max() + 1) if len(keys) else np.int64(1)
+    pairs, first_seen, inverse = np.unique(context_of * width + keys, return_index=True, return_inverse=True)
     scores = np.bincount(inverse, weights=contributions)
     # The scope that contributed most explains the item (the earliest scope on a tie).
     explaining_scope = scope_of[_strongest(contributions, inverse)]
-    best = np.lexsort((first_seen, -scores))[:n]  # ties keep the order the scopes listed the items in
-    return TrendingRanking(unique[best], scores[best], explaining_scope[best], explained_by)
+    context = pairs // width
+    # Per context, best first; ties keep the order the scopes listed the items in.
+    order = np.lexsort((first_seen, -scores, context))
+    bounds = np.searchsorted(context[order], np.arange(len(scoped) + 1))
+    rankings = []
+    for number, ((_, _, n), scopes) in enumerate(zip(contexts, scoped, strict=True)):
+        best = order[bounds[number] : min(bounds[number + 1], bounds[number] + n)]
+        explained_by = [(source, context) for _, source, context, _ in scopes]
+        rankings.append(TrendingRanking(pairs[best] % width, scores[best], explaining_scope[best], explained_by))
+    return rankings
 
 
 def trending_candidates(

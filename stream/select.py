@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamrec.stream.cold_start import RankedKeys, fuse, personal_weight, trending_ranking
+from streamrec.stream.cold_start import (
+    RankedKeys,
+    TrendingRanking,
+    fuse,
+    personal_weight,
+    trending_rankings,
+)
 from streamrec.stream.diversify import diversify
 from streamrec.stream.explain import Explainer
 from streamrec.stream.explore import Explorer
@@ -72,20 +78,27 @@ class ListBuilder:
 
     def build_batch(self, users: Sequence[ListRequest]) -> list[list[ScoredItem]]:
         """The final lists of a batch's users, explained together."""
-        # Trending does not move within a batch's list building: its lists are shared by users alike.
+        # Trending does not move within a batch's list building: its lists are shared by users alike, and
+        # computed for all the batch's contexts at once.
         self._trending_lists = {}
-        lists = [self._build(user) for user in users]
+        keys = [self._trending_key(user.state, user.segment) for user in users]
+        contexts = list(dict.fromkeys(keys))
+        for context, ranking in zip(contexts, trending_rankings(self.trending, contexts), strict=True):
+            self._trending_lists[context] = self._ranking_keys(ranking)
+        lists = [self._build(user, self._trending_lists[key]) for user, key in zip(users, keys, strict=True)]
         self.explainer.explain_many(lists, [user.state.recent for user in users])
         return lists
 
-    def _build(self, user: ListRequest) -> list[ScoredItem]:
-        """One user's list: blend, rules, diversity and category caps, exploration (unexplained)."""
-        state, segment, request, ranked, known = user.state, user.segment, user.request, user.ranked, user.known
+    def _build(self, user: ListRequest, context_trending: RankedKeys) -> list[ScoredItem]:
+        """One user's list: blend, rules, diversity and category caps, exploration (unexplained).
+
+        ``context_trending`` is the trending list of the user's context (at least as deep as :meth:`_head`)."""
+        state, request, ranked, known = user.state, user.request, user.ranked, user.known
         settings = self.settings
         k = settings.top_k
         pool_size = self._pool_size()
-        head = pool_size + len(state.bought) + 1  # enough to fill the pool after the rules
-        trending = self._trending_for(tuple(self._recent_categories(state)), segment, head)
+        head = self._head(state)
+        trending = context_trending.take(slice(0, head))
         weight = personal_weight(known, settings.cold_start_prior_events)
         personal = self._personal(ranked, slice(0, head))
         candidates = fuse(personal, trending, weight)
@@ -135,20 +148,20 @@ class ListBuilder:
         labels = codes[ranked.sources[where]] if len(codes) else np.empty(0, dtype=np.int64)
         return RankedKeys(rows, ranked.scores[where].astype(np.float64), labels, rows)
 
-    def _trending_for(self, categories: tuple[str, ...], segment: int | None, n: int) -> RankedKeys:
-        """The context trending list, shared by the batch's users with the same categories and segment."""
-        # Lengths are rounded up so users who bought a little more or less share one list; the rounding depends
+    def _head(self, state: UserState) -> int:
+        """How deep the personal ranking and trending are read: enough to fill the pool after the rules."""
+        return self._pool_size() + len(state.bought) + 1
+
+    def _trending_key(self, state: UserState, segment: int | None) -> tuple[tuple[str, ...], int | None, int]:
+        """The user's trending context: latest categories, segment, and the list's depth."""
+        # Depths are rounded up so users who bought a little more or less share one list; the rounding depends
         # on the user alone, never on who else is in the batch.
-        depth = -(-n // TRENDING_DEPTH_STEP) * TRENDING_DEPTH_STEP
-        key = (categories, segment, depth)
-        held = self._trending_lists.get(key)
-        if held is None:
-            ranking = trending_ranking(self.trending, categories, segment, depth)
-            scope_labels = np.array([self._label(pair) for pair in ranking.explained_by], dtype=np.int64)
-            held = self._trending_lists[key] = self._trending_keys(
-                ranking.keys, ranking.scores, scope_labels[ranking.scopes]
-            )
-        return held.take(slice(0, n))
+        depth = -(-self._head(state) // TRENDING_DEPTH_STEP) * TRENDING_DEPTH_STEP
+        return tuple(self._recent_categories(state)), segment, depth
+
+    def _ranking_keys(self, ranking: TrendingRanking) -> RankedKeys:
+        scope_labels = np.array([self._label(pair) for pair in ranking.explained_by], dtype=np.int64)
+        return self._trending_keys(ranking.keys, ranking.scores, scope_labels[ranking.scopes])
 
     def _overall_trending(self, n: int) -> RankedKeys:
         """The whole shop's trending items, with the counts relative to the first."""

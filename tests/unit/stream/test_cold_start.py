@@ -5,7 +5,13 @@ import itertools
 import numpy as np
 import pytest
 
-from streamrec.stream.cold_start import blend, personal_weight, trending_candidates
+from streamrec.stream.cold_start import (
+    blend,
+    personal_weight,
+    trending_candidates,
+    trending_ranking,
+    trending_rankings,
+)
 from streamrec.stream.filters import ScoredItem
 from streamrec.stream.trending import TrendingBoard
 
@@ -198,6 +204,14 @@ def test_trending_candidates_match_the_item_by_item_definition(seed: int) -> Non
         assert [(i.item_id, round(i.score, 9), i.source, i.context) for i in got] == _reference_trending(
             trend, categories, segment, 25
         )
+    # A batch's contexts ranked together give each context's own ranking, whatever else is in the batch.
+    contexts = [(["c1", "c0"], 2, 25), (["c2"], None, 7), ([], 1, 40), (["c1", "c0"], 2, 25), (["c9"], 7, 3)]
+    together = trending_rankings(trend, contexts)
+    for context, ranking in zip(contexts, together, strict=True):
+        alone = trending_ranking(trend, *context)
+        assert ranking.keys.tolist() == alone.keys.tolist() and ranking.scores.tolist() == alone.scores.tolist()
+        assert [ranking.explained_by[s] for s in ranking.scopes] == [alone.explained_by[s] for s in alone.scopes]
+        assert len(ranking.keys) <= context[2]
 
 
 def test_blend_never_hands_out_the_shared_trending_items() -> None:
