@@ -15,12 +15,14 @@ every run's events/s, recommendations/s and CPU ms per event. The worktree is re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,47 @@ RESULTS = REPO / "bench" / "results"
 PACKAGES = ("stream", "model", "index")
 
 
-def run_pipeline_bench(batches: str, output: Path, shim: Path | None) -> dict[str, Any]:
+@contextlib.contextmanager
+def checkout(revision: str) -> Iterator[Path]:
+    """A directory that, put first on ``PYTHONPATH``, makes ``import streamrec`` load ``revision`` (a temporary git
+    worktree of it, removed afterwards)."""
+    with tempfile.TemporaryDirectory() as work:
+        tree, shim = Path(work) / "tree", Path(work) / "shim"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), revision], cwd=REPO, check=True, capture_output=True
+        )
+        try:
+            (shim / "streamrec").mkdir(parents=True)
+            for package in PACKAGES:
+                (shim / "streamrec" / package).symlink_to(tree / package)
+            yield shim
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+
+
+def environment(shim: Path | None) -> dict[str, str]:
+    """This process's environment, loading streamrec from ``shim`` (see :func:`checkout`) when given."""
     env = dict(os.environ)
     if shim is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(shim), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def short_revision(revision: str) -> str:
+    found = subprocess.run(["git", "rev-parse", "--short", revision], cwd=REPO, capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"no such revision: {revision}")
+    return found.stdout.strip()
+
+
+def current_version() -> str:
+    """The checked-out commit, marked when the working tree has changes on top."""
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return short_revision("HEAD") + ("+changes" if dirty else "")
+
+
+def run_pipeline_bench(batches: str, output: Path, shim: Path | None) -> dict[str, Any]:
+    env = environment(shim)
     command = [
         *(sys.executable, str(REPO / "bench" / "bench_pipeline.py")),
         *("--batches", batches, "--repeats", "1", "--output", str(output)),
@@ -50,31 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each version, alternating")
     parser.add_argument("--output", type=Path, default=RESULTS / "versions.json", help="JSON results file")
     args = parser.parse_args(argv)
-    base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=REPO, capture_output=True, text=True)
-    if base.returncode != 0:
-        raise SystemExit(f"no such revision: {args.base}")
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    names = {"base": base.stdout.strip(), "current": head.stdout.strip() + ("+changes" if dirty else "")}
+    names = {"base": short_revision(args.base), "current": current_version()}
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "current": []}
-    with tempfile.TemporaryDirectory() as work:
-        tree, shim = Path(work) / "tree", Path(work) / "shim"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(tree), args.base], cwd=REPO, check=True, capture_output=True
-        )
-        try:
-            (shim / "streamrec").mkdir(parents=True)
-            for package in PACKAGES:
-                (shim / "streamrec" / package).symlink_to(tree / package)
-            for round_number in range(args.rounds):
-                for version in ("base", "current"):
-                    output = Path(work) / f"{version}-{round_number}.json"
-                    result = run_pipeline_bench(args.batches, output, shim if version == "base" else None)
-                    runs[version].append(result)
-                    rates = {size: entry["best"]["events_per_s"] for size, entry in result["batch_sizes"].items()}
-                    print(f"round {round_number + 1}, {version} ({names[version]}): events/s {rates}")
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+    with checkout(args.base) as shim, tempfile.TemporaryDirectory() as work:
+        for round_number in range(args.rounds):
+            for version in ("base", "current"):
+                output = Path(work) / f"{version}-{round_number}.json"
+                result = run_pipeline_bench(args.batches, output, shim if version == "base" else None)
+                runs[version].append(result)
+                rates = {size: entry["best"]["events_per_s"] for size, entry in result["batch_sizes"].items()}
+                print(f"round {round_number + 1}, {version} ({names[version]}): events/s {rates}")
     summary: dict[str, Any] = {}
     print(f"\n{'version':<22} | {'batch':>5} | {'best events/s':>13} | {'recs/s':>7} | {'CPU ms/event':>12} | runs")
     for version in ("base", "current"):
