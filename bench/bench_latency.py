@@ -13,9 +13,10 @@ On one embedded broker (Tansu), with the shop and model of ``bench_end_to_end.py
    a worker saturates below its backlog rate. On the same worker, events are sent for ``--probe`` seconds at rising
    rates (``PROBE_SHARES`` of the backlog rate); the worker keeps up while the median latency of the phase's last
    quarter stays within 1.5 × that of its first quarter + 20 ms and under 1 s. Saturation is the highest rate it
-   kept up with.
-3. **Worker latency.** Events are then sent at each ``--levels`` fraction of saturation for ``--duration`` seconds
-   (ts = send time); latency = when the bench's consumer received the recommendation − ``ts``: p50 and p99.
+   kept up with (or ``--saturation``, given).
+3. **Worker latency.** A fresh worker (the probes end in overload) consumes the same preload, then events are sent
+   at each ``--levels`` fraction of saturation for ``--duration`` seconds (ts = send time); latency = when the
+   bench's consumer received the recommendation − ``ts``: p50 and p99.
 4. **Bare loop.** The bare aiokafka loop of ``bench_end_to_end.py`` (consume, decode, produce one message per
    event, await acknowledgements, commit) gets the same preload and then the same absolute rates: the broker's own
    floor at each level.
@@ -65,6 +66,21 @@ RUNTIME = "kafka"
 PROBE_SHARES = (0.1, 0.15, 0.2, 0.27, 0.35, 0.45, 0.6, 0.8)
 
 
+def drain(port: int, timeout_s: float = 60.0) -> float:
+    """Wait until the worker has committed everything it was sent (its lag gauges read 0 twice in a row, a second
+    apart), so that one phase's backlog never counts in the next; returns the seconds it took."""
+    started = time.monotonic()
+    zero_before = False
+    while time.monotonic() - started < timeout_s:
+        samples = scrape(port)
+        lag = sum(v for (sample, _), v in samples.items() if sample == "streamrec_consumer_lag_messages")
+        if lag == 0 and zero_before:
+            break
+        zero_before = lag == 0
+        time.sleep(1.0)
+    return round(time.monotonic() - started, 1)
+
+
 def keeps_up(probe: dict[str, Any]) -> bool:
     """Whether the worker answered the last quarter of a phase about as fast as the first (see the module doc)."""
     first, last = probe.get("p50_first_quarter_ms"), probe.get("p50_last_quarter_ms")
@@ -82,6 +98,7 @@ def measure(
     duration_s: float,
     log_dir: Path,
     probe_s: float = 0.0,
+    saturation: float | None = None,
 ) -> dict[str, Any]:
     """Throughput of ``events`` preloaded events, the live saturation when ``probe_s`` > 0, then latency at each
     rate ``rates_of(saturation)`` returns."""
@@ -112,7 +129,9 @@ def measure(
             offset += count
             return asyncio.run(latency_phase(bootstrap, topics, phase_events, phase_rate))
 
-        if probe_s:
+        if saturation is not None:
+            result["saturation_events_per_s"] = saturation
+        elif probe_s:
             result["probes"] = []
             for share in PROBE_SHARES:
                 probe = phase(f"probe{share}", share * rate, probe_s) | {"share_of_backlog_rate": share}
@@ -125,17 +144,17 @@ def measure(
                 if not kept_up:
                     break
                 result["saturation_events_per_s"] = round(share * rate, 1)
-                time.sleep(1.0)
+                drain(port)
             if "saturation_events_per_s" not in result:
                 raise RuntimeError(f"{name} fell behind even at {PROBE_SHARES[0] * rate:,.0f} events/s")
             print(f"[{name}] live saturation {result['saturation_events_per_s']:,.0f} events/s")
-            time.sleep(2.0)
+            result["drained_after_probes_s"] = drain(port)
         result["levels"] = []
         for level, phase_rate in rates_of(result.get("saturation_events_per_s", rate)):
             before = scrape(port)
             latency = phase(str(level), phase_rate, duration_s)
-            time.sleep(0.5)
             latency["level"] = level
+            latency["drained_after_s"] = drain(port) if name != BASELINE else None
             if name != BASELINE:
                 after = scrape(port)
                 latency["worker_event_time"] = histogram_quantiles(
@@ -177,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="0.25,0.5,0.9", help="fractions of the worker's saturation")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each latency phase")
     parser.add_argument("--probe", type=float, default=6.0, help="seconds of each saturation probe")
+    parser.add_argument("--saturation", type=float, help="events/s to take as saturation instead of probing for it")
     parser.add_argument("--output", type=Path, default=RESULTS / "latency.json", help="JSON results file")
     args = parser.parse_args(argv)
     levels = [float(level) for level in args.levels.split(",")]
@@ -192,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     with EmbeddedBroker(log_path=log_dir / "broker.log") as broker:
         print(f"broker on {broker.bootstrap}; logs in {log_dir}")
+        saturation, probes = args.saturation, None
+        if saturation is None:
+            # Probing overloads the worker at the end; the levels are measured on a fresh one.
+            probes = measure(
+                RUNTIME, broker.bootstrap, artifacts, rows, 0, args.events, lambda _: [], 0, log_dir, args.probe
+            )
+            saturation = probes["saturation_events_per_s"]
         worker = measure(
             RUNTIME,
             broker.bootstrap,
@@ -202,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             lambda saturation: [(level, level * saturation) for level in levels],
             args.duration,
             log_dir,
-            args.probe,
+            saturation=saturation,
         )
+        worker["probes"] = None if probes is None else probes.get("probes")
         rates = [(phase["level"], phase["rate"]) for phase in worker["levels"]]
         bare = measure(
             BASELINE, broker.bootstrap, artifacts, rows, 0, args.events, lambda _: rates, args.duration, log_dir
@@ -237,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": stamp,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "parameters": {"events": args.events, "levels": levels, "duration_s": args.duration, "probe_s": args.probe},
-        "saturation_events_per_s": worker.get("saturation_events_per_s"),
+        "saturation_events_per_s": saturation,
         "worker": worker,
         "bare_loop": bare,
         "in_process": alone,
