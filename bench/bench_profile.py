@@ -3,7 +3,7 @@
 
 Usage::
 
-    python bench/bench_profile.py [--batches 500,5] [--events 10000] [--rate 250] [--output profile.json]
+    python bench/bench_profile.py [--batches 500,5] [--events 10000] [--rate 250] [--base REV] [--output profile.json]
 
 For each batch size a child process runs the loop of ``bench_pipeline.py`` (same shop, model, warm-up and settled
 heap) under ``py-spy record`` at ``--rate`` samples per second. Only samples taken inside the measured loop count:
@@ -15,13 +15,15 @@ start-up, model load and warm-up are left out. Each sample is charged to
   when it was taken in list building;
 
 and the functions with the most samples of their own (self time) are listed. Shares are of the loop's samples;
-``ms_per_event`` converts them with the loop's measured CPU time. Needs ``py-spy`` (``pip install py-spy``) and a
+``ms_per_event`` converts them with the loop's measured CPU time. ``--base`` profiles another version, checked
+out as ``bench_versions.py`` does (a before/after with the same script). Needs ``py-spy`` (``pip install py-spy``) and a
 kernel that lets a parent read its child's memory (ptrace); both hold on an ordinary Linux machine or container.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -31,6 +33,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from bench_versions import checkout, current_version, environment, short_revision
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -158,14 +162,14 @@ def py_spy() -> Path | None:
     return Path(found) if found else None
 
 
-def profile(batch: int, events: int, warmup: int, rate: int, work: Path) -> dict[str, Any]:
+def profile(batch: int, events: int, warmup: int, rate: int, work: Path, shim: Path | None) -> dict[str, Any]:
     raw, marker = work / f"raw-{batch}.txt", work / f"loop-{batch}.json"
     command = [
         *(str(py_spy()), "record", "--format", "raw", "--rate", str(rate), "--output", str(raw), "--"),
         *(sys.executable, __file__, "--child", "--batches", str(batch)),
         *("--events", str(events), "--warmup", str(warmup), "--marker", str(marker)),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment(shim))
     if done.returncode != 0 or not marker.exists():
         raise SystemExit(f"profiling batch {batch} failed: {done.stderr.strip().splitlines()[-1:]}")
     loop = json.loads(marker.read_text())
@@ -198,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20_000, help="events processed before the loop")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--output", type=Path, default=RESULTS / "profile.json", help="JSON results file")
+    parser.add_argument("--base", help="profile this version (commit, tag or branch) instead of the working tree")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--marker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -211,9 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     prepare()  # train the cached model outside the profile
     results: dict[str, Any] = {"when": time.strftime("%Y%m%d-%H%M%S"), "parameters": vars(args), "batches": {}}
     results["parameters"] = {key: str(value) for key, value in results["parameters"].items()}
-    with tempfile.TemporaryDirectory() as work:
+    results["version"] = short_revision(args.base) if args.base else current_version()
+    with contextlib.ExitStack() as stack:
+        shim = stack.enter_context(checkout(args.base)) if args.base else None
+        work = stack.enter_context(tempfile.TemporaryDirectory())
         for batch in batches:
-            summary = profile(batch, args.events, args.warmup, args.rate, Path(work))
+            summary = profile(batch, args.events, args.warmup, args.rate, Path(work), shim)
             results["batches"][str(batch)] = summary
             print_profile(batch, summary)
     args.output.parent.mkdir(parents=True, exist_ok=True)

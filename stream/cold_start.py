@@ -157,8 +157,11 @@ def fuse(personal: RankedKeys, trending: RankedKeys, weight: float) -> RankedKey
     )
     _, first_seen, inverse = np.unique(both.keys, return_index=True, return_inverse=True)
     scores = np.bincount(inverse, weights=added)
+    # An item has one row wherever it is known: the trending list's, replaced by the personal list's where known.
     rows = np.full(len(scores), -1, dtype=np.int64)
-    np.maximum.at(rows, inverse, both.rows)  # an item has one row wherever it is known
+    rows[inverse[len(personal) :]] = trending.rows
+    known = personal.rows >= 0
+    rows[inverse[: len(personal)][known]] = personal.rows[known]
     labels = both.labels[_strongest(added, inverse)]
     order = np.lexsort((first_seen, -scores))
     return RankedKeys(both.keys[first_seen[order]], scores[order], labels[order], rows[order])
