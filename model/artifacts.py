@@ -12,6 +12,10 @@ Layout of ``<root>/<version>/`` (a version is never modified once written; a new
   embeddings, with every item's cluster (``model/segments.py``; manifest key ``segments``);
 * ``content_projection.safetensors`` (optional) — the map from a catalog item's text embedding into ``E``, for items
   added after training (``model/content.py``; manifest key ``content``: the text encoder and the fit's quality);
+* ``student.safetensors`` (optional) — a smaller ranker distilled from this one (``streamrec distill``,
+  ``model/compress.py``), served with ``ranker_compression=distilled``. It holds the student's encoder only: its
+  item table is the teacher's ``E``, shared, so retrieval, the index and live items stay valid (manifest key
+  ``student``: its ``ranker_config``, the distillation settings and validation figures);
 * ``manifest.json`` — shapes, configuration, offline metrics and the SHA-256 of every other file.
 
 ``<root>/LATEST`` holds the name of the version to serve. Loading verifies everything it can before a worker
@@ -55,6 +59,8 @@ CURVE_FILE = "training_curve.png"
 ITEM_KNN_FILE = "item_knn.safetensors"
 SEGMENTS_FILE = "segments.safetensors"
 CONTENT_FILE = "content_projection.safetensors"
+STUDENT_FILE = "student.safetensors"
+ITEM_TABLE_KEY = "item_embedding.weight"
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "LATEST"
 REQUIRED_FILES = (MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE)
@@ -79,6 +85,7 @@ class ModelArtifacts:
     blend_weight: float = 0.0
     segments: Segments | None = None  # user segments and item clusters; None for versions written without
     content: ContentProjection | None = None  # text → E for new items; None when trained without a catalog
+    student: SequenceRanker | None = None  # distilled ranker sharing ``ranker``'s item table; None if not distilled
 
     @property
     def version(self) -> str:
@@ -144,6 +151,7 @@ def load_artifacts(path: Path) -> ModelArtifacts:
     content = _load_optional(directory, manifest, CONTENT_FILE, ContentProjection.load)
     if content is not None and content.dim != dim:
         raise ArtifactError(f"{CONTENT_FILE} projects to dimension {content.dim}, the model's is {dim}")
+    student = _load_student(directory, manifest, ranker)
     return ModelArtifacts(
         directory=directory,
         manifest=manifest,
@@ -156,6 +164,7 @@ def load_artifacts(path: Path) -> ModelArtifacts:
         blend_weight=blend_weight,
         segments=segments,
         content=content,
+        student=student,
     )
 
 
@@ -328,3 +337,48 @@ def _load_ranker(path: Path, manifest: dict[str, Any], n_items: int, dim: int) -
     if not all(bool(torch.isfinite(tensor).all()) for tensor in state.values() if tensor.is_floating_point()):
         raise ArtifactError(f"{path} holds NaN or infinite weights")
     return ranker
+
+
+def _load_student(directory: Path, manifest: dict[str, Any], teacher: SequenceRanker) -> SequenceRanker | None:
+    """The distilled student of ``teacher``, its item table tied to the teacher's; None when not distilled.
+
+    The file holds every weight of the student but the item table, which it shares with the teacher by
+    construction (the student was trained with the teacher's table frozen): one table serves retrieval, the
+    index, live items and both rankers.
+    """
+    if STUDENT_FILE not in manifest["files"]:
+        if "student" in manifest:
+            raise ArtifactError(f"{MANIFEST_FILE} describes a student but does not list {STUDENT_FILE}")
+        return None
+    path = directory / STUDENT_FILE
+    try:
+        config = RankerConfig.from_dict(manifest["student"]["ranker_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{MANIFEST_FILE}: invalid student ranker_config: {exc}") from exc
+    if (config.n_items, config.dim) != (teacher.config.n_items, teacher.config.dim):
+        raise ArtifactError(
+            f"{MANIFEST_FILE}: the student is {config.n_items} items x {config.dim}, its teacher "
+            f"{teacher.config.n_items} x {teacher.config.dim}: a student must share the teacher's item table"
+        )
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"cannot read {path}: {exc}") from exc
+    if ITEM_TABLE_KEY in state:
+        raise ArtifactError(f"{path} holds an item table of its own; a student shares its teacher's")
+    student = SequenceRanker(config)
+    try:
+        missing, unexpected = student.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # mismatched shapes
+        raise ArtifactError(f"{path} does not fit the manifest's student ranker_config: {exc}") from exc
+    absent = sorted(set(missing) - {ITEM_TABLE_KEY})
+    if unexpected or absent:
+        raise ArtifactError(
+            f"{path} does not fit the manifest's student ranker_config: missing {absent}, unexpected {unexpected}"
+        )
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in state.values() if tensor.is_floating_point()):
+        raise ArtifactError(f"{path} holds NaN or infinite weights")
+    student.item_embedding = teacher.item_embedding  # the same module, the same tensor: E is held once
+    student.eval()
+    student.requires_grad_(False)
+    return student

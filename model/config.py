@@ -23,6 +23,9 @@ from streamrec.index.params import (
 )
 from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, checked_event_weights
 
+RankerCompression = Literal["none", "int8", "distilled", "distilled_int8"]
+"""The forms a worker can serve its ranker in (``model/compress.py``); here, so settings need not import torch."""
+
 FULL_SOFTMAX_MAX_ITEMS = 25_000
 SAMPLED_NEGATIVES = 1_024
 SPARSE_TABLE_MIN_ITEMS = 250_000

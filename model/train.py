@@ -121,7 +121,7 @@ def train_artifacts(
     split = leave_one_out(log, row_of)
     if split.n_users == 0:
         raise ValueError("no user has the 3 interactions leave-one-out needs")
-    windows = _training_windows(split, config)
+    windows = training_windows(split, config)
     peaks.mark("split")
     if len(windows) == 0:
         raise ValueError("no training targets: users need a 4th interaction to train on")
@@ -359,10 +359,10 @@ def reindex(artifact_dir: Path, config: TrainConfig) -> Path:
         "index": index_manifest(index, config),
         "train_config": recorded | {key: dumped[key] for key in index_fields},
     }
-    return _derive(artifacts, INDEX_FILE, lambda path: index.save(path), updates)
+    return derive_version(artifacts, INDEX_FILE, lambda path: index.save(path), updates)
 
 
-def _derive(
+def derive_version(
     artifacts: ModelArtifacts,
     replaced: str,
     write_replaced: Callable[[Path], None],
@@ -396,8 +396,7 @@ def attach_item_knn(artifact_dir: Path, log: EventLog, config: TrainConfig | Non
     artifacts = load_artifacts(artifact_dir)
     recorded = dict(artifacts.manifest.get("train_config", {}))
     if config is None:
-        # Fields of other versions of the configuration are left out; JSON lists are read back as tuples.
-        config = TrainConfig(**{key: value for key, value in recorded.items() if key in TrainConfig.model_fields})
+        config = recorded_train_config(artifacts.manifest)
     split = leave_one_out(log, artifacts.row_of)
     torch.set_num_threads(config.torch_threads or 2)
     ranker = RankerScorer(artifacts.ranker, artifacts.ranker.config.max_len)
@@ -415,7 +414,15 @@ def attach_item_knn(artifact_dir: Path, log: EventLog, config: TrainConfig | Non
         **blend_manifest,
     }
     stale = frozenset({"item_knn", "blend_weight", "blend_validation"})  # the source's blend: replaced, if any
-    return _derive(artifacts, ITEM_KNN_FILE, write_item_knn, updates, stale)
+    return derive_version(artifacts, ITEM_KNN_FILE, write_item_knn, updates, stale)
+
+
+def recorded_train_config(manifest: Mapping[str, Any]) -> TrainConfig:
+    """The training configuration a version's manifest records, for work that must repeat its training's choices
+    (split, windows, evaluation sample, seed). Fields of other versions of the configuration are left out and
+    missing ones take today's defaults; JSON lists are read back as tuples."""
+    recorded = dict(manifest.get("train_config", {}))
+    return TrainConfig(**{key: value for key, value in recorded.items() if key in TrainConfig.model_fields})
 
 
 def build_vocabulary(log: EventLog, min_item_count: int = 1) -> list[str]:
@@ -430,7 +437,7 @@ def build_vocabulary(log: EventLog, min_item_count: int = 1) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Windows:
+class TrainingWindows:
     """Training inputs: runs of at most ``max_len`` consecutive train events of one user.
 
     Only each window's end and length are held; :meth:`batch` gathers a batch's events from the split when it is
@@ -473,7 +480,7 @@ class _Windows:
         return np.bincount(self.targets[self.targets >= 0], minlength=n_items)
 
 
-def _training_windows(split: LeaveOneOutSplit, config: TrainConfig) -> _Windows:
+def training_windows(split: LeaveOneOutSplit, config: TrainConfig) -> TrainingWindows:
     """Cut every user's train events into windows of ``max_len`` ending at the user's last trainable event.
 
     Long histories yield several windows (stepping back ``max_len`` events at a time), so every training
@@ -494,7 +501,7 @@ def _training_windows(split: LeaveOneOutSplit, config: TrainConfig) -> _Windows:
     window_start = np.maximum(np.repeat(starts, per_user), window_end - length)
     with_target = np.concatenate([[0], np.cumsum(targets_all >= 0)])
     keep = with_target[window_end] > with_target[window_start]
-    return _Windows(
+    return TrainingWindows(
         split=split,
         targets=targets_all,
         event_weights=type_weights(config).astype(np.float64),
@@ -504,7 +511,7 @@ def _training_windows(split: LeaveOneOutSplit, config: TrainConfig) -> _Windows:
     )
 
 
-def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+def window_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffled batches of windows of similar length ("sortish" sampling).
 
     Most users are short; grouping them lets a batch be cut to its longest window instead of ``max_len``,
@@ -539,7 +546,7 @@ def interest_queries(embeddings: torch.Tensor, weights: torch.Tensor, decay_expo
 def _losses(
     model: SequenceRanker,
     log_scale: torch.Tensor,
-    windows: _Windows,
+    windows: TrainingWindows,
     batch: np.ndarray,
     retrieval_weight: float,
     softmax: Softmax,
@@ -575,7 +582,7 @@ def _select(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 def _fit(
     model: SequenceRanker,
-    windows: _Windows,
+    windows: TrainingWindows,
     split: LeaveOneOutSplit,
     config: TrainConfig,
     rng: np.random.Generator,
@@ -595,13 +602,13 @@ def _fit(
     for epoch in epochs:
         model.train()
         totals = np.zeros(3)
-        batches = _batches(windows.lengths, config.batch_size, rng)
+        batches = window_batches(windows.lengths, config.batch_size, rng)
         for batch in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress):
             losses = _losses(model, log_scale, windows, batch, config.retrieval_loss_weight, softmax)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             losses[0].backward()
-            _clip_gradients(list(model.parameters()), 5.0)
+            clip_gradients(list(model.parameters()), 5.0)
             for optimizer in optimizers:
                 optimizer.step()
             totals += [float(loss.detach()) for loss in losses]
@@ -654,7 +661,7 @@ def _optimizers(
     ]
 
 
-def _clip_gradients(parameters: list[torch.Tensor], max_norm: float) -> None:
+def clip_gradients(parameters: list[torch.Tensor], max_norm: float) -> None:
     """``clip_grad_norm_`` that also reads sparse gradients (the item table's, with the sampled softmax)."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not any(g.is_sparse for g in grads):

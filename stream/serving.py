@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from streamrec.index.covisitation import CoVisitation
+from streamrec.model.compress import with_compressed_ranker
 from streamrec.stream.catalog import Catalog
 from streamrec.stream.explain import Explainer, co_occurrence_of
 from streamrec.stream.explore import Explorer, ExposureStats
@@ -41,7 +42,9 @@ class ServedModel:
         )
         # Co-visitation is counted in the model's rows, so a new model starts it afresh from the stream.
         self.covisitation = CoVisitation(len(artifacts.item_ids), window=settings.covisitation_window)
-        self.ranker = served_ranker(artifacts, self.items)
+        # The ranker in the form `ranker_compression` asks for (int8, the distilled student): the item table,
+        # index and interest model above stay the float ones of the version, which retrieval needs.
+        self.ranker = served_ranker(with_compressed_ranker(artifacts, settings.ranker_compression), self.items)
         self.co_occurrence = co_occurrence_of(self.covisitation, artifacts.item_knn)
         self.segments = artifacts.segments
         #: Set when a variant serving this model reads co-visitation candidates: only then does the stream feed it.

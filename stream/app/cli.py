@@ -806,6 +806,61 @@ def reindex(
     typer.echo(f"wrote {directory}")
 
 
+def _check_share(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise typer.BadParameter(f"{value:g} is not between 0 and 1")
+    return value
+
+
+@app.command()
+def distill(
+    artifacts: Annotated[Path, typer.Option(help="Model artifact directory (or its parent with LATEST).")],
+    events: Annotated[Path, typer.Option(help="The event log the model was trained on (its fingerprint is checked).")],
+    fmt: EventFormat = "auto",
+    layers: Annotated[
+        int, typer.Option(help="Self-attention blocks of the student (fewer than the model's).", min=0)
+    ] = 1,
+    heads: Annotated[int, typer.Option(help="Attention heads per block of the student (must divide dim).", min=1)] = 1,
+    temperature: Annotated[
+        float, typer.Option(help="Softmax temperature of the distillation loss.", callback=_check_positive)
+    ] = 2.0,
+    kd_weight: Annotated[
+        float,
+        typer.Option(help="Weight of the KL loss to the model; the next-item CE gets 1 − this.", callback=_check_share),
+    ] = 0.5,
+    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping on validation NDCG@10).", min=1)] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Distil a model's ranker into a smaller student (fewer blocks and heads, the same item table) trained on the
+    model's own training split; publish it as a new version beside the old one and switch LATEST to it. Workers
+    serve it with STREAMREC_RANKER_COMPRESSION=distilled."""
+    _artifact_dir(artifacts)
+    _logging(log_level)
+    log = _load_event_log(events, fmt)
+    typer.echo(f"loaded {len(log)} events from {events}")
+    from streamrec.model.artifacts import ArtifactError  # torch: only now that the inputs are known to be good
+    from streamrec.model.compress import DistillConfig
+    from streamrec.model.compress import distill as run_distill
+
+    try:
+        config = DistillConfig(
+            layers=layers, heads=heads, temperature=temperature, kd_weight=kd_weight, max_epochs=epochs, seed=seed
+        )
+        directory = run_distill(artifacts, log, config)
+    except ArtifactError:
+        raise
+    except ValueError as exc:  # another event log, a student no smaller than the model, heads that do not divide dim
+        raise StreamrecError(f"cannot distill {artifacts}: {one_line(exc)}") from None
+    student = orjson.loads((directory / "manifest.json").read_bytes())["student"]
+    validation = student["validation"]
+    typer.echo(
+        f"wrote {directory}: a student of {layers} layers x {heads} heads, {student['encoder_parameters']:,} encoder "
+        f"parameters (the model's: {student['teacher_encoder_parameters']:,}); validation NDCG@10 "
+        f"{validation['student']['NDCG@10']:.4f} (the model's: {validation['teacher']['NDCG@10']:.4f})"
+    )
+
+
 def _artifact_failure(exc: BaseException) -> StreamrecError | None:
     artifacts = sys.modules.get("streamrec.model.artifacts")  # not imported: not an artifact failure
     if artifacts is None or not isinstance(exc, artifacts.ArtifactError):

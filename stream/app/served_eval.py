@@ -12,6 +12,7 @@ import orjson
 
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import Histories
+from streamrec.model.compress import with_compressed_ranker
 from streamrec.model.evaluate import ann_recall, evaluate_offline
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import EVENT_TYPES
@@ -48,14 +49,16 @@ def evaluate(
     """Offline metrics of the model and baselines under every protocol, plus the served pipeline's metrics.
 
     ``settings`` configures the served replay (default: the environment's, as the worker would read them),
-    with ``top_k`` forced to 20. ``served_max_users`` replays a seeded sample of that many users instead of
-    all. Returns a JSON-ready dict; see :mod:`streamrec.model.evaluate` and its ``PROTOCOL``.
+    with ``top_k`` forced to 20; its ``ranker_compression`` also picks the ranker of the offline ``ranker`` and
+    ``model`` rows, so that both halves measure the same ranker. ``served_max_users`` replays a seeded sample of that
+    many users instead of all. Returns a JSON-ready dict; see :mod:`streamrec.model.evaluate` and its ``PROTOCOL``.
     """
     started = time.perf_counter()
-    offline = evaluate_offline(log, artifacts, seed=seed)
-    report = offline.report
+    settings = settings or Settings()
+    offline = evaluate_offline(log, with_compressed_ranker(artifacts, settings.ranker_compression), seed=seed)
+    report = offline.report | {"ranker_compression": settings.ranker_compression}
     if served:
-        replay_settings = (settings or Settings()).model_copy(
+        replay_settings = settings.model_copy(
             # A replay is of a historical log: any past or future event time is accepted (as event files are
             # read), and the list is the length the metrics need.
             update={"top_k": SERVED_TOP_K, "min_event_ts": -math.inf, "max_clock_skew_s": math.inf}

@@ -24,6 +24,7 @@ import torch
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from streamrec.model.artifacts import MANIFEST_FILE, ArtifactError, ModelArtifacts, load_artifacts, resolve_artifact_dir
+from streamrec.model.compress import check_servable
 from streamrec.stream.aggregates import new_worker_id
 from streamrec.stream.health import Health, start_http_server
 from streamrec.stream.logs import limit_repeats
@@ -146,6 +147,7 @@ class ModelWatcher:
             return False
         try:
             artifacts: ModelArtifacts = await asyncio.to_thread(load_artifacts, latest)
+            check_servable(artifacts, self.settings.ranker_compression)  # e.g. no student to serve distilled
         except (ArtifactError, OSError) as exc:
             self._refused = stamp
             for variant in self.variants:

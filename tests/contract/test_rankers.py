@@ -11,6 +11,7 @@ import pytest
 
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import ItemKNNModel, blend_scores
+from streamrec.model.compress import quantize_int8
 from streamrec.stream.item_table import ItemTable
 from streamrec.stream.rank import BlendedRanker, CandidateRanker, SequenceRankerScores
 from streamrec.stream.settings import Settings
@@ -65,6 +66,14 @@ class TestSequenceRankerScores(CandidateRankerContract):
     @pytest.fixture
     def ranker(self, artifacts: ModelArtifacts, items: ItemTable) -> CandidateRanker:
         return SequenceRankerScores(artifacts.ranker, items, artifacts.ranker.config.max_len)
+
+
+class TestInt8SequenceRankerScores(CandidateRankerContract):
+    """The ranker as ``ranker_compression=int8`` serves it (``model/compress.py``)."""
+
+    @pytest.fixture
+    def ranker(self, artifacts: ModelArtifacts, items: ItemTable) -> CandidateRanker:
+        return SequenceRankerScores(quantize_int8(artifacts.ranker), items, artifacts.ranker.config.max_len)
 
 
 class TestBlendedRanker(CandidateRankerContract):
