@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from _measure import write_report
 from bench_end_to_end import (
     BASELINE,
     RESULTS,
@@ -262,8 +260,6 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "met" if half["p99_gap_ms"] <= P99_GAP_TARGET_MS else "missed"
         print(f"p99 at 50 % of saturation: {half['p99_gap_ms']} ms above the bare loop ({verdict}, target ≤ 10 ms)")
     report = {
-        "when": stamp,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "parameters": {"events": args.events, "levels": levels, "duration_s": args.duration, "probe_s": args.probe},
         "saturation_events_per_s": saturation,
         "worker": worker,
@@ -272,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "broker_share_of_in_process": round(share, 3),
         "comparison": comparison,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_report(args.output, report)
     print(f"wrote {args.output}")
     return 0
 

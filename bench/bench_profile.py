@@ -34,6 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from _measure import write_report
 from bench_versions import checkout, current_version, environment, short_revision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench_end_to_end import prepare
 
     prepare()  # train the cached model outside the profile
-    results: dict[str, Any] = {"when": time.strftime("%Y%m%d-%H%M%S"), "parameters": vars(args), "batches": {}}
+    results: dict[str, Any] = {"parameters": vars(args), "batches": {}}
     results["parameters"] = {key: str(value) for key, value in results["parameters"].items()}
     results["version"] = short_revision(args.base) if args.base else current_version()
     with contextlib.ExitStack() as stack:
@@ -224,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = profile(batch, args.events, args.warmup, args.rate, Path(work), shim)
             results["batches"][str(batch)] = summary
             print_profile(batch, summary)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
+    write_report(args.output, results)
     print(f"wrote {args.output}")
     return 0
 

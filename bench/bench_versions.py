@@ -21,10 +21,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from _measure import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -122,9 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"of the events/s and {small['recommendations_per_s'] / large['recommendations_per_s']:.2f} of the "
                 f"recommendations/s of {sizes[0]}-event batches"
             )
-    report = {"when": time.strftime("%Y%m%d-%H%M%S"), "versions": names, "summary": summary, "runs": runs}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    report = {"versions": names, "summary": summary, "runs": runs}
+    write_report(args.output, report)
     print(f"wrote {args.output}")
     return 0
 
