@@ -141,6 +141,9 @@ class TestKafkaRuntime(RuntimeContract):
         async def step() -> None:
             async with worker.batch_lock:
                 await worker._process({tp: [Message(k, v, o) for k, v, o in events]}, asyncio.Event())
+            await worker.settle()  # the batch's delivery and commit overlap the next poll: wait for them
+            if worker.failure is not None:
+                raise worker.failure
 
         with contextlib.suppress(WorkerFailed):  # a batch it gave up on: the worker exits without committing
             asyncio.run(step())
