@@ -160,13 +160,21 @@ def weight_bytes(ranker: SequenceRanker, with_item_table: bool = True) -> int:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Settings of one distillation; recorded in the new version's manifest."""
+    """Settings of one distillation; recorded in the new version's manifest.
+
+    Chosen on Amazon Beauty's validation split (NDCG@10 of a 1-block, 1-head student of the 2-block model, ranker
+    alone / blended with the item-kNN at weight 8; the model's own: 0.0643 / 0.0672): temperature 2 with KL weight
+    0.5 gave 0.0643 / 0.0670, temperature 4 0.0644 / 0.0670, temperature 1 0.0637 / 0.0663, KL weight 0.9
+    0.0642 / 0.0669, the cross-entropy alone 0.0638 / 0.0667, a student without blocks 0.0581 / 0.0621.
+    Temperatures 2 and 4 differ by 0.0001 alone and 0.00002 blended, a handful of the 22,363 users; 2 is kept. A
+    student that starts from the teacher's first block peaks within 3 to 4 epochs, hence 8 at most.
+    """
 
     layers: int = 1
     heads: int = 1
     temperature: float = 2.0
     kd_weight: float = 0.5  # weight of the KL term; the cross-entropy gets 1 − this
-    max_epochs: int = 20
+    max_epochs: int = 8
     patience: int = 3
     lr: float = 2e-3
     batch_size: int = 256

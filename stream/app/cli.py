@@ -834,7 +834,7 @@ def distill(
 ) -> None:
     """Distil a model's ranker into a smaller student (fewer blocks and heads, the same item table) trained on the
     model's own training split; publish it as a new version beside the old one and switch LATEST to it. Workers
-    serve it with STREAMREC_RANKER_COMPRESSION=distilled."""
+    serve it with STREAMREC_RANKER_COMPRESSION=distilled. The defaults are model/compress.py's DistillConfig's."""
     _artifact_dir(artifacts)
     _logging(log_level)
     log = _load_event_log(events, fmt)
