@@ -17,6 +17,7 @@ exploration from exploitation. Exposure statistics are per worker and in memory:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,9 +97,7 @@ class Explorer:
         eligible = np.flatnonzero(exposure[:, 0] < self.max_impressions)
         if not len(eligible):
             return eligible
-        impressions, engagements = exposure[eligible, 0], exposure[eligible, 1]
-        engagements = np.minimum(engagements, impressions)
-        draws = self._rng.beta(1.0 + engagements, 1.0 + impressions - engagements)
+        draws = self._rng.beta(*_beta_parameters(exposure[eligible, 0], exposure[eligible, 1]))
         if first is not None:
             draws += first[eligible]  # draws lie in [0, 1]
         return eligible[np.argsort(-draws, kind="stable")[:n]]
@@ -118,7 +117,8 @@ class Explorer:
         return out
 
 
-def _beta_parameters(impressions: float, engagements: float) -> tuple[float, float]:
-    """Beta(1 + engagements, 1 + impressions − engagements): a uniform prior updated by the exposure counts."""
-    engagements = min(engagements, impressions)
+def _beta_parameters(impressions: Any, engagements: Any) -> tuple[Any, Any]:
+    """Beta(1 + engagements, 1 + impressions − engagements): a uniform prior updated by the exposure counts (floats
+    or arrays of them)."""
+    engagements = np.minimum(engagements, impressions)
     return 1.0 + engagements, 1.0 + impressions - engagements

@@ -297,7 +297,7 @@ class Pipeline:
                 users = [variant.retriever.query(model.interest, requests[user_id]) for user_id in user_ids]
                 candidates = variant.retriever.retrieve(user_ids, users, self.candidate_observer)
             with clock("rank"):
-                ranked = rank(model.ranker, user_ids, users, candidates, model.items.item_ids)
+                ranked = rank(model.ranker, user_ids, users, candidates)
         except Exception:  # degrade to trending rather than lose the batch
             log.exception("retrieval or ranking failed; serving trending items for %d users", len(warm))
             self.metrics.pipeline_errors.labels("rank").inc()

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from streamrec.model.baselines import ItemKNNModel, blend_scores
-from streamrec.stream.filters import ScoredItem
 from streamrec.stream.item_table import ItemTable
 from streamrec.stream.retrieve import Candidates
 from streamrec.stream.sources import UserQuery
@@ -76,15 +75,14 @@ def _trained_items(ranker: SequenceScorer) -> int:
 class RankedCandidates:
     """One user's candidates in ranker order, best first, held as arrays.
 
-    Items become :class:`ScoredItem` objects only when the filter stage reads them: most lists are decided within
-    their head, and building an object per candidate would cost more than ranking them.
+    The list builder (``stream/select.py``) reads them as arrays too: building an object per candidate would cost
+    more than ranking them.
     """
 
     rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     scores: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
     sources: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int8))  # index into source_names
     source_names: Sequence[str] = ()
-    item_ids: Sequence[str] = ()
 
     @classmethod
     def by_score(
@@ -93,30 +91,12 @@ class RankedCandidates:
         scores: np.ndarray,
         sources: np.ndarray,
         source_names: Sequence[str],
-        item_ids: Sequence[str],
     ) -> RankedCandidates:
         order = np.argsort(-scores, kind="stable")
-        return cls(rows[order], scores[order], sources[order], source_names, item_ids)
+        return cls(rows[order], scores[order], sources[order], source_names)
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    def items(self, start: int = 0, stop: int | None = None) -> list[ScoredItem]:
-        """Ranks ``start`` to ``stop`` as objects."""
-        return self._objects(slice(start, stop))
-
-    def from_row(self, first_row: int) -> list[ScoredItem]:
-        """Every candidate whose table row is at least ``first_row`` (e.g. items added live), in rank order."""
-        return self._objects(np.flatnonzero(self.rows >= first_row))
-
-    def _objects(self, where: slice | np.ndarray) -> list[ScoredItem]:
-        item_ids, names = self.item_ids, self.source_names
-        return [
-            ScoredItem(item_ids[row], score, names[code], row)
-            for row, score, code in zip(
-                self.rows[where].tolist(), self.scores[where].tolist(), self.sources[where].tolist(), strict=True
-            )
-        ]
 
 
 class CandidateRanker(Protocol):
@@ -169,11 +149,10 @@ def rank(
     user_ids: Sequence[str],
     users: Sequence[UserQuery],
     candidates: Candidates,
-    item_ids: Sequence[str],
 ) -> dict[str, RankedCandidates]:
     """Each user's merged candidates scored by ``ranker`` in one forward and sorted, best first."""
     scores = ranker.score(users, candidates.rows)
     return {
-        user_id: RankedCandidates.by_score(rows, row_scores, codes, candidates.source_names, item_ids)
+        user_id: RankedCandidates.by_score(rows, row_scores, codes, candidates.source_names)
         for user_id, rows, row_scores, codes in zip(user_ids, candidates.rows, scores, candidates.origin, strict=True)
     }

@@ -240,15 +240,16 @@ class ListBuilder:
 
     def _diversify(self, pool: RankedKeys, k: int) -> np.ndarray:
         settings = self.settings
-        if settings.max_per_category <= 0 and settings.diversity_weight <= 0:
-            return np.arange(min(k, len(pool)))
+        needs_categories = settings.max_per_category > 0 or settings.diversity_weight > 0
         return np.array(
             diversify(
                 pool.scores,
                 self._unit_vectors(pool.keys)
                 if settings.diversity_weight > 0
                 else np.zeros((len(pool), 1), np.float32),
-                [self.category_of(item_id) for item_id in self._item_ids(pool.keys)],
+                [self.category_of(item_id) for item_id in self._item_ids(pool.keys)]
+                if needs_categories
+                else [None] * len(pool),
                 k,
                 settings.diversity_weight,
                 settings.max_per_category,

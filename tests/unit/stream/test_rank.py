@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from streamrec.model.ranker import RankerConfig, SequenceRanker
@@ -34,19 +35,15 @@ def test_real_ranker_scores_every_candidate_finitely() -> None:
     assert all(np.isfinite(s).all() for s in scores)
 
 
-def test_ranked_candidates_order_by_score_and_build_objects_on_demand() -> None:
+def test_ranked_candidates_are_ordered_by_score_with_their_sources() -> None:
     ranked = RankedCandidates.by_score(
         np.array([4, 1, 7, 2]),
         np.array([0.1, 0.9, 0.5, 0.9], dtype=np.float32),
         np.array([0, 1, 0, 2], dtype=np.int8),
         ("ann", "covisitation", "item_knn"),
-        [f"item-{row}" for row in range(8)],
     )
-    assert len(ranked) == 4
-    head = ranked.items(0, 2)
+    assert len(ranked) == 4 and len(RankedCandidates()) == 0
     # Best first; equal scores keep the candidates' order.
-    assert [(i.item_id, i.source, i.row) for i in head] == [("item-1", "covisitation", 1), ("item-2", "item_knn", 2)]
-    assert [i.item_id for i in ranked.items(2)] == ["item-7", "item-4"]
-    assert [i.item_id for i in ranked.from_row(4)] == ["item-7", "item-4"]  # rows 4+ wherever they rank
-    assert ranked.items(0, 1)[0] is not head[0]  # fresh objects each time: later stages mark them per list
-    assert RankedCandidates().items(0, 10) == [] and RankedCandidates().from_row(0) == []
+    assert ranked.rows.tolist() == [1, 2, 7, 4]
+    assert [ranked.source_names[code] for code in ranked.sources.tolist()] == ["covisitation", "item_knn", "ann", "ann"]
+    assert ranked.scores.tolist() == pytest.approx([0.9, 0.9, 0.5, 0.1])
