@@ -214,10 +214,12 @@ def student_of(teacher: SequenceRanker, config: DistillConfig) -> SequenceRanker
     with torch.no_grad():
         student.item_embedding.weight.copy_(teacher.item_embedding.weight)
         if config.init_from_teacher:
-            student.position_embedding.weight.copy_(teacher.position_embedding.weight)
-            student.final_norm.load_state_dict(teacher.final_norm.state_dict())
-            for own, taught in zip(student.blocks, teacher.blocks, strict=False):
-                own.load_state_dict(taught.state_dict())
+            # Every tensor the two share by name and shape: positions, norms, the first blocks (a per-head
+            # tensor of another head count is left fresh).
+            taught = teacher.state_dict()
+            for name, tensor in student.state_dict().items():
+                if name in taught and taught[name].shape == tensor.shape:
+                    tensor.copy_(taught[name])
     student.item_embedding.weight.requires_grad_(False)
     return student
 

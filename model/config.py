@@ -49,6 +49,22 @@ class TrainConfig(BaseModel):
     layers: int = Field(2, ge=1, description="Self-attention blocks of the ranker.")
     heads: int = Field(2, ge=1, description="Attention heads per block (must divide `dim`).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout inside the ranker.")
+    norm: Literal["pre", "post"] = Field(
+        "pre", description="Layer norm before each block's sub-layers (pre) or after each residual sum (post)."
+    )
+    ffn_factor: int = Field(1, ge=1, description="Width of each block's feed-forward net, in multiples of `dim`.")
+    filter_mix: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the causal low-pass filter mixed with self-attention in every block (0: attention "
+        "only; `model/ranker.py`).",
+    )
+    positions: Literal["absolute", "relative"] = Field(
+        "absolute",
+        description="Positional embeddings aligned to the most recent item (absolute) or a learned attention bias "
+        "per query-key distance (relative).",
+    )
     # --- optimisation ----------------------------------------------------------------------------------------
     lr: float = Field(
         2e-3, gt=0, description="Adam learning rate; with full-softmax CE 2e-3 converges in half the epochs of 1e-3."
@@ -87,6 +103,12 @@ class TrainConfig(BaseModel):
         description="Largest catalogue `softmax` auto trains with the full softmax (it holds about batch_size · "
         "max_len · items · 16 bytes: 4.9 GiB peak on Yelp's 20,033 items). Where it fits it wins: the sampled "
         "softmax lost 10-14 % of validation NDCG@10 on Amazon Sports and Yelp, 3-5 % on Beauty.",
+    )
+    softmax_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Precision of the full softmax's products over the catalogue (sums and the softmax itself stay "
+        "float32): auto takes bfloat16 where the CPU multiplies it natively (AVX512-BF16, AMX), about 2x faster "
+        "training on such CPUs, and float32 elsewhere.",
     )
     sampled_negatives: int = Field(
         SAMPLED_NEGATIVES, ge=1, description="Negatives shared by the positions of a batch in the sampled softmax."

@@ -301,6 +301,30 @@ def list_novelty(lists: np.ndarray, self_information: np.ndarray) -> np.ndarray:
 
 # --- the evaluation ------------------------------------------------------------------------------------------
 
+TARGET_KINDS = ("new_item", "earlier_item")
+"""What a user's test target is to them: an item they never touched, or one from their history (a re-visit; never
+the item of their last event, since consecutive events on one item are one interaction)."""
+
+
+def target_kinds(split: LeaveOneOutSplit) -> np.ndarray:
+    """int8 [U]: each user's test target as an index of :data:`TARGET_KINDS`."""
+    targets = split.targets("test")
+    ends = split.history_end("test")
+    kinds = np.zeros(split.n_users, dtype=np.int8)
+    for user in range(split.n_users):
+        kinds[user] = np.any(split.items[int(split.offsets[user]) : int(ends[user])] == targets[user])
+    return kinds
+
+
+def by_target_kind(ranks: np.ndarray, kinds: np.ndarray) -> dict[str, dict[str, float]]:
+    """HR@10, NDCG@10 and the user count for each kind of test target (:data:`TARGET_KINDS`)."""
+    out: dict[str, dict[str, float]] = {}
+    for code, kind in enumerate(TARGET_KINDS):
+        chosen = ranks[kinds == code]
+        summary = summarize(chosen, (10,), with_mrr=False) if len(chosen) else {"HR@10": 0.0, "NDCG@10": 0.0}
+        out[kind] = {"users": len(chosen), **summary}
+    return out
+
 
 @dataclass(frozen=True)
 class OfflineEvaluation:
@@ -310,6 +334,7 @@ class OfflineEvaluation:
     split: LeaveOneOutSplit
     unknown_targets: np.ndarray  # bool [U]: the user's real test target is outside the vocabulary
     retrieval_queries: np.ndarray  # float32 [U, dim]: the offline interest vectors
+    target_kinds: np.ndarray  # int8 [U]: see target_kinds()
 
 
 def evaluate_offline(log: EventLog, artifacts: ModelArtifacts, *, seed: int = 0) -> OfflineEvaluation:
@@ -330,7 +355,8 @@ def evaluate_offline(log: EventLog, artifacts: ModelArtifacts, *, seed: int = 0)
             int(unknown.sum()), split.n_users, n_users_in_log - split.n_users,
         )  # fmt: skip
     models = _models(split, artifacts)
-    offline, retrieval_queries = _offline(split, artifacts, models, seed, unknown)
+    kinds = target_kinds(split)
+    offline, retrieval_queries = _offline(split, artifacts, models, seed, unknown, kinds)
     offline_seconds = time.perf_counter() - started
     logger.info("offline evaluation of %d users took %.1f s", split.n_users, offline_seconds)
     report: dict[str, Any] = {
@@ -346,7 +372,7 @@ def evaluate_offline(log: EventLog, artifacts: ModelArtifacts, *, seed: int = 0)
         "results": offline,
         "seconds": {"offline": round(offline_seconds, 2)},
     }
-    return OfflineEvaluation(report, split, unknown, retrieval_queries)
+    return OfflineEvaluation(report, split, unknown, retrieval_queries, kinds)
 
 
 def ann_recall(artifacts: ModelArtifacts, queries: np.ndarray, source: str, seed: int = 0) -> dict[str, Any]:
@@ -403,10 +429,16 @@ def _models(split: LeaveOneOutSplit, artifacts: ModelArtifacts) -> _Models:
 
 
 def _offline(
-    split: LeaveOneOutSplit, artifacts: ModelArtifacts, models: _Models, seed: int, unknown: np.ndarray | None = None
+    split: LeaveOneOutSplit,
+    artifacts: ModelArtifacts,
+    models: _Models,
+    seed: int,
+    unknown: np.ndarray | None = None,
+    kinds: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Every model's results under every protocol; also the retrieval queries ``[U, dim]``. Users flagged in
-    ``unknown`` (bool [U], see :func:`unknown_target_users`) are a miss for every model and protocol."""
+    """Every model's results under every protocol (full ranking also by kind of target, given ``kinds``); also the
+    retrieval queries ``[U, dim]``. Users flagged in ``unknown`` (bool [U], see :func:`unknown_target_users`) are a
+    miss for every model and protocol."""
     n_items = len(artifacts.item_ids)
     targets = split.targets("test")
     interacted = np.split(split.items, split.offsets[1:-1])  # every item of each user, target included
@@ -455,6 +487,8 @@ def _offline(
             if unknown is not None:
                 protocol_ranks[unknown] = n_items if protocol == "full" else N_NEGATIVES
             results[name][protocol] = summarize(protocol_ranks)
+            if protocol == "full" and kinds is not None:
+                results[name]["full_by_target_kind"] = by_target_kind(protocol_ranks, kinds)
         if name in lists:
             top = np.concatenate(lists[name])
             results[name] |= {

@@ -20,7 +20,7 @@ cross-entropy per position.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -41,10 +41,77 @@ class ItemTable(Protocol):
         ...
 
 
+CHUNK_SCORES = 1 << 19
+"""Logits the full softmax holds at once (2 MiB of float32): a chunk stays in the CPU's cache between the
+product that makes it and the softmax that reads it, where ``[positions, items]`` logits would stream through
+memory several times."""
+CHUNK_MIN_ROWS = 32
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Per-position cross-entropy of ``hidden @ table.T`` computed a chunk of positions at a time.
+
+    The forward pass keeps only each position's log-sum-exp; the backward pass recomputes a chunk's logits and
+    turns them into the gradient ``softmax − one_hot``. Same values and gradients as
+    ``F.cross_entropy(hidden @ table.T, targets, reduction="none")`` without its ``[P, n_items]`` tensors: the full
+    softmax is bound by memory traffic, not arithmetic, on CPUs (the inner dimension is only ``dim``).
+
+    With ``products`` = bfloat16 the three products over the catalogue take bfloat16 inputs (float32
+    accumulation inside the kernel); the log-sum-exp, the softmax and the gradients' sums stay float32. On CPUs
+    with native bfloat16 arithmetic that is about 4x faster per product; the gradients differ from float32's by a
+    relative 3e-4 (a unit test bounds it).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, products: torch.dtype
+    ) -> torch.Tensor:
+        step = max(CHUNK_MIN_ROWS, CHUNK_SCORES // max(1, table.shape[0]))
+        left, right = hidden.to(products), table.to(products)
+        log_norms = torch.empty(len(hidden), dtype=hidden.dtype)
+        for begin in range(0, len(hidden), step):
+            logits = (left[begin : begin + step] @ right.T).to(hidden.dtype)
+            log_norms[begin : begin + step] = torch.logsumexp(logits, dim=1)
+        target_logits = (hidden * table[targets]).sum(-1)
+        ctx.save_for_backward(hidden, table, targets, log_norms)
+        ctx.step, ctx.products = step, products
+        return log_norms - target_logits
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        hidden, table, targets, log_norms = ctx.saved_tensors
+        left, right = hidden.to(ctx.products), table.to(ctx.products)
+        grad_hidden = torch.empty_like(hidden)
+        grad_table = torch.zeros_like(table)
+        for begin in range(0, len(hidden), ctx.step):
+            rows = slice(begin, begin + ctx.step)
+            softmax = (left[rows] @ right.T).to(hidden.dtype).sub_(log_norms[rows].unsqueeze(1)).exp_()
+            gradient = softmax.mul_(grad_loss[rows].unsqueeze(1)).to(ctx.products)
+            grad_hidden[rows] = gradient @ right
+            grad_table += gradient.T @ left[rows]
+        # The one-hot part of softmax − one_hot, for every chunk at once.
+        weighted = grad_loss.unsqueeze(1)
+        grad_hidden -= weighted * table[targets]
+        grad_table.index_add_(0, targets, -weighted * hidden)
+        return grad_hidden, grad_table, None, None
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): elsewhere it is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class FullSoftmax:
-    """Cross-entropy over the whole catalogue."""
+    """Cross-entropy over the whole catalogue, its products over the catalogue in ``products`` precision."""
 
     name = "full"
+
+    def __init__(self, products: torch.dtype = torch.float32) -> None:
+        self.products = products
+        self.precision = str(products).removeprefix("torch.")
 
     def start_batch(self) -> None:
         pass
@@ -53,7 +120,7 @@ class FullSoftmax:
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor, items: ItemTable) -> torch.Tensor:
         """Per-position cross-entropy ``[P]`` of ``hidden @ E.T`` against ``targets``."""
-        return F.cross_entropy(hidden @ items.item_embeddings().T, targets, reduction="none")
+        return _ChunkedCrossEntropy.apply(hidden, items.item_embeddings(), targets, self.products)
 
 
 class SampledSoftmax:
@@ -66,6 +133,7 @@ class SampledSoftmax:
 
     name = "sampled"
     sparse_gradients = True
+    precision = "float32"
 
     def __init__(
         self, target_counts: np.ndarray, n_negatives: int, popularity_share: float, generator: torch.Generator
@@ -143,6 +211,7 @@ def softmax_for(config: TrainConfig, target_counts: np.ndarray, seed: int) -> So
     if kind == "auto":
         kind = "full" if n_items <= config.full_softmax_max_items else "sampled"
     if kind == "full":
-        return FullSoftmax()
+        bfloat16 = config.softmax_precision == "bfloat16" or (config.softmax_precision == "auto" and native_bfloat16())
+        return FullSoftmax(torch.bfloat16 if bfloat16 else torch.float32)
     generator = torch.Generator().manual_seed(seed)
     return SampledSoftmax(target_counts, config.sampled_negatives, config.negative_popularity_share, generator)

@@ -81,6 +81,10 @@ def ranker_config(config: TrainConfig, n_items: int) -> RankerConfig:
         n_layers=config.layers,
         n_heads=config.heads,
         dropout=config.dropout,
+        norm=config.norm,
+        ffn_factor=config.ffn_factor,
+        filter_mix=config.filter_mix,
+        positions=config.positions,
     )
 
 
@@ -177,6 +181,7 @@ def train_artifacts(
             "seconds": round(train_seconds, 2),
             "torch_threads": torch.get_num_threads(),
             "softmax": softmax.name,
+            "softmax_precision": softmax.precision,
             "sparse_table_updates": softmax.sparse_gradients and len(item_ids) >= config.sparse_table_min_items,
             "history": history,
             # The process's peak resident memory (MiB) and the time when each phase ended: where a peak comes from.

@@ -13,7 +13,7 @@ import orjson
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import Histories
 from streamrec.model.compress import with_compressed_ranker
-from streamrec.model.evaluate import ann_recall, evaluate_offline
+from streamrec.model.evaluate import ann_recall, by_target_kind, evaluate_offline
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import EVENT_TYPES
 from streamrec.model.metrics import CUTOFFS, summarize
@@ -70,6 +70,7 @@ def evaluate(
             seed=seed,
             max_users=served_max_users,
             unknown_targets=offline.unknown_targets,
+            target_kinds=offline.target_kinds,
         )
         source = "served interest vectors (pipeline state after the replay)"
         report |= ann_recall(artifacts, served_queries, source, seed)
@@ -117,11 +118,14 @@ def served_metrics(
     max_users: int | None = None,
     batch_events: int = SERVED_BATCH_EVENTS,
     unknown_targets: np.ndarray | None = None,
+    target_kinds: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Replay every (or a seeded sample of ``max_users``) user's history through a real :class:`Pipeline` and
     score the user's last published list against the test target.
 
-    Users flagged in ``unknown_targets`` (bool [U], see :func:`unknown_target_users`) are misses.
+    Users flagged in ``unknown_targets`` (bool [U], see :func:`unknown_target_users`) are misses; with
+    ``target_kinds`` (int8 [U], :func:`~streamrec.model.evaluate.target_kinds`) the metrics are also given per kind
+    of test target.
 
     Returns the metrics and the users' final interest vectors (the served retrieval queries) ``[U, dim]``.
     """
@@ -201,6 +205,8 @@ def served_metrics(
             vectors[row] = state.vector
     metrics: dict[str, Any] = summarize(ranks, [k for k in CUTOFFS if k <= top_k], with_mrr=False)
     metrics["candidate_sources"] = candidate_source_recall(user_ids, target_rows, last_candidates, top_k)
+    if target_kinds is not None:
+        metrics["by_target_kind"] = by_target_kind(ranks, target_kinds[users])
     metrics[f"MRR@{top_k}"] = round(float(np.mean(np.where(ranks < top_k, 1.0 / (ranks + 1.0), 0.0))), 6)
     metrics |= {
         "protocol": SERVED_PROTOCOL,

@@ -11,12 +11,15 @@ import pytest
 
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.evaluate import (
+    TARGET_KINDS,
     ann_recall,
+    by_target_kind,
     coverage,
     evaluate_offline,
     format_table,
     list_novelty,
     sample_negatives,
+    target_kinds,
     top_items,
     unknown_target_users,
 )
@@ -166,3 +169,20 @@ def test_unknown_target_users_flags_a_last_event_outside_the_vocabulary() -> Non
     assert split.users.tolist() == ["a", "b"]
     assert split.targets("test").tolist() == [2, 2]  # a's real target "rare" was silently replaced by "z"
     assert unknown_target_users(log, split, row_of).tolist() == [True, False]
+
+
+def test_each_test_target_is_told_new_or_a_revisit() -> None:
+    events = {"new": ["x", "y", "z", "w"], "earlier": ["x", "y", "z", "x"], "repeated": ["x", "y", "z", "z", "y"]}
+    log = EventLog.from_events(
+        [Event(user, item, EventType.VIEW, float(t)) for user, items in events.items() for t, item in enumerate(items)]
+    )
+    split = leave_one_out(log, {"w": 0, "x": 1, "y": 2, "z": 3})
+    kinds = dict(zip(split.users.tolist(), target_kinds(split).tolist(), strict=True))
+    assert {user: TARGET_KINDS[code] for user, code in kinds.items()} == {
+        "new": "new_item", "earlier": "earlier_item", "repeated": "earlier_item",
+    }  # fmt: skip
+    rank_of = {"new": 0, "earlier": 15, "repeated": 3}
+    ranks = np.array([rank_of[user] for user in split.users.tolist()])
+    by_kind = by_target_kind(ranks, target_kinds(split))
+    assert by_kind["new_item"] == {"users": 1, "HR@10": 1.0, "NDCG@10": 1.0}
+    assert by_kind["earlier_item"] == {"users": 2, "HR@10": 0.5, "NDCG@10": round(0.5 / math.log2(5), 6)}

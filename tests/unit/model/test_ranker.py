@@ -10,10 +10,20 @@ from streamrec.model.ranker import PAD, RankerConfig, SequenceRanker
 N_ITEMS = 30
 
 
-@pytest.fixture
-def ranker() -> SequenceRanker:
+ARCHITECTURES = {
+    "pre-norm attention": {},
+    "post-norm, wide feed-forward": {"norm": "post", "ffn_factor": 4},
+    "attention mixed with the low-pass filter": {"filter_mix": 0.7},
+    "relative positions": {"positions": "relative"},
+    "post-norm filter mix with relative positions": {"norm": "post", "filter_mix": 0.5, "positions": "relative"},
+}
+
+
+@pytest.fixture(params=list(ARCHITECTURES.values()), ids=list(ARCHITECTURES))
+def ranker(request: pytest.FixtureRequest) -> SequenceRanker:
     torch.manual_seed(0)
-    return SequenceRanker(RankerConfig(n_items=N_ITEMS, dim=16, max_len=8, n_layers=2, n_heads=2)).eval()
+    config = RankerConfig(n_items=N_ITEMS, dim=16, max_len=8, n_layers=2, n_heads=2, **request.param)
+    return SequenceRanker(config).eval()
 
 
 def left_pad(rows: list[list[int]], width: int) -> torch.Tensor:
@@ -27,6 +37,16 @@ def test_config_validates_and_round_trips() -> None:
         RankerConfig(n_items=5, dim=10, n_heads=4)
     with pytest.raises(ValueError):
         RankerConfig(n_items=0)
+    with pytest.raises(ValueError):
+        RankerConfig(n_items=5, filter_mix=1.5)
+
+
+def test_a_manifest_from_before_the_architecture_fields_loads_the_architecture_it_was_trained_with() -> None:
+    old = {"n_items": 5, "dim": 8, "max_len": 4, "n_layers": 1, "n_heads": 2, "dropout": 0.2}
+    config = RankerConfig.from_dict(old)
+    assert (config.norm, config.ffn_factor, config.filter_mix, config.positions) == ("pre", 1, 0.0, "absolute")
+    names = set(SequenceRanker(config).state_dict())
+    assert "position_embedding.weight" in names and not any("low_pass" in name for name in names)
 
 
 def test_shapes(ranker: SequenceRanker) -> None:
@@ -95,3 +115,25 @@ def test_the_padding_row_stays_zero_and_gradients_reach_the_table(ranker: Sequen
     assert grad is not None and grad[4].abs().sum() > 0
     assert grad[N_ITEMS].abs().sum() == 0
     assert ranker.item_embedding.weight[N_ITEMS].abs().sum() == 0
+
+
+@pytest.mark.parametrize("positions", ["absolute", "relative"])
+def test_relative_positions_make_every_training_position_what_serving_computes(positions: str) -> None:
+    # Training reads the state at every position of a window; serving reads the last position of the history
+    # that ends there. Relative positions (and the causal filter) make the two the same state; absolute
+    # positions, aligned to the window's end, give an earlier position other embeddings than serving does.
+    torch.manual_seed(0)
+    config = RankerConfig(n_items=N_ITEMS, dim=16, max_len=8, filter_mix=0.5, positions=positions)
+    ranker = SequenceRanker(config).eval()
+    window = ranker.forward(torch.tensor([[1, 2, 3, 4, 5]]))
+    served = ranker.encode(torch.tensor([[1, 2, 3]]))
+    assert torch.allclose(window[0, 2], served[0], atol=1e-5) == (positions == "relative")
+
+
+def test_the_low_pass_filter_reads_only_earlier_items_and_skips_padding() -> None:
+    torch.manual_seed(0)
+    ranker = SequenceRanker(RankerConfig(n_items=N_ITEMS, dim=16, max_len=8, n_layers=1, filter_mix=1.0)).eval()
+    a = ranker.forward(left_pad([[1, 2, 3, 4]], 6))
+    b = ranker.forward(left_pad([[1, 2, 3, 9]], 6))
+    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-5) and not torch.allclose(a[:, 5], b[:, 5])
+    assert torch.allclose(ranker.encode(left_pad([[1, 2, 3]], 8)), ranker.encode(left_pad([[1, 2, 3]], 3)), atol=1e-5)

@@ -129,3 +129,18 @@ def test_sparse_table_gradients_match_dense_ones() -> None:
         grads.append(grad.to_dense() if grad.is_sparse else grad)
         assert grad.is_sparse == sparse
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize(("precision", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 3e-3)])
+def test_the_chunked_full_softmax_gives_torch_s_loss_and_gradients(precision: torch.dtype, tolerance: float) -> None:
+    # More positions than one chunk holds, and per-position weights as the retrieval loss's masked mean gives.
+    hidden, table, targets = _problem(n_items=20_000, positions=150, dim=16)
+    with torch.no_grad():
+        table /= 4  # logits of the size training sees
+    weights = torch.rand(150, generator=torch.Generator().manual_seed(1))
+    expected = F.cross_entropy(hidden @ table.T, targets, reduction="none")
+    loss = FullSoftmax(precision).loss(hidden, targets, Table(table))
+    assert torch.allclose(loss, expected, atol=tolerance * 10)
+    got_gradients = _gradients((loss * weights).sum(), hidden, table)
+    for got, want in zip(got_gradients, _gradients((expected * weights).sum(), hidden, table), strict=True):
+        assert (got - want).norm() <= tolerance * want.norm()

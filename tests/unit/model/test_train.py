@@ -116,6 +116,8 @@ def test_artifact_directory_and_manifest(trained: Path, log: EventLog) -> None:
     assert manifest["dim"] == 32
     assert manifest["ranker_config"] == {
         "n_items": 120, "dim": 32, "max_len": 20, "n_layers": 1, "n_heads": 2, "dropout": 0.2,
+        "norm": CONFIG.norm, "ffn_factor": CONFIG.ffn_factor, "filter_mix": CONFIG.filter_mix,
+        "positions": CONFIG.positions,
     }  # fmt: skip
     assert manifest["train_config"]["event_weights"] == CONFIG.event_weights
     assert manifest["train_config"]["half_life_s"] == CONFIG.half_life_s

@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Model choices measured one change at a time on the validation split of the shared benchmark datasets.
+
+Usage::
+
+    python bench/bench_model_choices.py --dataset beauty --variant dropout-0.5 --set dropout=0.5 [--threads 1]
+    python bench/bench_model_choices.py --report
+
+A variant is a name and the ``STREAMREC_TRAIN__*`` fields it changes (``--set FIELD=VALUE``, repeatable; a variant
+without ``--set`` is today's defaults). Each run is what a user would do: ``streamrec train`` on the dataset in its
+own process, everything else at its default; the run's manifest gives the validation figures its choices are made
+on (the ranker's NDCG@10 / HR@10 at the best epoch, and the served blend's NDCG@10 at the weight validation picked),
+the epochs and the training time. Test figures are kept in the results but the report leaves them out: nothing is
+chosen on the test split. Each run's result is kept in ``bench/results/model_choices/<dataset>/<variant>.json``, so
+variants can run one at a time (or two at once with ``--threads 1`` on a 2-core machine) and be reported together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "model_choices"
+DATA = REPO.parent / "shared" / "data"
+DATASETS = {
+    "beauty": DATA / "amazon-beauty" / "Beauty.txt",
+    "sports": DATA / "amazon-sports" / "Sports_and_Outdoors.txt",
+    "yelp": DATA / "yelp" / "Yelp.txt",
+}
+
+
+def train(dataset: str, variant: str, settings: dict[str, str], threads: int | None) -> dict[str, Any]:
+    events = DATASETS[dataset]
+    if not events.exists():
+        raise SystemExit(f"{events} not found: the datasets live in ../shared/data beside the repository")
+    out = RESULTS / dataset / f"{variant}.artifacts"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env |= {f"STREAMREC_TRAIN__{field.upper()}": value for field, value in settings.items()}
+    if threads:
+        env["STREAMREC_TRAIN__TORCH_THREADS"] = str(threads)
+    log = RESULTS / dataset / f"{variant}.log"
+    command = [sys.executable, "-m", "streamrec.stream.app.cli", "train", "--events", str(events), "--out", str(out)]
+    started = time.perf_counter()
+    with log.open("wb") as sink:
+        code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+        raise SystemExit(f"streamrec train failed ({code}); see {log}: {tail}")
+    version = (out / "LATEST").read_text().strip()
+    manifest = json.loads((out / version / "manifest.json").read_text())
+    training = manifest["training"]
+    best = training["history"][training["best_epoch"] - 1]
+    blend = manifest.get("blend_validation", {}).get("NDCG@10", {})
+    return {
+        "dataset": dataset,
+        "variant": variant,
+        "settings": settings,
+        "date": time.strftime("%Y-%m-%d"),
+        "threads": training["torch_threads"],
+        "epochs": training["epochs"],
+        "best_epoch": training["best_epoch"],
+        "train_seconds": training["seconds"],
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "val_ranker_ndcg@10": best["val_ranker_ndcg@10"],
+        "val_ranker_hr@10": best["val_ranker_hr@10"],
+        "val_retrieval_ndcg@10": best["val_retrieval_ndcg@10"],
+        "blend_weight": manifest.get("blend_weight"),
+        "val_blend_ndcg@10": max(blend.values()) if blend else None,
+        "test": {name: {k: m[k] for k in ("HR@10", "NDCG@10")} for name, m in manifest["metrics"]["test"].items()},
+        "artifacts": str(out / version),
+    }
+
+
+def report() -> None:
+    for directory in sorted(RESULTS.glob("*")):
+        rows = [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
+        if not rows:
+            continue
+        print(f"\n{directory.name} (validation split)")
+        print(
+            "| variant | changes | val ranker NDCG@10 | val ranker HR@10 | val blend NDCG@10 (λ) | epochs (best) | s |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for r in sorted(rows, key=lambda r: r["val_ranker_ndcg@10"]):
+            changes = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
+            blend = "—" if r["val_blend_ndcg@10"] is None else f"{r['val_blend_ndcg@10']:.4f} ({r['blend_weight']:g})"
+            print(
+                f"| {r['variant']} | {changes} | {r['val_ranker_ndcg@10']:.4f} | {r['val_ranker_hr@10']:.4f} | "
+                f"{blend} | {r['epochs']} ({r['best_epoch']}) | {r['train_seconds']:.0f} |"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS))
+    parser.add_argument("--variant", help="name of the run (its result file)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig field")
+    parser.add_argument("--threads", type=int, help="torch threads of the run (default: the training default)")
+    parser.add_argument("--report", action="store_true", help="print the table of every recorded run")
+    args = parser.parse_args()
+    if args.report:
+        report()
+        return
+    if not args.dataset or not args.variant:
+        raise SystemExit("--dataset and --variant are needed (or --report)")
+    settings = {}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE")
+        settings[field.strip()] = value.strip()
+    result = train(args.dataset, args.variant, settings, args.threads)
+    path = RESULTS / args.dataset / f"{args.variant}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "test"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
