@@ -56,10 +56,15 @@ def train(dataset: str, variant: str, settings: dict[str, str], threads: int | N
     if code != 0:
         tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
         raise SystemExit(f"streamrec train failed ({code}); see {log}: {tail}")
+    return summary(dataset, variant, settings, out, round(time.perf_counter() - started, 1))
+
+
+def summary(dataset: str, variant: str, settings: dict[str, str], out: Path, wall: float | None) -> dict[str, Any]:
+    """The result of a finished run, from the manifest of the version it wrote under ``out``."""
     version = (out / "LATEST").read_text().strip()
     manifest = json.loads((out / version / "manifest.json").read_text())
     training = manifest["training"]
-    best = training["history"][training["best_epoch"] - 1]
+    best = {key.lower(): value for key, value in training["history"][training["best_epoch"] - 1].items()}
     blend = manifest.get("blend_validation", {}).get("NDCG@10", {})
     return {
         "dataset": dataset,
@@ -70,13 +75,17 @@ def train(dataset: str, variant: str, settings: dict[str, str], threads: int | N
         "epochs": training["epochs"],
         "best_epoch": training["best_epoch"],
         "train_seconds": training["seconds"],
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        "wall_seconds": wall,
+        "softmax_precision": training.get("softmax_precision", "float32"),
         "val_ranker_ndcg@10": best["val_ranker_ndcg@10"],
         "val_ranker_hr@10": best["val_ranker_hr@10"],
         "val_retrieval_ndcg@10": best["val_retrieval_ndcg@10"],
         "blend_weight": manifest.get("blend_weight"),
         "val_blend_ndcg@10": max(blend.values()) if blend else None,
-        "test": {name: {k: m[k] for k in ("HR@10", "NDCG@10")} for name, m in manifest["metrics"]["test"].items()},
+        "test": {
+            name: {k: v for k, v in m.items() if k.lower() in ("hr@10", "ndcg@10")}
+            for name, m in manifest["metrics"]["test"].items()
+        },
         "artifacts": str(out / version),
     }
 
@@ -107,6 +116,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig field")
     parser.add_argument("--threads", type=int, help="torch threads of the run (default: the training default)")
     parser.add_argument("--report", action="store_true", help="print the table of every recorded run")
+    parser.add_argument(
+        "--collect", action="store_true", help="record a run whose training finished but was not recorded"
+    )
     args = parser.parse_args()
     if args.report:
         report()
@@ -119,7 +131,12 @@ def main() -> None:
         if not sep:
             raise SystemExit(f"--set {item!r}: expected FIELD=VALUE")
         settings[field.strip()] = value.strip()
-    result = train(args.dataset, args.variant, settings, args.threads)
+    if args.collect:
+        result = summary(
+            args.dataset, args.variant, settings, RESULTS / args.dataset / f"{args.variant}.artifacts", None
+        )
+    else:
+        result = train(args.dataset, args.variant, settings, args.threads)
     path = RESULTS / args.dataset / f"{args.variant}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "test"}, indent=2))

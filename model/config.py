@@ -74,6 +74,13 @@ class TrainConfig(BaseModel):
     max_epochs: int = Field(200, ge=1, description="Most epochs; early stopping usually ends training first.")
     patience: int = Field(5, ge=1, description="Epochs without a better validation NDCG@10 before stopping.")
     seed: int = Field(0, description="Seed of every random choice (initialisation, batches, sampling, ties).")
+    refit: bool = Field(
+        False,
+        description="After early stopping on the validation split, train a fresh model for the chosen number of "
+        "epochs on every interaction before each user's test item (the validation items included) and publish it: "
+        "the served model then learns each user's latest transition too. The item-kNN blend weight stays the one "
+        "chosen on validation; training takes about twice as long.",
+    )
     time_budget_s: float | None = Field(
         None, gt=0, description="Stop after the epoch that exceeds this many seconds (the best epoch is kept)."
     )

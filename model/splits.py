@@ -62,14 +62,15 @@ class LeaveOneOutSplit:
         """int64 [N]: the user index of each event position."""
         return np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(self.offsets))
 
-    def train_targets(self) -> np.ndarray:
-        """int64 [N]: each train event's target item row, -1 for events that have none.
+    def train_targets(self, before: Stage = "valid") -> np.ndarray:
+        """int64 [N]: each event's target item row when the target comes before the ``before`` stage's
+        interaction, -1 for events that have none.
 
-        Validation and test events, and the last train interaction (whose next item is the validation
-        target), get -1.
+        With ``before="valid"`` (training) validation and test events, and the last train interaction (whose next
+        item is the validation target), get -1; with ``before="test"`` (a refit) the validation item is a target too.
         """
-        user_valid_start = np.repeat(self.valid_start, np.diff(self.offsets))
-        trainable = self.next_start < user_valid_start
+        user_end = np.repeat(self.history_end(before), np.diff(self.offsets))
+        trainable = self.next_start < user_end
         return np.where(trainable, self.next_item, -1)
 
     def history_end(self, stage: Stage) -> np.ndarray:

@@ -138,10 +138,17 @@ def train_artifacts(
     softmax = softmax_for(config, windows.target_counts(len(item_ids)), config.seed)
     eval_users = evaluation_users(split.n_users, len(item_ids), config)
     history, best_epoch = _fit(model, windows, split, config, rng, progress, softmax, eval_users)
-    train_seconds = time.perf_counter() - started
     peaks.mark("fit")
-
     model.eval()
+    # The item-kNN's weight is chosen on the validation split, so by the model early stopping chose there.
+    item_knn, blend_manifest = fit_blend(RankerScorer(model, config.max_len), split, len(item_ids), config)
+    peaks.mark("blend")
+    refit_manifest: dict[str, Any] = {}
+    if config.refit:
+        model, refit_manifest = _refit(split, config, len(item_ids), best_epoch, rng, progress)
+        peaks.mark("refit")
+    train_seconds = time.perf_counter() - started
+
     test_ranks, queries = _evaluate(model, split, "test", config, with_baselines=True, users=eval_users)
     test_metrics = {name: summarize(ranks) | {"users": len(ranks)} for name, ranks in test_ranks.items()}
     peaks.mark("test")
@@ -152,8 +159,6 @@ def train_artifacts(
     index_recall = exact_recall(index, embeddings, sample, recall_k)
     peaks.mark("index")
     logger.info("test metrics: %s", {name: m["NDCG@10"] for name, m in test_metrics.items()})
-    item_knn, blend_manifest = fit_blend(RankerScorer(model, config.max_len), split, len(item_ids), config)
-    peaks.mark("blend")
     segments, segments_manifest = _fit_segments(queries, embeddings, config)
     peaks.mark("segments")
     content, content_manifest = fit_content_projection(catalog, item_ids, embeddings, config)
@@ -184,6 +189,7 @@ def train_artifacts(
             "softmax_precision": softmax.precision,
             "sparse_table_updates": softmax.sparse_gradients and len(item_ids) >= config.sparse_table_min_items,
             "history": history,
+            **({"refit": refit_manifest} if refit_manifest else {}),
             # The process's peak resident memory (MiB) and the time when each phase ended: where a peak comes from.
             "phases": peaks.marks,
         },
@@ -485,16 +491,17 @@ class TrainingWindows:
         return np.bincount(self.targets[self.targets >= 0], minlength=n_items)
 
 
-def training_windows(split: LeaveOneOutSplit, config: TrainConfig) -> TrainingWindows:
+def training_windows(split: LeaveOneOutSplit, config: TrainConfig, before: Stage = "valid") -> TrainingWindows:
     """Cut every user's train events into windows of ``max_len`` ending at the user's last trainable event.
 
     Long histories yield several windows (stepping back ``max_len`` events at a time), so every training
     target is used exactly once per epoch. A window's interest vector starts at its first event; what the
     worker's vector would still hold from older events is decayed by ``max_len`` events of time, which is
-    little at the serving half-life. Evaluation uses the whole history, exactly as served.
+    little at the serving half-life. Evaluation uses the whole history, exactly as served. ``before="test"`` takes
+    the validation items as targets too (a refit).
     """
     length = config.max_len
-    targets_all = split.train_targets()
+    targets_all = split.train_targets(before)
     trainable = np.flatnonzero(targets_all >= 0)
     users = split.user_of[trainable]
     is_last = np.append(users[1:] != users[:-1], True) if len(users) else np.zeros(0, dtype=bool)
@@ -596,36 +603,19 @@ def _fit(
     eval_users: np.ndarray,
 ) -> tuple[list[dict[str, float]], int]:
     """Train with early stopping on validation NDCG@10 of the ranker; leaves the best epoch's weights loaded."""
-    # Temperature of the normalised interest-vector logits; starts where the ranker's logits are (≈ sqrt(dim)).
-    log_scale = torch.nn.Parameter(torch.tensor(math.log(math.sqrt(config.dim))))
-    sparse_table = softmax.sparse_gradients and model.config.n_items >= config.sparse_table_min_items
-    optimizers = _optimizers(model, log_scale, config, sparse_table=sparse_table)
+    trainer = _Trainer(model, windows, config, softmax)
     history: list[dict[str, float]] = []
     best_ndcg, best_epoch, best_state = -1.0, 0, _copy_state(model)
     started = time.perf_counter()
     epochs = tqdm(range(1, config.max_epochs + 1), desc="epochs", unit="epoch", disable=not progress)
     for epoch in epochs:
-        model.train()
-        totals = np.zeros(3)
-        batches = window_batches(windows.lengths, config.batch_size, rng)
-        for batch in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress):
-            losses = _losses(model, log_scale, windows, batch, config.retrieval_loss_weight, softmax)
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            losses[0].backward()
-            clip_gradients(list(model.parameters()), 5.0)
-            for optimizer in optimizers:
-                optimizer.step()
-            totals += [float(loss.detach()) for loss in losses]
-
+        losses = trainer.epoch(epoch, rng, progress)
         model.eval()
         ranks, _ = _evaluate(model, split, "valid", config, with_baselines=False, users=eval_users)
         record = {
             "epoch": epoch,
-            "loss": float(totals[0] / len(batches)),
-            "ranking_loss": float(totals[1] / len(batches)),
-            "retrieval_loss": float(totals[2] / len(batches)),
-            "retrieval_temperature": float(log_scale.detach().exp()),
+            **losses,
+            "retrieval_temperature": float(trainer.log_scale.detach().exp()),
             "val_ranker_NDCG@10": ndcg(ranks["ranker"], 10),
             "val_ranker_HR@10": hit_rate(ranks["ranker"], 10),
             "val_retrieval_NDCG@10": ndcg(ranks["retrieval"], 10),
@@ -646,6 +636,55 @@ def _fit(
     model.load_state_dict(best_state)
     model.item_embedding.sparse = False
     return history, best_epoch
+
+
+class _Trainer:
+    """The optimisation state of one model: its optimizers and the interest-vector loss's temperature."""
+
+    def __init__(self, model: SequenceRanker, windows: TrainingWindows, config: TrainConfig, softmax: Softmax) -> None:
+        self.model, self.windows, self.config, self.softmax = model, windows, config, softmax
+        # Temperature of the normalised interest-vector logits; starts where the ranker's logits are (≈ sqrt(dim)).
+        self.log_scale = torch.nn.Parameter(torch.tensor(math.log(math.sqrt(config.dim))))
+        sparse_table = softmax.sparse_gradients and model.config.n_items >= config.sparse_table_min_items
+        self.optimizers = _optimizers(model, self.log_scale, config, sparse_table=sparse_table)
+
+    def epoch(self, epoch: int, rng: np.random.Generator, progress: bool) -> dict[str, float]:
+        """One pass over every window; the mean losses of its batches."""
+        self.model.train()
+        totals = np.zeros(3)
+        batches = window_batches(self.windows.lengths, self.config.batch_size, rng)
+        for batch in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress):
+            losses = _losses(
+                self.model, self.log_scale, self.windows, batch, self.config.retrieval_loss_weight, self.softmax
+            )
+            for optimizer in self.optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            losses[0].backward()
+            clip_gradients(list(self.model.parameters()), 5.0)
+            for optimizer in self.optimizers:
+                optimizer.step()
+            totals += [float(loss.detach()) for loss in losses]
+        loss, ranking, retrieval = (totals / len(batches)).tolist()
+        return {"loss": loss, "ranking_loss": ranking, "retrieval_loss": retrieval}
+
+
+def _refit(
+    split: LeaveOneOutSplit, config: TrainConfig, n_items: int, epochs: int, rng: np.random.Generator, progress: bool
+) -> tuple[SequenceRanker, dict[str, Any]]:
+    """A fresh model trained for ``epochs`` epochs on every interaction before each user's test item, the
+    validation items included: what early stopping chose, learned from the users' latest interactions too."""
+    started = time.perf_counter()
+    windows = training_windows(split, config, before="test")
+    model = SequenceRanker(ranker_config(config, n_items))
+    softmax = softmax_for(config, windows.target_counts(n_items), config.seed)
+    trainer = _Trainer(model, windows, config, softmax)
+    losses: list[dict[str, float]] = []
+    for epoch in tqdm(range(1, epochs + 1), desc="refit epochs", unit="epoch", disable=not progress):
+        losses.append({"epoch": epoch, **trainer.epoch(epoch, rng, progress)})
+    model.eval()
+    model.item_embedding.sparse = False
+    seconds = round(time.perf_counter() - started, 2)
+    return model, {"epochs": epochs, "training_windows": len(windows), "seconds": seconds, "history": losses}
 
 
 def _optimizers(

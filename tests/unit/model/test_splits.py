@@ -46,6 +46,8 @@ def test_last_interaction_is_test_second_last_is_validation() -> None:
     # Train targets stop before the validation item: a -> b is the only train transition of u1 (b -> c would
     # leak the validation target); u2 has a single train interaction and nothing to learn.
     assert split.train_targets().tolist() == [1, -1, -1, -1, -1, -1, -1, -1]
+    # A refit learns every transition before the test item: b -> c (the validation item) from each "b" event.
+    assert split.train_targets("test").tolist() == [1, 2, 2, -1, -1, 3, -1, -1]
     assert split.user_of.tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
 
 

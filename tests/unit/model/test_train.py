@@ -266,3 +266,15 @@ def test_evaluation_ranks_every_user_within_the_score_budget_and_a_fixed_sample_
     sample = evaluation_users(500, 1_000, tight)
     assert len(sample) == 100 and len(set(sample.tolist())) == 100 and sample.max() < 500
     assert (evaluation_users(500, 1_000, tight) == sample).all()  # every pass of a run ranks the same users
+
+
+def test_a_refit_learns_the_validation_items_for_as_many_epochs_as_early_stopping_chose(log: EventLog, tmp_path: Path):
+    config = changed(CONFIG, refit=True, max_epochs=4, blend_weights=(0.0, 4.0))
+    manifest = manifest_of(train_artifacts(log, tmp_path, config, progress=False))
+    training = manifest["training"]
+    refit = training["refit"]
+    assert refit["epochs"] == training["best_epoch"] == len(refit["history"])
+    # Every user adds the validation item as a target, so the refit has at least as many windows.
+    assert refit["training_windows"] >= manifest["data"]["training_windows"]
+    assert set(manifest["blend_validation"]["NDCG@10"]) == {"0.0", "4.0"}  # chosen on the early-stopped model
+    assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.3
