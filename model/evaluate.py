@@ -62,7 +62,11 @@ PROTOCOL = (
     "dropped_users_few_known_interactions. full: the target is ranked against "
     "the whole catalogue with the user's history items excluded (never the target itself); rank = number of items"
     " scoring strictly higher, plus a uniformly random share of the items scoring exactly the same (seeded; "
-    "sparse scorers such as item-kNN tie on most items). sampled_uniform_99: against 99 negatives drawn without "
+    "sparse scorers such as item-kNN tie on most items). full_history_kept: the same with no item excluded, so "
+    "that a re-visit target competes with the user's other history items as it does in the served lists (the "
+    "full protocol removes those competitors but keeps the target). *_by_target_kind: HR@10 and NDCG@10 by "
+    "whether the target is new to the user, a re-visit, or outside the vocabulary. sampled_uniform_99: against 99 "
+    "negatives drawn without "
     "replacement, uniformly from the items the user never interacted with; sampled_popularity_99: the same, drawn"
     " proportionally to training interaction counts; negatives are drawn once per user from the seed and shared "
     "by all models. coverage, intra_list_diversity@10 (mean pairwise 1 - cosine of the model version's item "
@@ -301,18 +305,22 @@ def list_novelty(lists: np.ndarray, self_information: np.ndarray) -> np.ndarray:
 
 # --- the evaluation ------------------------------------------------------------------------------------------
 
-TARGET_KINDS = ("new_item", "earlier_item")
-"""What a user's test target is to them: an item they never touched, or one from their history (a re-visit; never
-the item of their last event, since consecutive events on one item are one interaction)."""
+TARGET_KINDS = ("new_item", "earlier_item", "outside_vocabulary")
+"""What a user's test target is to them: an item they never touched, one from their history (a re-visit; never the
+item of their last event, since consecutive events on one item are one interaction), or an item the model does not
+know (a miss for every model)."""
 
 
-def target_kinds(split: LeaveOneOutSplit) -> np.ndarray:
-    """int8 [U]: each user's test target as an index of :data:`TARGET_KINDS`."""
+def target_kinds(split: LeaveOneOutSplit, unknown: np.ndarray | None = None) -> np.ndarray:
+    """int8 [U]: each user's test target as an index of :data:`TARGET_KINDS`; ``unknown`` (bool [U], see
+    :func:`unknown_target_users`) flags the users whose target is outside the vocabulary."""
     targets = split.targets("test")
     ends = split.history_end("test")
     kinds = np.zeros(split.n_users, dtype=np.int8)
     for user in range(split.n_users):
         kinds[user] = np.any(split.items[int(split.offsets[user]) : int(ends[user])] == targets[user])
+    if unknown is not None:
+        kinds[unknown] = 2
     return kinds
 
 
@@ -355,7 +363,7 @@ def evaluate_offline(log: EventLog, artifacts: ModelArtifacts, *, seed: int = 0)
             int(unknown.sum()), split.n_users, n_users_in_log - split.n_users,
         )  # fmt: skip
     models = _models(split, artifacts)
-    kinds = target_kinds(split)
+    kinds = target_kinds(split, unknown)
     offline, retrieval_queries = _offline(split, artifacts, models, seed, unknown, kinds)
     offline_seconds = time.perf_counter() - started
     logger.info("offline evaluation of %d users took %.1f s", split.n_users, offline_seconds)
@@ -451,7 +459,7 @@ def _offline(
     scorers = models.scorers()
     tie_rng = np.random.default_rng([seed, 2])
     ranks: dict[str, dict[str, list[np.ndarray]]] = {
-        name: {"full": [], **{protocol: [] for protocol in negatives}} for name in scorers
+        name: {"full": [], "full_history_kept": [], **{protocol: [] for protocol in negatives}} for name in scorers
     }
     ranks["retrieve_rerank"] = {"full": []}
     lists: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
@@ -469,6 +477,8 @@ def _offline(
             scores[name] = scorer.score_users(histories)
             full, masked = full_ranks(scores[name], batch_targets, exclude, tie_rng)
             ranks[name]["full"].append(full)
+            kept = [np.zeros(0, dtype=np.int64)] * len(batch_targets)
+            ranks[name]["full_history_kept"].append(full_ranks(scores[name], batch_targets, kept, tie_rng)[0])
             lists[name].append(_top_of_masked(masked, LIST_LENGTH))
             for protocol, drawn in negatives.items():
                 ranks[name][protocol].append(sampled_ranks(scores[name], batch_targets, drawn[users], tie_rng))
@@ -487,8 +497,8 @@ def _offline(
             if unknown is not None:
                 protocol_ranks[unknown] = n_items if protocol == "full" else N_NEGATIVES
             results[name][protocol] = summarize(protocol_ranks)
-            if protocol == "full" and kinds is not None:
-                results[name]["full_by_target_kind"] = by_target_kind(protocol_ranks, kinds)
+            if protocol.startswith("full") and kinds is not None:
+                results[name][f"{protocol}_by_target_kind"] = by_target_kind(protocol_ranks, kinds)
         if name in lists:
             top = np.concatenate(lists[name])
             results[name] |= {

@@ -37,7 +37,7 @@ COLLABORATIVE, SIMILAR = 1, 2
 #: How an item of each personal source is anchored: by co-occurrence or by embedding similarity.
 _ANCHOR_KIND = {**dict.fromkeys(COLLABORATIVE_SOURCES, COLLABORATIVE), "ann": SIMILAR}
 #: Candidate sources that read the user's own history; the others (trending) need none.
-PERSONAL_SOURCES = ("ann", *COLLABORATIVE_SOURCES, "revisit")
+PERSONAL_SOURCES = ("ann", *COLLABORATIVE_SOURCES)
 _VERBS = {"view": "viewed", "click": "clicked", "cart": "added to your cart", "buy": "bought"}
 
 
@@ -139,8 +139,6 @@ class Explainer:
         if item.source == "ann" and anchor is not None:
             verb = _VERBS.get(anchor.event_type, "viewed")
             return f"similar_to_recent:{anchor.item_id}", f"Similar to {self._name(anchor.item_id)}, which you {verb}"
-        if item.source == "revisit":
-            return "seen_before", "You looked at this recently"
         if item.source in PERSONAL_SOURCES:
             return "for_you", "Picked for you from your recent activity"
         if item.source == "trending_in" and item.context is not None:

@@ -25,10 +25,9 @@ STAGE_BUCKETS = (
 #: The list depths the online evaluation counts hits at.
 ONLINE_HIT_DEPTHS = (5, 10, 20)
 #: Candidate sources and explanation kinds (``recommendation.schema.json``): their series exist from the start.
-SOURCES = ("ann", "covisitation", "item_knn", "revisit", "trending", "trending_in", "trending_segment")
+SOURCES = ("ann", "covisitation", "item_knn", "trending", "trending_in", "trending_segment")
 REASON_KINDS = (
-    "similar_to_recent", "bought_together", "trending_in", "trending_in_segment", "trending", "for_you",
-    "seen_before", "explore",
+    "similar_to_recent", "bought_together", "trending_in", "trending_in_segment", "trending", "for_you", "explore",
 )  # fmt: skip
 #: decode … publish run in the pipeline (publish = building the messages); produce (send and wait for the
 #: broker's acknowledgements) and commit run in the runtime.

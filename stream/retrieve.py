@@ -17,15 +17,7 @@ from streamrec.index.covisitation import CoVisitation
 from streamrec.stream.item_table import ItemTable
 from streamrec.stream.rules import Request
 from streamrec.stream.settings import Settings
-from streamrec.stream.sources import (
-    AnnSource,
-    CandidateSource,
-    CoVisitationSource,
-    ItemKnnSource,
-    RevisitSource,
-    UserQuery,
-    merge,
-)
+from streamrec.stream.sources import AnnSource, CandidateSource, CoVisitationSource, ItemKnnSource, UserQuery, merge
 from streamrec.stream.user_state import InterestModel
 
 if TYPE_CHECKING:
@@ -61,8 +53,6 @@ class Retriever:
             sources.append(CoVisitationSource(covisitation, settings.covisitation_candidates))
         if artifacts.item_knn is not None and artifacts.blend_weight > 0 and settings.item_knn_candidates:
             sources.append(ItemKnnSource(artifacts.item_knn, settings.item_knn_candidates))
-        if settings.revisit_candidates:
-            sources.append(RevisitSource(settings.revisit_candidates))
         return cls(sources, items)
 
     def query(self, interest: InterestModel, request: Request) -> UserQuery:

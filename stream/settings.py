@@ -24,7 +24,6 @@ VARIANT_SETTINGS = (
     "n_candidates",
     "covisitation_candidates",
     "item_knn_candidates",
-    "revisit_candidates",
     "hnsw_ef_search",
     "ivf_nprobe",
     "cold_start_prior_events",
@@ -272,13 +271,6 @@ class Settings(BaseSettings):
         description="Candidates added from the model's item-kNN (items most co-occurring with the user's last "
         "few items in the training data) when the model blends it into the ranker's scores; 0 turns this "
         "source off.",
-    )
-    revisit_candidates: int = Field(
-        0,
-        ge=0,
-        description="Candidates added from the user's own latest items (bought ones and the trigger item never), for "
-        "the ranker to bring back a re-visit it scores above the rest; 0 turns this source off. Shops whose "
-        "shoppers return to the items they compare gain (README, Quality: the Taobao log).",
     )
     covisitation_window: int = Field(
         3, ge=1, description="How many of the user's latest items vote for co-visitation candidates."

@@ -127,25 +127,6 @@ class ItemKnnSource:
         ]
 
 
-class RevisitSource:
-    """The user's own latest items (interactions, most recent first), for the ranker to bring one back when a
-    re-visit is the likely next step: shoppers comparing a few products return to them (on the Taobao log most
-    reachable next items are items the user touched before)."""
-
-    name = "revisit"
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def candidates(self, users: Sequence[UserQuery]) -> list[np.ndarray]:
-        answers = []
-        for user in users:
-            # dict.fromkeys: an item met again further back keeps its most recent place.
-            rows = [row for row in dict.fromkeys(user.recent) if row not in user.excluded][: self.n]
-            answers.append(np.array(rows, dtype=np.int64))
-        return answers
-
-
 def recent_interactions(history: Sequence[int]) -> list[int]:
     """Rows of the user's interactions, most recent first: consecutive events on one item count once, as in the
     item-kNN's training (``model/baselines.py``)."""

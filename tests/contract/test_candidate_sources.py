@@ -20,7 +20,6 @@ from streamrec.stream.sources import (
     CandidateSource,
     CoVisitationSource,
     ItemKnnSource,
-    RevisitSource,
     UserQuery,
     merge,
     recent_interactions,
@@ -107,20 +106,6 @@ class TestItemKnnSource(CandidateSourceContract):
         knn = source.item_knn
         recent = recent_interactions(user.trained_history)[: knn.n_recent]
         return knn.score_candidates([recent], [np.arange(knn.n_items)])[0]
-
-
-class TestRevisitSource(CandidateSourceContract):
-    @pytest.fixture
-    def source(self) -> CandidateSource:
-        return RevisitSource(N)
-
-    def reference_scores(self, source: CandidateSource, user: UserQuery) -> np.ndarray:
-        # The most recent interaction scores highest; items the user never touched are not proposed at all.
-        n_rows = max([*user.history, *user.excluded], default=0) + 1
-        scores = np.full(n_rows, -np.inf)
-        for age, row in enumerate(user.recent):
-            scores[row] = max(scores[row], -float(age))
-        return scores
 
 
 def test_merge_keeps_the_first_sources_order_and_names_who_proposed_each_row() -> None:

@@ -118,6 +118,14 @@ def test_report_has_every_model_protocol_and_measure(report: dict[str, Any], art
     orjson.dumps(report)  # JSON-ready as it is
 
 
+def test_keeping_the_history_in_the_ranking_only_adds_competitors(report: dict[str, Any]) -> None:
+    ranker = report["results"]["ranker"]
+    assert ranker["full_history_kept"]["HR@10"] <= ranker["full"]["HR@10"]
+    for protocol in ("full", "full_history_kept"):
+        kinds = ranker[f"{protocol}_by_target_kind"]
+        assert sum(kind["users"] for kind in kinds.values()) == report["n_users"]
+
+
 def test_model_beats_popularity_and_sampling_is_easier_than_full_ranking(report: dict[str, Any]) -> None:
     results = report["results"]
     assert results["model"]["full"]["HR@10"] > results["popularity"]["full"]["HR@10"]

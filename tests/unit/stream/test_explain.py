@@ -156,7 +156,3 @@ def test_explain_fills_every_item_of_the_list() -> None:
     explainer().explain(items, HISTORY)
     assert [item.reason_code for item in items] == ["similar_to_recent:b", "trending_in:bags", "explore"]
     assert all(item.reason for item in items)
-
-
-def test_a_revisit_says_the_user_saw_it_before() -> None:
-    assert explained(ScoredItem("target", 1.0, "revisit", row=4), recent(("target", "view")))[0] == "seen_before"
