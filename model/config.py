@@ -35,10 +35,9 @@ EVAL_MAX_SCORES = 2_000_000_000
 class TrainConfig(BaseModel):
     """Hyper-parameters of one training run.
 
-    The full softmax holds ``[target positions in a batch, n_items]`` logits (twice, with the retrieval loss):
-    about ``batch_size · max_len · n_items · 16`` bytes at worst; the sampled softmax holds
-    ``batch_size · max_len · (1 + sampled_negatives) · 16`` bytes, whatever the catalogue's size
-    (``model/softmax.py``).
+    The full softmax scores every item for every target position, a chunk of positions at a time (its memory is
+    bounded, its time grows with targets × items); the sampled softmax holds ``batch_size · max_len ·
+    (1 + sampled_negatives) · 16`` bytes, whatever the catalogue's size (``model/softmax.py``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -107,9 +106,9 @@ class TrainConfig(BaseModel):
     full_softmax_max_items: int = Field(
         FULL_SOFTMAX_MAX_ITEMS,
         ge=0,
-        description="Largest catalogue `softmax` auto trains with the full softmax (it holds about batch_size · "
-        "max_len · items · 16 bytes: 4.9 GiB peak on Yelp's 20,033 items). Where it fits it wins: the sampled "
-        "softmax lost 10-14 % of validation NDCG@10 on Amazon Sports and Yelp, 3-5 % on Beauty.",
+        description="Largest catalogue `softmax` auto trains with the full softmax (its time per epoch grows with "
+        "the items). Where it fits it wins: the sampled softmax lost 10-14 % of validation NDCG@10 on Amazon Sports "
+        "and Yelp, 3-5 % on Beauty.",
     )
     softmax_precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
