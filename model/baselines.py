@@ -22,6 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
+from streamrec.model.event_log import EVENT_TYPE_CODES
+from streamrec.model.events import EventType
 from streamrec.model.splits import LeaveOneOutSplit, Stage
 
 PAIRS_PER_CHUNK = 1 << 23
@@ -63,6 +65,16 @@ class Histories:
     def item_sets(self) -> list[np.ndarray]:
         """The distinct items of each history: what a full-ranking evaluation excludes from the ranking."""
         return [np.unique(self.split.items[a:b]) for a, b in zip(self.starts, self.ends, strict=True)]
+
+    def served_exclusions(self) -> list[np.ndarray]:
+        """The items the served pipeline leaves out of each user's list after the history: the bought ones and the
+        item of the last event. Other history items compete with the target, as they do in the served lists."""
+        bought = EVENT_TYPE_CODES[EventType.BUY.value]
+        split = self.split
+        return [
+            np.unique(np.append(split.items[a:b][split.event_types[a:b] == bought], split.items[b - 1 : b]))
+            for a, b in zip(self.starts, self.ends, strict=True)
+        ]
 
     def recent_interactions(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The last ``n`` interactions of each history as ``(batch rows, items, steps back)``.

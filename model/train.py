@@ -291,10 +291,13 @@ def fit_blend(
 ) -> tuple[ItemKNNModel | None, dict[str, Any]]:
     """Pick the weight of the item-kNN in the served score and fit the item-kNN to serve.
 
-    The weight maximises validation NDCG@10 (full ranking, history excluded) of ``ranker + λ · item_knn`` with
-    the item-kNN fit on the validation stage, so the test target never informs it. The served item-kNN is then
-    fit on everything before the test target, at most ``item_knn_max_neighbors`` neighbours per item. Returns
-    ``(None, {})`` when ``config`` does not blend; otherwise the model and the manifest keys to record.
+    The weight maximises validation NDCG@10 (full ranking) of ``ranker + λ · item_knn`` with the item-kNN fit on
+    the validation stage, so the test target never informs it. The ranking leaves out what the served pipeline
+    leaves out (bought items and the item just touched): a user's other history items compete with the target as in
+    the served lists, so on logs where users come back to items the weight is not chosen blind to re-visits. The
+    served item-kNN is then fit on everything before the test target, at most ``item_knn_max_neighbors`` neighbours
+    per item. Returns ``(None, {})`` when ``config`` does not blend; otherwise the model and the manifest keys to
+    record.
     """
     if not config.blends:
         return None, {}
@@ -309,7 +312,7 @@ def fit_blend(
     for begin in range(0, len(evaluated), step):
         users = evaluated[begin : begin + step]
         histories = Histories.of_users(split, users, "valid")
-        exclude = histories.item_sets()
+        exclude = histories.served_exclusions()
         ranker_scores = ranker.score_users(histories)
         knn_scores = validation.score_users(histories).astype(np.float32)
         for w in weights:
@@ -328,7 +331,8 @@ def fit_blend(
         },
         "blend_weight": best,
         "blend_validation": {
-            "protocol": "validation NDCG@10 of ranker logits + weight · item-kNN (fit on the validation stage)",
+            "protocol": "validation NDCG@10 of ranker logits + weight · item-kNN (fit on the validation stage), "
+            "ranked as served: bought items and the item just touched left out, other history items kept",
             "NDCG@10": {str(w): ndcgs[w] for w in weights},
         },
     }

@@ -200,3 +200,18 @@ def test_pair_similarities_do_not_depend_on_the_order_neighbours_are_stored_in()
     assert model.similarities_between([0, 1], [6, -5]).tolist() == [[0.0, 0.0], [0.0, 0.0]]
     neighbours, similarities = model.neighbors_of(0)
     assert neighbours.tolist() == [5, 3, 1] and similarities.tolist() == pytest.approx([0.5, 0.3, 0.1])
+
+
+def test_served_exclusions_are_the_bought_items_and_the_last_one() -> None:
+    log = EventLog.from_events(
+        [
+            Event("u", "a", EventType.BUY, 1.0),
+            Event("u", "b", EventType.VIEW, 2.0),
+            Event("u", "c", EventType.VIEW, 3.0),
+            Event("u", "d", EventType.VIEW, 4.0),
+            Event("u", "e", EventType.VIEW, 5.0),
+        ]
+    )
+    split = leave_one_out(log, {item: row for row, item in enumerate("abcde")})
+    (valid,) = Histories.of_users(split, np.arange(1), "valid").served_exclusions()
+    assert valid.tolist() == [0, 2]  # "a" was bought, "c" was just touched; "b" may come back
