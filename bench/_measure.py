@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,3 +37,19 @@ def write_report(path: Path, body: dict[str, Any]) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     return report
+
+
+def streamrec(*args: str) -> list[str]:
+    """The command line of ``streamrec ARGS`` in this interpreter."""
+    return [sys.executable, "-m", "streamrec.stream.app.cli", *args]
+
+
+def run(command: list[str], log: Path, env: dict[str, str]) -> float:
+    """Run ``command`` with its output in ``log``; its wall seconds, or exit with the log's tail if it fails."""
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+        raise SystemExit(f"{' '.join(command[2:4])} failed ({code}); see {log}: {tail}")
+    return round(time.perf_counter() - started, 1)

@@ -26,11 +26,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _measure import run, streamrec
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "model_choices"
@@ -71,14 +71,8 @@ def train(
     if threads:
         env["STREAMREC_TRAIN__TORCH_THREADS"] = str(threads)
     log = RESULTS / dataset / f"{variant}.log"
-    command = [sys.executable, "-m", "streamrec.stream.app.cli", "train", "--events", str(events), "--out", str(out)]
-    started = time.perf_counter()
-    with log.open("wb") as sink:
-        code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env).returncode
-    if code != 0:
-        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
-        raise SystemExit(f"streamrec train failed ({code}); see {log}: {tail}")
-    return summary(dataset, variant, settings, out, round(time.perf_counter() - started, 1))
+    wall = run(streamrec("train", "--events", str(events), "--out", str(out)), log, env)
+    return summary(dataset, variant, settings, out, wall)
 
 
 def summary(dataset: str, variant: str, settings: dict[str, str], out: Path, wall: float | None) -> dict[str, Any]:

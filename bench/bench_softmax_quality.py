@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _measure import write_report
+from _measure import run, streamrec, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -35,20 +33,6 @@ DATASETS = {
     "sports": DATA / "amazon-sports" / "Sports_and_Outdoors.txt",
     "yelp": DATA / "yelp" / "Yelp.txt",
 }
-
-
-def streamrec(*args: str) -> list[str]:
-    return [sys.executable, "-m", "streamrec.stream.app.cli", *args]
-
-
-def run(command: list[str], log: Path, env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    with log.open("wb") as out:
-        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-    if code != 0:
-        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
-        raise SystemExit(f"{' '.join(command[2:4])} failed ({code}); see {log}: {tail}")
-    return round(time.perf_counter() - started, 1)
 
 
 def measure(point: str, logs: Path) -> dict[str, Any]:
