@@ -370,18 +370,18 @@ def distill(
     the same training split, and the validation split picks its epoch and blend weight. Raises ``ValueError`` for
     another log, or for a student that would not be smaller than its teacher.
     """
-    from streamrec.model.train import derive_version, evaluation_users, recorded_train_config, training_windows
+    from streamrec.model.train import (
+        check_trained_on,
+        derive_version,
+        evaluation_users,
+        recorded_train_config,
+        training_windows,
+    )
 
     started = time.perf_counter()
     artifacts = load_artifacts(artifact_dir)
     teacher = artifacts.ranker
-    recorded = artifacts.manifest.get("data_fingerprint")
-    fingerprint = log.fingerprint()
-    if recorded is not None and fingerprint != recorded:
-        raise ValueError(
-            f"{log.name} is not the event log model version {artifacts.version} was trained on (data fingerprint "
-            f"{fingerprint[:8]}, the model's {str(recorded)[:8]}); pass the event file it was trained on"
-        )
+    check_trained_on(artifacts, log)
     if config.layers >= teacher.config.n_layers:
         raise ValueError(
             f"a student of {config.layers} layers is not smaller than its teacher of {teacher.config.n_layers}; "

@@ -401,6 +401,17 @@ def derive_version(
     return _publish(source.parent, str(manifest.get("data_fingerprint", "unknown")), write, manifest)
 
 
+def check_trained_on(artifacts: ModelArtifacts, log: EventLog) -> None:
+    """Refuse work that must repeat a version's training split on another event log than it was trained on."""
+    recorded = artifacts.manifest.get("data_fingerprint")
+    fingerprint = log.fingerprint()
+    if recorded is not None and fingerprint != recorded:
+        raise ValueError(
+            f"{log.name} is not the event log model version {artifacts.version} was trained on (data fingerprint "
+            f"{fingerprint[:8]}, the model's {str(recorded)[:8]}); pass the event file it was trained on"
+        )
+
+
 def attach_item_knn(artifact_dir: Path, log: EventLog, config: TrainConfig | None = None) -> Path:
     """Publish a new version of an existing artifact with the item-kNN blend :func:`fit_blend` would add.
 
@@ -409,6 +420,7 @@ def attach_item_knn(artifact_dir: Path, log: EventLog, config: TrainConfig | Non
     the source version was trained on. ``config`` defaults to the source's recorded training configuration.
     """
     artifacts = load_artifacts(artifact_dir)
+    check_trained_on(artifacts, log)
     recorded = dict(artifacts.manifest.get("train_config", {}))
     if config is None:
         config = recorded_train_config(artifacts.manifest)

@@ -806,6 +806,38 @@ def reindex(
     typer.echo(f"wrote {directory}")
 
 
+@app.command()
+def reblend(
+    artifacts: Annotated[Path, typer.Option(help="Model artifact directory (or its parent with LATEST).")],
+    events: Annotated[Path, typer.Option(help="The event log the model was trained on (its fingerprint is checked).")],
+    fmt: EventFormat = "auto",
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Choose a model's item-kNN blend weight again on its validation split, ranked as served, and refit the
+    item-kNN, without retraining the ranker (a model trained before the choice was made that way); publish it as a
+    new version beside the old one and switch LATEST to it."""
+    _artifact_dir(artifacts)
+    _logging(log_level)
+    log = _load_event_log(events, fmt)
+    typer.echo(f"loaded {len(log)} events from {events}")
+    from streamrec.model.artifacts import ArtifactError  # torch: only now that the inputs are known to be good
+    from streamrec.model.train import attach_item_knn
+
+    try:
+        directory = attach_item_knn(artifacts, log)
+    except ArtifactError:
+        raise
+    except ValueError as exc:  # another event log, no user with enough interactions
+        raise StreamrecError(f"cannot blend {artifacts}: {one_line(exc)}") from None
+    manifest = orjson.loads((directory / "manifest.json").read_bytes())
+    ndcg = manifest.get("blend_validation", {}).get("NDCG@10", {})
+    typer.echo(
+        f"wrote {directory}: blend weight {manifest.get('blend_weight', 0.0):g} (validation NDCG@10 per weight: "
+        + ", ".join(f"{weight}: {value:.4f}" for weight, value in ndcg.items())
+        + ")"
+    )
+
+
 def _check_share(value: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise typer.BadParameter(f"{value:g} is not between 0 and 1")

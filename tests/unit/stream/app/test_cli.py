@@ -173,6 +173,9 @@ def _mistakes(files: dict[str, Path], taken_port: int, dead: str) -> dict[str, M
         "reindex with missing artifacts": Mistake(
             ["reindex", "--artifacts", missing], ["artifact directory not found"]
         ),
+        "reblend with missing artifacts": Mistake(
+            ["reblend", "--artifacts", missing, "--events", events], ["artifact directory not found"]
+        ),
         "eval on a missing file": Mistake(
             ["eval", "--events", missing, "--artifacts", no_artifacts], ["event file not found"]
         ),
@@ -271,6 +274,35 @@ def test_reindex_publishes_the_index_the_settings_ask_for(tmp_path: Path, traine
     refused = run_cli("reindex", "--artifacts", str(root), env=_clean_env(STREAMREC_TRAIN__INDEX_KIND="ivfpq"))
     assert "needs at least 1,000 items" in error_line(refused)
     assert (root / "LATEST").read_text().strip() == latest
+
+
+def test_reblend_publishes_a_new_blend_and_refuses_another_log(
+    tmp_path: Path, trained_artifacts: Path, files: dict[str, Path], shop: tuple[list[Event], list[dict]]
+) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_artifacts, root / trained_artifacts.name)
+    write_latest(root, trained_artifacts.name)
+    wrong = run_cli("reblend", "--artifacts", str(root), "--events", str(files["events.jsonl"]), env=_clean_env())
+    assert "is not the event log model version" in error_line(wrong)
+    assert (root / "LATEST").read_text().strip() == trained_artifacts.name
+
+    trained_on = tmp_path / "shop.jsonl"
+    trained_on.write_bytes(
+        b"".join(
+            orjson.dumps({"user_id": e.user_id, "item_id": e.item_id, "event_type": e.event_type.value, "ts": e.ts})
+            + b"\n"
+            for e in shop[0]
+        )
+    )
+    result = run_cli("reblend", "--artifacts", str(root), "--events", str(trained_on), env=_clean_env())
+    assert result.returncode == 0, result.stderr
+    latest = (root / "LATEST").read_text().strip()
+    manifest = orjson.loads((root / latest / "manifest.json").read_bytes())
+    assert (
+        manifest["derived_from"] == trained_artifacts.name
+        and "ranked as served" in manifest["blend_validation"]["protocol"]
+    )
+    assert f"blend weight {manifest['blend_weight']:g}" in result.stdout
 
 
 def test_debug_shows_the_traceback(files: dict[str, Path]) -> None:
