@@ -296,7 +296,7 @@ def fit_student(
     Returns the student at its best epoch (eval mode, gradients off), the history of every epoch and the best
     epoch's number.
     """
-    from streamrec.model.train import clip_gradients, window_batches
+    from streamrec.model.train import EarlyStopping, clip_gradients, select_positions, window_batches
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -306,8 +306,7 @@ def fit_student(
     trainable = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=(0.9, 0.98))
     history: list[dict[str, float]] = []
-    best_ndcg, best_epoch, best_state = -1.0, 0, _state_copy(student)
-    started = time.perf_counter()
+    stopping = EarlyStopping(student, config.patience, config.time_budget_s)
     epochs = tqdm(range(1, config.max_epochs + 1), desc="distill", unit="epoch", disable=not progress)
     for epoch in epochs:
         student.train()
@@ -317,8 +316,8 @@ def fit_student(
             items, targets, _, _ = windows.batch(batch)
             positions = (targets.reshape(-1) >= 0).nonzero().squeeze(1)
             with torch.no_grad():
-                teacher_hidden = _rows(teacher(items), positions)
-            student_hidden = _rows(student(items), positions)
+                teacher_hidden = select_positions(teacher(items), positions)
+            student_hidden = select_positions(student(items), positions)
             losses = distillation_losses(
                 student_hidden,
                 teacher_hidden,
@@ -341,23 +340,17 @@ def fit_student(
             "cross_entropy": float(totals[2] / len(batches)),
             "val_NDCG@10": validation.ndcg_at_10,
             "val_HR@10": validation.hr_at_10,
-            "seconds": round(time.perf_counter() - started, 2),
+            "seconds": stopping.elapsed(),
         }
         history.append(record)
         epochs.set_postfix(loss=f"{record['loss']:.3f}", val_ndcg=f"{record['val_NDCG@10']:.4f}")
         logger.info("distillation epoch %d: %s", epoch, record)
-        if record["val_NDCG@10"] > best_ndcg:
-            best_ndcg, best_epoch, best_state = record["val_NDCG@10"], epoch, _state_copy(student)
-        elif epoch - best_epoch >= config.patience:
-            logger.info("early stop after epoch %d (best %d)", epoch, best_epoch)
+        if stopping.should_stop(epoch, record["val_NDCG@10"]):
             break
-        if config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:
-            logger.info("time budget spent after epoch %d (best %d)", epoch, best_epoch)
-            break
-    student.load_state_dict(best_state)
+    stopping.restore_best()
     student.eval()
     student.requires_grad_(False)
-    return student, history, best_epoch
+    return student, history, stopping.best_epoch
 
 
 def distill(
@@ -459,12 +452,3 @@ def student_config_of(teacher: RankerConfig, config: DistillConfig) -> RankerCon
     built (heads that do not divide the width)."""
     dropout = teacher.dropout if config.dropout is None else config.dropout
     return replace(teacher, n_layers=config.layers, n_heads=config.heads, dropout=dropout)
-
-
-def _rows(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Rows ``positions`` of ``states`` ``[B, L, dim]`` flattened to ``[B·L, dim]``."""
-    return states.reshape(-1, states.shape[-1]).index_select(0, positions)
-
-
-def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}

@@ -470,6 +470,7 @@ def _offline(
         users = slice(begin, begin + step)
         histories = Histories.of_users(split, users, "test")
         exclude = histories.item_sets()
+        nothing_excluded = [np.zeros(0, dtype=np.int64)] * len(exclude)
         batch_targets = targets[users]
         queries[users] = models.retrieval.queries(histories)
         scores: dict[str, np.ndarray] = {}
@@ -477,8 +478,8 @@ def _offline(
             scores[name] = scorer.score_users(histories)
             full, masked = full_ranks(scores[name], batch_targets, exclude, tie_rng)
             ranks[name]["full"].append(full)
-            kept = [np.zeros(0, dtype=np.int64)] * len(batch_targets)
-            ranks[name]["full_history_kept"].append(full_ranks(scores[name], batch_targets, kept, tie_rng)[0])
+            kept = full_ranks(scores[name], batch_targets, nothing_excluded, tie_rng)[0]
+            ranks[name]["full_history_kept"].append(kept)
             lists[name].append(_top_of_masked(masked, LIST_LENGTH))
             for protocol, drawn in negatives.items():
                 ranks[name][protocol].append(sampled_ranks(scores[name], batch_targets, drawn[users], tie_rng))

@@ -587,13 +587,13 @@ def _losses(
     wanted = targets.reshape(-1)[positions]
     softmax.start_batch()
 
-    hidden = _select(model(items), positions)
+    hidden = select_positions(model(items), positions)
     ranking = softmax.loss(hidden, wanted, model).mean()
     if retrieval_weight == 0.0:
         return ranking, ranking, torch.zeros(())
 
     embedded = model.item_embedding(torch.where(items >= 0, items, model.config.n_items))
-    queries = _select(interest_queries(embedded, weights, exponent), positions)
+    queries = select_positions(interest_queries(embedded, weights, exponent), positions)
     norms = queries.norm(dim=-1, keepdim=True)
     usable = (norms.squeeze(-1) > 0).to(queries.dtype)  # all-zero event weights leave no query to learn from
     scaled = log_scale.exp() * (queries / norms.clamp_min(1e-12))
@@ -603,7 +603,7 @@ def _losses(
     return ranking + retrieval_weight * retrieval, ranking, retrieval
 
 
-def _select(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def select_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Rows ``positions`` of ``states`` ``[B, L, dim]`` flattened to ``[B·L, dim]``."""
     return states.reshape(-1, states.shape[-1]).index_select(0, positions)
 
@@ -621,8 +621,7 @@ def _fit(
     """Train with early stopping on validation NDCG@10 of the ranker; leaves the best epoch's weights loaded."""
     trainer = _Trainer(model, windows, config, softmax)
     history: list[dict[str, float]] = []
-    best_ndcg, best_epoch, best_state = -1.0, 0, _copy_state(model)
-    started = time.perf_counter()
+    stopping = EarlyStopping(model, config.patience, config.time_budget_s)
     epochs = tqdm(range(1, config.max_epochs + 1), desc="epochs", unit="epoch", disable=not progress)
     for epoch in epochs:
         losses = trainer.epoch(epoch, rng, progress)
@@ -636,22 +635,46 @@ def _fit(
             "val_ranker_HR@10": hit_rate(ranks["ranker"], 10),
             "val_retrieval_NDCG@10": ndcg(ranks["retrieval"], 10),
             "val_retrieval_HR@10": hit_rate(ranks["retrieval"], 10),
-            "seconds": round(time.perf_counter() - started, 2),
+            "seconds": stopping.elapsed(),
         }
         history.append(record)
         epochs.set_postfix(loss=f"{record['loss']:.3f}", val_ndcg=f"{record['val_ranker_NDCG@10']:.4f}")
         logger.debug("epoch %d: %s", epoch, record)
-        if record["val_ranker_NDCG@10"] > best_ndcg:
-            best_ndcg, best_epoch, best_state = record["val_ranker_NDCG@10"], epoch, _copy_state(model)
-        elif epoch - best_epoch >= config.patience:
-            logger.info("early stop after epoch %d (best %d)", epoch, best_epoch)
+        if stopping.should_stop(epoch, record["val_ranker_NDCG@10"]):
             break
-        if config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:
-            logger.info("time budget spent after epoch %d (best %d)", epoch, best_epoch)
-            break
-    model.load_state_dict(best_state)
+    stopping.restore_best()
     model.item_embedding.sparse = False
-    return history, best_epoch
+    return history, stopping.best_epoch
+
+
+class EarlyStopping:
+    """Keeps the weights of the epoch with the best validation score, and says when to stop: after ``patience``
+    epochs without a better one, or after the epoch that spends ``time_budget_s``."""
+
+    def __init__(self, model: torch.nn.Module, patience: int, time_budget_s: float | None) -> None:
+        self.model, self.patience, self.time_budget_s = model, patience, time_budget_s
+        self.best_score, self.best_epoch, self.best_state = -1.0, 0, _copy_state(model)
+        self._started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds since training started, rounded for the epoch records."""
+        return round(time.perf_counter() - self._started, 2)
+
+    def should_stop(self, epoch: int, score: float) -> bool:
+        """Record ``epoch``'s validation ``score``; whether training should end after it."""
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.best_state = score, epoch, _copy_state(self.model)
+        elif epoch - self.best_epoch >= self.patience:
+            logger.info("early stop after epoch %d (best %d)", epoch, self.best_epoch)
+            return True
+        if self.time_budget_s is not None and time.perf_counter() - self._started > self.time_budget_s:
+            logger.info("time budget spent after epoch %d (best %d)", epoch, self.best_epoch)
+            return True
+        return False
+
+    def restore_best(self) -> None:
+        """Load the best epoch's weights back into the model."""
+        self.model.load_state_dict(self.best_state)
 
 
 class _Trainer:
