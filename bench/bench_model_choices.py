@@ -98,10 +98,7 @@ def summary(dataset: str, variant: str, settings: dict[str, str], out: Path, wal
         "val_retrieval_ndcg@10": best["val_retrieval_ndcg@10"],
         "blend_weight": manifest.get("blend_weight"),
         "val_blend_ndcg@10": max(blend.values()) if blend else None,
-        "test": {
-            name: {k: v for k, v in m.items() if k.lower() in ("hr@10", "ndcg@10")}
-            for name, m in manifest["metrics"]["test"].items()
-        },
+        "test": manifest["metrics"]["test"],
         "artifacts": str(out / version),
     }
 
@@ -163,9 +160,13 @@ def main() -> None:
             raise SystemExit(f"--set {item!r}: expected FIELD=VALUE")
         settings[field.strip()] = value.strip()
     if args.collect:
-        result = summary(
-            args.dataset, args.variant, settings, RESULTS / args.dataset / f"{args.variant}.artifacts", None
-        )
+        dataset = f"{args.dataset}-without-test" if args.without_test else args.dataset
+        recorded = RESULTS / dataset / f"{args.variant}.json"
+        # A run recorded before keeps its settings and wall time; the rest is read again from its manifest.
+        earlier = json.loads(recorded.read_text()) if recorded.exists() else {}
+        settings = earlier.get("settings", settings)
+        out = RESULTS / dataset / f"{args.variant}.artifacts"
+        result = summary(dataset, args.variant, settings, out, earlier.get("wall_seconds"))
     else:
         result = train(args.dataset, args.variant, settings, args.threads, args.without_test)
     path = RESULTS / result["dataset"] / f"{args.variant}.json"

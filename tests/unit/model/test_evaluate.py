@@ -143,6 +143,16 @@ def test_the_index_is_measured_on_the_offline_interest_vectors(report: dict[str,
     assert "offline" in report["ann_recall_queries"]
 
 
+def test_the_report_carries_how_the_version_was_trained(report: dict[str, Any], artifacts: ModelArtifacts) -> None:
+    training = report["training"]
+    assert training["seconds"] == artifacts.manifest["training"]["seconds"] > 0
+    assert 1 <= training["best_epoch"] <= training["epochs"]
+    refit = artifacts.manifest["training"].get("refit")
+    assert training["trained_before"] == ("test" if refit else "validation")
+    assert training["refit_epochs"] == (refit["epochs"] if refit else None)
+    assert f"{training['epochs']} epochs (best {training['best_epoch']})" in format_table(report)
+
+
 def test_targets_outside_the_vocabulary_are_misses_for_every_model(
     shop: tuple[list[Event], list[dict]], log: EventLog, artifacts: ModelArtifacts, report: dict[str, Any]
 ) -> None:
@@ -163,6 +173,38 @@ def _with_unknown_last_item(events: list[Event], users: set[str]) -> list[Event]
     for event in events:
         last_ts[event.user_id] = max(last_ts.get(event.user_id, -math.inf), event.ts)
     return [*events, *(Event(user, "never-seen-item", EventType.VIEW, last_ts[user] + 1.0) for user in sorted(users))]
+
+
+def test_as_served_a_target_the_user_bought_before_is_a_miss(
+    shop: tuple[list[Event], list[dict]], artifacts: ModelArtifacts
+) -> None:
+    """The pipeline never lists an item the user bought: offline "as served" counts that target as a miss, while
+    with the history kept it competes like any item."""
+    partial = evaluate_offline(EventLog.from_events(_with_target_bought_first(shop[0])), artifacts).report
+    model = partial["results"]["model"]
+    assert model["full_history_kept"]["HR@20"] > 0.1
+    for result in partial["results"].values():
+        if "full_as_served" in result:
+            assert result["full_as_served"]["HR@20"] == 0.0
+
+
+def test_as_served_ranks_every_history_item_but_the_last(report: dict[str, Any]) -> None:
+    ranker = report["results"]["ranker"]
+    assert set(ranker["full_as_served_by_target_kind"]) == {"new_item", "earlier_item", "outside_vocabulary"}
+    # New-item targets gain no excluded competitor in either protocol but the last item: at least as high.
+    new_item = ranker["full_as_served_by_target_kind"]["new_item"]
+    assert new_item["HR@10"] >= ranker["full_history_kept_by_target_kind"]["new_item"]["HR@10"]
+
+
+def _with_target_bought_first(events: list[Event]) -> list[Event]:
+    """``events`` with every user's last item also bought before the user's first event."""
+    first: dict[str, Event] = {}
+    last: dict[str, Event] = {}
+    for event in sorted(events, key=lambda e: e.ts):
+        first.setdefault(event.user_id, event)
+        last[event.user_id] = event
+    bought = [Event(user, last[user].item_id, EventType.BUY, event.ts - 1.0) for user, event in first.items()]
+    return [*bought, *events]
 
 
 def test_unknown_target_users_flags_a_last_event_outside_the_vocabulary() -> None:

@@ -22,7 +22,7 @@ from streamrec.model.artifacts import (
     load_artifacts,
 )
 from streamrec.model.config import TrainConfig
-from streamrec.model.evaluate import interest_vectors
+from streamrec.model.evaluate import interest_vectors, training_summary
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import Event, EventType
 from streamrec.model.splits import leave_one_out
@@ -274,6 +274,9 @@ def test_a_refit_learns_the_validation_items_for_as_many_epochs_as_early_stoppin
     training = manifest["training"]
     refit = training["refit"]
     assert refit["epochs"] == training["best_epoch"] == len(refit["history"])
+    # An evaluation report says the published model saw the validation items.
+    summary = training_summary(manifest)
+    assert summary["trained_before"] == "test" and summary["refit_epochs"] == refit["epochs"]
     # Every user adds the validation item as a target, so the refit has at least as many windows.
     assert refit["training_windows"] >= manifest["data"]["training_windows"]
     assert set(manifest["blend_validation"]["NDCG@10"]) == {"0.0", "4.0"}  # chosen on the early-stopped model
