@@ -21,7 +21,7 @@ from streamrec.model.splits import LeaveOneOutSplit
 from streamrec.stream.events import SourceRecord
 from streamrec.stream.explain import PERSONAL_SOURCES
 from streamrec.stream.pipeline import Pipeline
-from streamrec.stream.settings import Settings
+from streamrec.stream.settings import VARIANT_SETTINGS, Settings
 
 SERVED_TOP_K = 20
 SERVED_BATCH_EVENTS = 4_096  # events per pipeline micro-batch in the served replay
@@ -220,6 +220,8 @@ def served_metrics(
         "dead_letters": dead_letters,
         "batch_events": batch_events,
         "n_candidates": settings.n_candidates,
+        # What shaped the lists: a report read later says which policy its figures are for.
+        "list_settings": {name: getattr(settings, name) for name in (*VARIANT_SETTINGS, "max_bought_items")},
         "replay_seconds": round(replay_seconds, 2),
         "events_per_s": round(len(records) / replay_seconds, 1) if replay_seconds > 0 else None,
         "seconds": round(time.perf_counter() - started, 2),
