@@ -145,7 +145,7 @@ def train_artifacts(
     peaks.mark("blend")
     refit_manifest: dict[str, Any] = {}
     if config.refit:
-        model, refit_manifest = _refit(split, config, len(item_ids), best_epoch, rng, progress)
+        model, refit_manifest = _refit(split, config, len(item_ids), best_epoch, progress)
         peaks.mark("refit")
     train_seconds = time.perf_counter() - started
 
@@ -421,6 +421,12 @@ def attach_item_knn(artifact_dir: Path, log: EventLog, config: TrainConfig | Non
     """
     artifacts = load_artifacts(artifact_dir)
     check_trained_on(artifacts, log)
+    if artifacts.manifest.get("training", {}).get("refit"):
+        # Its ranker learned the validation items, so it would win every weight comparison made on them.
+        raise ValueError(
+            f"version {artifacts.version} was refit on the validation items, where the blend weight is chosen: "
+            "train again to choose it (its first, early-stopped model chooses the weight)"
+        )
     recorded = dict(artifacts.manifest.get("train_config", {}))
     if config is None:
         config = recorded_train_config(artifacts.manifest)
@@ -708,11 +714,16 @@ class _Trainer:
 
 
 def _refit(
-    split: LeaveOneOutSplit, config: TrainConfig, n_items: int, epochs: int, rng: np.random.Generator, progress: bool
+    split: LeaveOneOutSplit, config: TrainConfig, n_items: int, epochs: int, progress: bool
 ) -> tuple[SequenceRanker, dict[str, Any]]:
     """A fresh model trained for ``epochs`` epochs on every interaction before each user's test item, the
-    validation items included: what early stopping chose, learned from the users' latest interactions too."""
+    validation items included: what early stopping chose, learned from the users' latest interactions too.
+
+    It starts from the seed's initial weights and draws its batches from its own seeded generator, so the published
+    model depends on the number of epochs chosen, not on how many the first fit ran past them."""
     started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng([config.seed, 1])
     windows = training_windows(split, config, before="test")
     model = SequenceRanker(ranker_config(config, n_items))
     softmax = softmax_for(config, windows.target_counts(n_items), config.seed)

@@ -25,13 +25,23 @@ def catalog_categories(shop: tuple[list[Event], list[dict]]) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def trained_artifacts(shop: tuple[list[Event], list[dict]], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real model trained on the simulated shop: small and quick, but learned."""
+    """A real model trained on the simulated shop: small and quick, but learned. Without a refit, so that its blend
+    weight can be chosen again (``streamrec reblend``); model/test_train.py covers the refit."""
     from streamrec.model.config import TrainConfig
     from streamrec.model.train import train_artifacts
 
     out = tmp_path_factory.mktemp("artifacts")
     config = TrainConfig(
-        dim=32, max_len=20, layers=1, heads=2, max_epochs=8, patience=3, seed=3, n_segments=8, content_encoder="hashed"
+        dim=32,
+        max_len=20,
+        layers=1,
+        heads=2,
+        max_epochs=8,
+        patience=3,
+        seed=3,
+        n_segments=8,
+        content_encoder="hashed",
+        refit=False,
     )
     log = EventLog.from_events(shop[0], name="test-shop")
     return train_artifacts(log, out, config, progress=False, catalog=shop[1])

@@ -27,6 +27,7 @@ from streamrec.model.event_log import EventLog
 from streamrec.model.events import Event, EventType
 from streamrec.model.splits import leave_one_out
 from streamrec.model.train import (
+    _refit,
     attach_item_knn,
     build_vocabulary,
     evaluation_users,
@@ -39,7 +40,10 @@ from streamrec.model.train import (
 from streamrec.stream.user_state import InterestModel
 
 N_CATEGORIES, PER_CATEGORY = 6, 20
-CONFIG = TrainConfig(dim=32, max_len=20, layers=1, heads=2, batch_size=64, max_epochs=20, patience=4, seed=7)
+# No refit: most tests here read the early-stopped model; the refit has tests of its own.
+CONFIG = TrainConfig(
+    dim=32, max_len=20, layers=1, heads=2, batch_size=64, max_epochs=20, patience=4, seed=7, refit=False
+)
 
 
 def changed(config: TrainConfig, **changes: object) -> TrainConfig:
@@ -277,7 +281,22 @@ def test_a_refit_learns_the_validation_items_for_as_many_epochs_as_early_stoppin
     # An evaluation report says the published model saw the validation items.
     summary = training_summary(manifest)
     assert summary["trained_before"] == "test" and summary["refit_epochs"] == refit["epochs"]
+    with pytest.raises(ValueError, match="refit on the validation items"):
+        attach_item_knn(tmp_path, log)  # a weight chosen on items its ranker learned would be biased
     # Every user adds the validation item as a target, so the refit has at least as many windows.
     assert refit["training_windows"] >= manifest["data"]["training_windows"]
     assert set(manifest["blend_validation"]["NDCG@10"]) == {"0.0", "4.0"}  # chosen on the early-stopped model
     assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.3
+
+
+def test_a_refit_depends_on_the_epochs_chosen_not_on_what_ran_before_it(log: EventLog) -> None:
+    """Early stopping runs past the best epoch by ``patience`` epochs, consuming random numbers: the published model
+    must not depend on how many."""
+    split = leave_one_out(log, {item: row for row, item in enumerate(build_vocabulary(log))})
+    config = changed(CONFIG, refit=True)
+    first, _ = _refit(split, config, 120, 2, progress=False)
+    torch.rand(1_000)  # what extra first-fit epochs would have drawn
+    np.random.default_rng(0).random(1_000)
+    again, _ = _refit(split, config, 120, 2, progress=False)
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
