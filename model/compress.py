@@ -55,7 +55,7 @@ from streamrec.model.baselines import Histories, ItemKNNModel, blend_scores
 from streamrec.model.config import RankerCompression
 from streamrec.model.evaluate import EVAL_MAX_SCORES, RankerScorer
 from streamrec.model.event_log import EventLog
-from streamrec.model.metrics import full_ranks, summarize
+from streamrec.model.metrics import summarize, target_ranks
 from streamrec.model.ranker import RankerConfig, SequenceRanker
 from streamrec.model.splits import LeaveOneOutSplit, leave_one_out
 
@@ -270,11 +270,11 @@ def validation_figures(
         histories = Histories.of_users(split, batch, "valid")
         exclude = histories.item_sets()
         scores = scorer.score_users(histories)
-        alone.append(full_ranks(scores, targets[batch], exclude, rng)[0])
+        alone.append(target_ranks(scores, targets[batch], exclude, rng))
         if item_knn is not None and blended:
             knn = item_knn.score_users(histories).astype(np.float32)
             for weight, parts in blended.items():
-                parts.append(full_ranks(blend_scores(scores, knn, weight), targets[batch], exclude, rng)[0])
+                parts.append(target_ranks(blend_scores(scores, knn, weight), targets[batch], exclude, rng))
     summary = summarize(np.concatenate(alone))
     return Validation(
         ndcg_at_10=float(summary["NDCG@10"]),

@@ -38,7 +38,14 @@ from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import Histories, ItemKNNModel, PopularityModel, Scorer, blend_scores, user_item_pairs
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, EVENT_TYPES
-from streamrec.model.metrics import full_ranks, intra_list_distances, mask_history, sampled_ranks, summarize
+from streamrec.model.metrics import (
+    full_ranks,
+    intra_list_distances,
+    mask_history,
+    sampled_ranks,
+    summarize,
+    target_ranks,
+)
 from streamrec.model.ranker import PAD, SequenceRanker
 from streamrec.model.splits import LeaveOneOutSplit, leave_one_out
 
@@ -503,9 +510,9 @@ def _offline(
             scores[name] = scorer.score_users(histories)
             full, masked = full_ranks(scores[name], batch_targets, exclude, tie_rng)
             ranks[name]["full"].append(full)
-            kept = full_ranks(scores[name], batch_targets, nothing_excluded, tie_rng)[0]
+            kept = target_ranks(scores[name], batch_targets, nothing_excluded, tie_rng)
             ranks[name]["full_history_kept"].append(kept)
-            served_ranks = full_ranks(scores[name], batch_targets, as_served, tie_rng)[0]
+            served_ranks = target_ranks(scores[name], batch_targets, as_served, tie_rng)
             ranks[name]["full_as_served"].append(np.where(served_misses, n_items, served_ranks))
             lists[name].append(_top_of_masked(masked, LIST_LENGTH))
             for protocol, drawn in negatives.items():

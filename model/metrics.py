@@ -112,16 +112,41 @@ def break_ties(higher: np.ndarray, ties: np.ndarray, rng: np.random.Generator | 
 def full_ranks(
     scores: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray], rng: np.random.Generator | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """0-based target ranks over the whole catalogue, history excluded (see
-    :func:`rank_of_target`)
-    and ties broken at random by ``rng``; also returns the history-masked scores for the top-N lists."""
-    higher = rank_of_target(scores, targets, exclude)
-    masked = mask_history(scores, exclude)
+    """:func:`target_ranks`, and the history-masked scores for the top-N lists (:func:`mask_history`)."""
+    return target_ranks(scores, targets, exclude, rng), mask_history(scores, exclude)
+
+
+def target_ranks(
+    scores: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray], rng: np.random.Generator | None
+) -> np.ndarray:
+    """0-based target ranks over the whole catalogue, each row's ``exclude`` items left out but never the target
+    itself (see :func:`rank_of_target`), ties broken at random by ``rng`` (strict when None).
+
+    Counts over whole rows, then takes back what the excluded items counted, so ``scores`` is read twice and never
+    copied: evaluation passes over ``[users, items]`` matrices every epoch, and on one thread of numpy."""
+    scores = np.asarray(scores)
+    targets = np.asarray(targets, dtype=np.int64)
+    if scores.ndim != 2 or targets.shape != (scores.shape[0],):
+        raise ValueError(f"scores {scores.shape} and targets {targets.shape} do not align")
+    if len(exclude) != len(targets):
+        raise ValueError("exclude needs one array per query")
     rows = np.arange(len(targets))
+    n_items = scores.shape[1]
     target_scores = scores[rows, targets]
-    # The target itself is not a tie; it is still in `masked` unless it was in its own history.
-    ties = np.count_nonzero(masked == target_scores[:, None], axis=1) - (masked[rows, targets] == target_scores)
-    return break_ties(higher, ties, rng), masked
+    higher = np.count_nonzero(scores > target_scores[:, None], axis=1)
+    equal = np.count_nonzero(scores == target_scores[:, None], axis=1)  # the target itself included
+    lengths = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=len(exclude))
+    if lengths.sum():
+        items = np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude])
+        pairs = np.unique(np.repeat(rows, lengths) * n_items + items)  # an item listed twice is left out once
+        query_of, items = np.divmod(pairs, n_items)
+        others = items != targets[query_of]
+        query_of, items = query_of[others], items[others]
+        left_out, their_targets = scores[query_of, items], target_scores[query_of]
+        higher -= np.bincount(query_of[left_out > their_targets], minlength=len(rows))
+        equal -= np.bincount(query_of[left_out == their_targets], minlength=len(rows))
+    nan = np.isnan(target_scores)
+    return break_ties(np.where(nan, n_items - 1, higher), np.where(nan, 0, equal - 1), rng)
 
 
 def sampled_ranks(

@@ -59,7 +59,7 @@ from streamrec.model.content import ContentProjection, item_text, load_encoder
 from streamrec.model.evaluate import RankerScorer, RetrievalScorer, retrieve_rerank_ranks
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import EVENT_TYPES
-from streamrec.model.metrics import full_ranks, hit_rate, ndcg, summarize
+from streamrec.model.metrics import hit_rate, ndcg, summarize, target_ranks
 from streamrec.model.ranker import PAD, RankerConfig, SequenceRanker
 from streamrec.model.segments import Segments, fit_segments
 from streamrec.model.softmax import Softmax, softmax_for
@@ -316,7 +316,7 @@ def fit_blend(
         ranker_scores = ranker.score_users(histories)
         knn_scores = validation.score_users(histories).astype(np.float32)
         for w in weights:
-            ranks[w].append(full_ranks(blend_scores(ranker_scores, knn_scores, w), targets[users], exclude, rng)[0])
+            ranks[w].append(target_ranks(blend_scores(ranker_scores, knn_scores, w), targets[users], exclude, rng))
     ndcgs = {w: summarize(np.concatenate(parts))["NDCG@10"] for w, parts in ranks.items()}
     best = max(weights, key=lambda w: (ndcgs[w], -w))  # the smallest weight among equals
     logger.info("item-kNN blend: validation NDCG@10 per weight %s; serving weight %s", ndcgs, best)
@@ -818,11 +818,11 @@ def _evaluate(
         ranker_scores = ranker.score_users(histories)
         queries[begin : begin + step] = retrieval.queries(histories)
         retrieval_scores = queries[begin : begin + step] @ retrieval.embeddings.T
-        ranks["ranker"].append(full_ranks(ranker_scores, t, exclude, tie_rng)[0])
-        ranks["retrieval"].append(full_ranks(retrieval_scores, t, exclude, tie_rng)[0])
+        ranks["ranker"].append(target_ranks(ranker_scores, t, exclude, tie_rng))
+        ranks["retrieval"].append(target_ranks(retrieval_scores, t, exclude, tie_rng))
         if popularity is not None:
             popular = np.broadcast_to(popularity, ranker_scores.shape)
-            ranks["popularity"].append(full_ranks(popular, t, exclude, tie_rng)[0])
+            ranks["popularity"].append(target_ranks(popular, t, exclude, tie_rng))
             ranks["retrieve_rerank"].append(
                 retrieve_rerank_ranks(retrieval_scores, ranker_scores, t, exclude, config.n_candidates)
             )

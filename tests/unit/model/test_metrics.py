@@ -7,7 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from streamrec.model.metrics import full_ranks, hit_rate, mrr, ndcg, rank_of_target, sampled_ranks, summarize
+from streamrec.model.metrics import (
+    full_ranks,
+    hit_rate,
+    mask_history,
+    mrr,
+    ndcg,
+    rank_of_target,
+    sampled_ranks,
+    summarize,
+    target_ranks,
+)
 
 
 def test_hit_rate_counts_ranks_below_k() -> None:
@@ -127,3 +137,24 @@ def test_full_ranks_exclude_history_but_never_the_target_and_break_ties() -> Non
     draws = np.stack([full_ranks(scores, targets, exclude, np.random.default_rng(s))[0] for s in range(200)])
     assert np.all(draws[:, :2] == 0)
     assert set(draws[:, 2].tolist()) == {0, 1, 2, 3}
+
+
+def test_target_ranks_match_ranking_a_masked_copy() -> None:
+    """The copy-free counting gives what masking the excluded items and counting does, ties, repeats in the
+    exclusions, a target in its own history and NaN scores included."""
+    rng = np.random.default_rng(7)
+    scores = rng.integers(0, 6, size=(300, 40)).astype(np.float32)  # many ties
+    scores[5, :] = np.nan
+    scores[6, 3] = np.nan
+    targets = rng.integers(0, 40, size=300)
+    exclude = [rng.integers(0, 40, size=rng.integers(0, 12)) for _ in range(300)]
+    exclude[0] = np.array([targets[0], targets[0], (targets[0] + 1) % 40])
+    higher = rank_of_target(scores, targets, exclude)
+    masked = mask_history(scores, exclude)
+    rows = np.arange(300)
+    target_scores = scores[rows, targets]
+    ties = np.count_nonzero(masked == target_scores[:, None], axis=1) - (masked[rows, targets] == target_scores)
+    assert np.array_equal(target_ranks(scores, targets, exclude, None), higher)
+    for seed in range(3):
+        expected = higher + np.random.default_rng(seed).integers(0, ties + 1)
+        assert np.array_equal(target_ranks(scores, targets, exclude, np.random.default_rng(seed)), expected)
