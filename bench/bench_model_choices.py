@@ -103,6 +103,36 @@ def summary(dataset: str, variant: str, settings: dict[str, str], out: Path, wal
     }
 
 
+def best_epoch_with_patience(scores: list[float], patience: int) -> int:
+    """The epoch (1-based) early stopping with ``patience`` keeps, given every epoch's validation score."""
+    best = 0
+    for epoch, score in enumerate(scores):
+        if score > scores[best]:
+            best = epoch
+        elif epoch - best >= patience:
+            break
+    return best + 1
+
+
+def patience_report(runs: list[dict[str, Any]], patience: int = 3) -> str:
+    """Whether a smaller patience would have kept the same best epoch in every recorded run (validation only)."""
+    same, checked = 0, 0
+    for result in runs:
+        manifest_path = Path(result["artifacts"]) / "manifest.json"
+        if not manifest_path.exists():
+            continue
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["train_config"]["patience"] <= patience:
+            continue  # it stopped with this patience or less: nothing to compare
+        # Older manifests spell the keys in lower case.
+        scores = [
+            {k.lower(): v for k, v in epoch.items()}["val_ranker_ndcg@10"] for epoch in manifest["training"]["history"]
+        ]
+        checked += 1
+        same += best_epoch_with_patience(scores, patience) == result["best_epoch"]
+    return f"patience {patience} keeps the best epoch of {same} of {checked} runs trained with a larger patience"
+
+
 def report() -> None:
     for directory in sorted(RESULTS.glob("*")):
         rows = [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
@@ -150,6 +180,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.report:
         report()
+        print("\n" + patience_report([json.loads(p.read_text()) for p in sorted(RESULTS.glob("*/*.json"))]))
         return
     if not args.dataset or not args.variant:
         raise SystemExit("--dataset and --variant are needed (or --report)")
