@@ -48,6 +48,7 @@ PUBLISHED: dict[str, dict[str, tuple[float | None, ...]]] = {
         "TV-Rec": (0.0474, 0.0245, 0.0777, 0.0321),
     },
 }
+NAMES = {"beauty": "Beauty", "sports": "Sports", "yelp": "Yelp"}
 # The quality issue's targets for the served lists: (HR@10, NDCG@10).
 TARGETS = {"beauty": (0.105, 0.062), "sports": (0.064, 0.037), "yelp": (0.048, 0.025)}
 OFFLINE_ROWS = (
@@ -70,7 +71,7 @@ def _seconds(seconds: float | None, threads: int | None) -> str:
 def table(dataset: str, report: dict[str, Any], baseline: dict[str, Any] | None) -> list[str]:
     """The markdown lines of one dataset's table."""
     lines = [
-        f"| {report['dataset']} ({report['n_users']:,} users, {report['n_items']:,} items) | "
+        f"| {NAMES[dataset]} ({report['n_users']:,} users, {report['n_items']:,} items) | "
         + " | ".join(CUTOFFS)
         + " | training |",
         "|---" * (len(CUTOFFS) + 2) + "|",
