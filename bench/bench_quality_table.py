@@ -85,7 +85,10 @@ def table(dataset: str, report: dict[str, Any], baseline: dict[str, Any] | None)
     training = report.get("training") or {}
     time = _seconds(training.get("seconds"), training.get("torch_threads"))
     for key, label in OFFLINE_ROWS:
-        full = report["results"][key]["full"]
+        # As served: what the lists leave out is excluded and a target among it is a miss. In these datasets every
+        # event is a purchase, so that is the user's whole history, as in the published protocol; the "full"
+        # protocol would hand the model every re-visited target (Yelp has some).
+        full = report["results"][key].get("full_as_served") or report["results"][key]["full"]
         lines.append(f"| {label} | {_cells(tuple(full[c] for c in CUTOFFS))} | {time if key == 'model' else ''} |")
     served = report["served"]
     lines.append(f"| **streamrec, served** (top-20 lists) | {_cells(tuple(served[c] for c in CUTOFFS), bold=True)} | |")
@@ -94,7 +97,8 @@ def table(dataset: str, report: dict[str, Any], baseline: dict[str, Any] | None)
 
 def verdict(dataset: str, report: dict[str, Any]) -> str:
     """Served against the targets, the best published row and the offline model."""
-    served, offline = report["served"], report["results"]["model"]["full"]
+    served, model = report["served"], report["results"]["model"]
+    offline = model.get("full_as_served") or model["full"]
     hr, ndcg = TARGETS[dataset]
     best = max(PUBLISHED[dataset].items(), key=lambda row: row[1][1] or 0.0)
     met = served["HR@10"] >= hr and served["NDCG@10"] >= ndcg
