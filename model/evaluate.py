@@ -512,10 +512,10 @@ def _offline(
         histories = Histories.of_users(split, users, "test")
         exclude = histories.item_sets()
         nothing_excluded = [np.zeros(0, dtype=np.int64)] * len(exclude)
+        batch_targets = targets[users]
         as_served = histories.served_exclusions()
         # A target the pipeline would leave out (an item the user bought) is a miss, as in the served lists.
-        served_misses = np.array([np.isin(t, left_out) for t, left_out in zip(targets[users], as_served, strict=True)])
-        batch_targets = targets[users]
+        served_misses = np.array([np.isin(t, left_out) for t, left_out in zip(batch_targets, as_served, strict=True)])
         queries[users] = models.retrieval.queries(histories)
         scores: dict[str, np.ndarray] = {}
         for name, scorer in scorers.items():
