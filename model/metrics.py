@@ -45,31 +45,15 @@ def rank_of_target(
     """0-based rank of each row's target among all items, by descending score.
 
     ``scores`` is ``[B, n_items]``; ``targets`` holds one item row per query; ``exclude[i]`` lists item rows
-    removed from query ``i``'s ranking (its history, as a recommender would never show those), implemented as
-    score ``-inf``. The target itself is never excluded: a user coming back to an item seen before is still a
-    correct prediction, and dropping it would make the query unanswerable. The rank counts the items scoring
-    *strictly* higher than the target, so ties neither help nor hurt a model relative to its peers. A NaN
+    removed from query ``i``'s ranking (its history, as a recommender would never show those). The target itself
+    is never excluded: a user coming back to an item seen before is still a correct prediction, and dropping it
+    would make the query unanswerable. The rank counts the items scoring *strictly* higher than the target, so
+    ties neither help nor hurt a model relative to its peers (:func:`target_ranks` breaks them at random). A NaN
     target score ranks last. ``scores`` is not modified.
     """
-    scores = np.asarray(scores)
-    targets = np.asarray(targets, dtype=np.int64)
-    if scores.ndim != 2 or targets.shape != (scores.shape[0],):
-        raise ValueError(f"scores {scores.shape} and targets {targets.shape} do not align")
-    rows = np.arange(len(targets))
-    # Saved before exclusion: a target listed in its own history keeps its score and stays rankable.
-    target_scores = scores[rows, targets]
-    if exclude is not None:
-        if len(exclude) != len(targets):
-            raise ValueError("exclude needs one array per query")
-        lengths = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=len(exclude))
-        if lengths.sum():
-            scores = scores.copy()
-            query_of = np.repeat(rows, lengths)
-            items = np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude])
-            scores[query_of, items] = -np.inf
-    ranks = np.count_nonzero(scores > target_scores[:, None], axis=1)
-    n_items = scores.shape[1]
-    return np.where(np.isnan(target_scores), n_items - 1, ranks).astype(np.int64)
+    if exclude is None:
+        exclude = [np.zeros(0, dtype=np.int64)] * len(np.asarray(targets))
+    return target_ranks(scores, targets, exclude, rng=None)
 
 
 CUTOFFS = (5, 10, 20)

@@ -149,10 +149,12 @@ def test_target_ranks_match_ranking_a_masked_copy() -> None:
     targets = rng.integers(0, 40, size=300)
     exclude = [rng.integers(0, 40, size=rng.integers(0, 12)) for _ in range(300)]
     exclude[0] = np.array([targets[0], targets[0], (targets[0] + 1) % 40])
-    higher = rank_of_target(scores, targets, exclude)
     masked = mask_history(scores, exclude)
     rows = np.arange(300)
     target_scores = scores[rows, targets]
+    # The reference: count over the masked copy, the target never excluded, a NaN target last.
+    higher = np.count_nonzero(masked > target_scores[:, None], axis=1)
+    higher = np.where(np.isnan(target_scores), 39, higher)
     ties = np.count_nonzero(masked == target_scores[:, None], axis=1) - (masked[rows, targets] == target_scores)
     assert np.array_equal(target_ranks(scores, targets, exclude, None), higher)
     for seed in range(3):
