@@ -7,7 +7,9 @@ Reads what the measuring commands wrote, computes nothing itself:
   version's training time from its manifest);
 * ``docs/eval/<dataset>-sasrec-ce.json``: the SASRec baseline trained by this project with full-softmax
   cross-entropy and nothing else (``python bench/bench_model_choices.py --dataset <dataset> --variant
-  no-retrieval-loss --set retrieval_loss_weight=0``, its result file copied there).
+  no-retrieval-loss --set retrieval_loss_weight=0``, its result file copied there) for its training time, and
+  ``docs/eval/<dataset>-sasrec-ce-eval.json`` (``streamrec eval --no-served`` of that run's artifacts) for its
+  figures ranked as served, as every other row is; without the evaluation, the run's own test figures.
 
 Published rows are the papers' (``../shared/README.md`` names each source). Run:
 ``python bench/bench_quality_table.py [--reports docs/eval]``.
@@ -68,7 +70,9 @@ def _seconds(seconds: float | None, threads: int | None) -> str:
     return "—" if seconds is None else f"{seconds:,.0f} s, {threads} thread{'s' if threads != 1 else ''}"
 
 
-def table(dataset: str, report: dict[str, Any], baseline: dict[str, Any] | None) -> list[str]:
+def table(
+    dataset: str, report: dict[str, Any], baseline: dict[str, Any] | None, baseline_eval: dict[str, Any] | None
+) -> list[str]:
     """The markdown lines of one dataset's table."""
     lines = [
         f"| {NAMES[dataset]} ({report['n_users']:,} users, {report['n_items']:,} items) | "
@@ -80,6 +84,8 @@ def table(dataset: str, report: dict[str, Any], baseline: dict[str, Any] | None)
         lines.append(f"| {name} (published) | {_cells(values)} | — |")
     if baseline is not None:
         ranker = baseline["test"]["ranker"]
+        if baseline_eval is not None:
+            ranker = baseline_eval["results"]["ranker"].get("full_as_served") or ranker
         time = _seconds(baseline["train_seconds"], baseline["threads"])
         lines.append(f"| SASRec, full-softmax CE (ours) | {_cells(tuple(ranker[c] for c in CUTOFFS))} | {time} |")
     training = report.get("training") or {}
@@ -124,7 +130,9 @@ def main() -> None:
         report = json.loads(path.read_text())
         baseline_path = args.reports / f"{dataset}-sasrec-ce.json"
         baseline = json.loads(baseline_path.read_text()) if baseline_path.exists() else None
-        print("\n".join(["", *table(dataset, report, baseline), "", verdict(dataset, report)]))
+        baseline_eval_path = args.reports / f"{dataset}-sasrec-ce-eval.json"
+        baseline_eval = json.loads(baseline_eval_path.read_text()) if baseline_eval_path.exists() else None
+        print("\n".join(["", *table(dataset, report, baseline, baseline_eval), "", verdict(dataset, report)]))
     if not found:
         raise SystemExit(f"no report in {args.reports}")
 

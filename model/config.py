@@ -86,6 +86,12 @@ class TrainConfig(BaseModel):
         "README). The item-kNN blend weight stays the one chosen on validation, and so do the manifest's "
         "validation figures; training takes up to twice as long. false publishes the early-stopped model.",
     )
+    refit_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="With `refit`: unset trains a fresh model for as many epochs as early stopping chose; a number "
+        "trains the early-stopped model on for that many more epochs instead (a fraction of the time).",
+    )
     time_budget_s: float | None = Field(
         None, gt=0, description="Stop after the epoch that exceeds this many seconds (the best epoch is kept)."
     )
@@ -174,12 +180,16 @@ class TrainConfig(BaseModel):
     )
     # --- the item-kNN blend ------------------------------------------------------------------------------------
     blend_weights: tuple[float, ...] = Field(
-        (0.0, 2.0, 4.0, 8.0, 16.0),
+        (0.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0),
         description="Grid of weights of the item-kNN score added to the ranker's logits, picked by validation "
         "NDCG@10; empty or (0,) serves the ranker alone.",
     )
-    item_knn_n_recent: int = Field(3, ge=1, description="Recent items the item-kNN scores from.")
-    item_knn_decay: float = Field(0.6, gt=0, le=1, description="Weight decay per step back in the recent items.")
+    item_knn_recency: tuple[tuple[int, float], ...] = Field(
+        ((3, 0.6), (10, 0.8), (50, 1.0)),
+        description="The item-kNN's memories to choose from, as (recent items it scores from, weight decay per "
+        "step back) pairs, picked together with the blend weight by validation NDCG@10: a short memory where "
+        "the next item follows the last few (Beauty), the whole history where taste is steady (Yelp; README).",
+    )
     item_knn_max_neighbors: int | None = Field(
         200, ge=1, description="Neighbours kept per item in the served item-kNN (bounds its memory); unset: all."
     )
@@ -209,6 +219,13 @@ class TrainConfig(BaseModel):
         if any(not 0 <= w < math.inf for w in weights):
             raise ValueError("blend_weights must be non-negative and finite")
         return weights
+
+    @field_validator("item_knn_recency")
+    @classmethod
+    def _usable_recency(cls, recency: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+        if not recency or any(n < 1 or not 0 < decay <= 1 for n, decay in recency):
+            raise ValueError("item_knn_recency needs at least one (n_recent >= 1, 0 < decay <= 1) pair")
+        return recency
 
     @property
     def blends(self) -> bool:

@@ -418,6 +418,7 @@ def training_summary(manifest: dict[str, Any]) -> dict[str, Any]:
         "best_epoch": training.get("best_epoch"),
         "refit_epochs": refit["epochs"] if refit else None,
         "refit_seconds": refit["seconds"] if refit else None,
+        "refit_from": refit.get("from", "fresh weights") if refit else None,
         "trained_before": "test" if refit else "validation",
         "blend_weight": manifest.get("blend_weight"),
     }
@@ -445,10 +446,11 @@ class _Models:
     popularity: PopularityModel
     n_candidates: int  # retrieval candidates the worker re-ranks (for ``retrieve_rerank``)
     blend_weight: float = 0.0  # the artifact's weight of the item-kNN in the served score
+    served_item_knn: ItemKNNModel | None = None  # the artifact's own item-kNN (its memory and neighbours)
 
     def scorers(self) -> dict[str, Scorer]:
         return {
-            "model": BlendedScorer(self.ranker, self.item_knn, self.blend_weight),
+            "model": BlendedScorer(self.ranker, self.served_item_knn or self.item_knn, self.blend_weight),
             "ranker": self.ranker,
             "retrieval": self.retrieval,
             "item_knn": self.item_knn,
@@ -458,7 +460,8 @@ class _Models:
 
 def _models(split: LeaveOneOutSplit, artifacts: ModelArtifacts) -> _Models:
     """The trained model's two scorers as trained (the manifest's event weights and half-life, which the
-    manifest's own metrics used), and the baselines fit on the same split."""
+    manifest's own metrics used), its blend as served (the version's own item-kNN, whose memory validation chose),
+    and the baselines fit on the same split (the item-kNN baseline with its classic memory, 3 items · 0.6)."""
     n_items = len(artifacts.item_ids)
     train_config = artifacts.manifest.get("train_config", {})
     event_weights = {**DEFAULT_EVENT_WEIGHTS, **train_config.get("event_weights", {})}
@@ -473,6 +476,7 @@ def _models(split: LeaveOneOutSplit, artifacts: ModelArtifacts) -> _Models:
         popularity=PopularityModel.fit(split, n_items),
         n_candidates=int(train_config.get("n_candidates", DEFAULT_N_CANDIDATES)),
         blend_weight=artifacts.blend_weight,
+        served_item_knn=artifacts.item_knn,
     )
 
 
@@ -597,7 +601,11 @@ def format_table(report: Mapping[str, Any]) -> str:
     notes.append("full = whole catalogue, history excluded; uni/pop = 99 negatives sampled uniformly/by popularity")
     training = report.get("training") or {}
     if training.get("seconds") is not None:
-        refit = f", then a refit of {training['refit_epochs']} epochs" if training.get("refit_epochs") else ""
+        refit = (
+            f", then a refit of {training['refit_epochs']} epochs from {training.get('refit_from') or 'fresh weights'}"
+            if training.get("refit_epochs")
+            else ""
+        )
         notes.append(
             f"trained in {training['seconds']:,.0f} s on {training['torch_threads']} torch threads: "
             f"{training['epochs']} epochs (best {training['best_epoch']}){refit}"

@@ -145,7 +145,12 @@ def train_artifacts(
     peaks.mark("blend")
     refit_manifest: dict[str, Any] = {}
     if config.refit:
-        model, refit_manifest = _refit(split, config, len(item_ids), best_epoch, progress)
+        if config.refit_epochs is None:
+            model, refit_manifest = _refit(split, config, len(item_ids), best_epoch, progress)
+        else:
+            temperature = history[best_epoch - 1]["retrieval_temperature"]
+            start = (model, temperature)
+            model, refit_manifest = _refit(split, config, len(item_ids), config.refit_epochs, progress, start)
         peaks.mark("refit")
     train_seconds = time.perf_counter() - started
 
@@ -289,9 +294,9 @@ def fit_content_projection(
 def fit_blend(
     ranker: Scorer, split: LeaveOneOutSplit, n_items: int, config: TrainConfig
 ) -> tuple[ItemKNNModel | None, dict[str, Any]]:
-    """Pick the weight of the item-kNN in the served score and fit the item-kNN to serve.
+    """Pick the item-kNN's memory and its weight in the served score, and fit the item-kNN to serve.
 
-    The weight maximises validation NDCG@10 (full ranking) of ``ranker + λ · item_knn`` with the item-kNN fit on
+    The pair maximises validation NDCG@10 (full ranking) of ``ranker + λ · item_knn`` with the item-kNN fit on
     the validation stage, so the test target never informs it. The ranking leaves out what the served pipeline
     leaves out (bought items and the item just touched): a user's other history items compete with the target as in
     the served lists, so on logs where users come back to items the weight is not chosen blind to re-visits. The
@@ -301,12 +306,12 @@ def fit_blend(
     """
     if not config.blends:
         return None, {}
-    knn_params = {"n_recent": config.item_knn_n_recent, "decay": config.item_knn_decay}
     weights = sorted(set(float(w) for w in config.blend_weights) | {0.0})
-    validation = ItemKNNModel.fit(split, n_items, "valid", **knn_params)
+    memories = [{"n_recent": n, "decay": float(decay)} for n, decay in config.item_knn_recency]
+    validation = [ItemKNNModel.fit(split, n_items, "valid", **memory) for memory in memories]
     targets = split.targets("valid")
     rng = np.random.default_rng(config.seed)
-    ranks: dict[float, list[np.ndarray]] = {w: [] for w in weights}
+    ranks: dict[tuple[int, float], list[np.ndarray]] = {(m, w): [] for m in range(len(memories)) for w in weights}
     evaluated = evaluation_users(split.n_users, n_items, config)
     step = max(1, min(config.eval_batch_size, EVAL_BATCH_SCORES // n_items))
     for begin in range(0, len(evaluated), step):
@@ -314,12 +319,16 @@ def fit_blend(
         histories = Histories.of_users(split, users, "valid")
         exclude = histories.served_exclusions()
         ranker_scores = ranker.score_users(histories)
-        knn_scores = validation.score_users(histories).astype(np.float32)
-        for w in weights:
-            ranks[w].append(target_ranks(blend_scores(ranker_scores, knn_scores, w), targets[users], exclude, rng))
-    ndcgs = {w: summarize(np.concatenate(parts))["NDCG@10"] for w, parts in ranks.items()}
-    best = max(weights, key=lambda w: (ndcgs[w], -w))  # the smallest weight among equals
-    logger.info("item-kNN blend: validation NDCG@10 per weight %s; serving weight %s", ndcgs, best)
+        for m, item_knn in enumerate(validation):
+            knn_scores = item_knn.score_users(histories).astype(np.float32)
+            for w in weights:
+                blended = blend_scores(ranker_scores, knn_scores, w)
+                ranks[m, w].append(target_ranks(blended, targets[users], exclude, rng))
+    ndcgs = {key: summarize(np.concatenate(parts))["NDCG@10"] for key, parts in ranks.items()}
+    # Among equals: the smallest weight, then the first memory listed.
+    memory, best = max(ndcgs, key=lambda key: (ndcgs[key], -key[1], -key[0]))
+    knn_params = memories[memory]
+    logger.info("item-kNN blend: validation NDCG@10 %s; serving %s at weight %s", ndcgs, knn_params, best)
     served = ItemKNNModel.fit(split, n_items, "test", **knn_params, max_neighbors=config.item_knn_max_neighbors)
     manifest = {
         "item_knn": {
@@ -333,10 +342,17 @@ def fit_blend(
         "blend_validation": {
             "protocol": "validation NDCG@10 of ranker logits + weight · item-kNN (fit on the validation stage), "
             "ranked as served: bought items and the item just touched left out, other history items kept",
-            "NDCG@10": {str(w): ndcgs[w] for w in weights},
+            "NDCG@10": {str(w): ndcgs[memory, w] for w in weights},
+            "NDCG@10_by_memory": {
+                _memory_name(params): {str(w): ndcgs[m, w] for w in weights} for m, params in enumerate(memories)
+            },
         },
     }
     return served, manifest
+
+
+def _memory_name(params: Mapping[str, Any]) -> str:
+    return f"n_recent={params['n_recent']},decay={params['decay']:g}"
 
 
 def build_index(embeddings: np.ndarray, config: TrainConfig) -> ItemIndex:
@@ -714,27 +730,45 @@ class _Trainer:
 
 
 def _refit(
-    split: LeaveOneOutSplit, config: TrainConfig, n_items: int, epochs: int, progress: bool
+    split: LeaveOneOutSplit,
+    config: TrainConfig,
+    n_items: int,
+    epochs: int,
+    progress: bool,
+    start: tuple[SequenceRanker, float] | None = None,
 ) -> tuple[SequenceRanker, dict[str, Any]]:
-    """A fresh model trained for ``epochs`` epochs on every interaction before each user's test item, the
-    validation items included: what early stopping chose, learned from the users' latest interactions too.
+    """A model trained for ``epochs`` epochs on every interaction before each user's test item, the validation
+    items included: what early stopping chose, learned from the users' latest interactions too.
 
-    It starts from the seed's initial weights and draws its batches from its own seeded generator, so the published
-    model depends on the number of epochs chosen, not on how many the first fit ran past them."""
+    Without ``start`` it is a fresh model from the seed's initial weights; with ``start`` (the early-stopped model
+    and its interest-vector temperature) that model trained on in place. Either draws its batches from its own
+    seeded generator, so the published model depends on the epochs chosen, not on how many the first fit ran past
+    them."""
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
     rng = np.random.default_rng([config.seed, 1])
     windows = training_windows(split, config, before="test")
-    model = SequenceRanker(ranker_config(config, n_items))
+    if start is None:
+        torch.manual_seed(config.seed)
+        model = SequenceRanker(ranker_config(config, n_items))
+    else:
+        model = start[0]
     softmax = softmax_for(config, windows.target_counts(n_items), config.seed)
     trainer = _Trainer(model, windows, config, softmax)
+    if start is not None:
+        with torch.no_grad():
+            trainer.log_scale.fill_(math.log(start[1]))
     losses: list[dict[str, float]] = []
     for epoch in tqdm(range(1, epochs + 1), desc="refit epochs", unit="epoch", disable=not progress):
         losses.append({"epoch": epoch, **trainer.epoch(epoch, rng, progress)})
     model.eval()
     model.item_embedding.sparse = False
-    seconds = round(time.perf_counter() - started, 2)
-    return model, {"epochs": epochs, "training_windows": len(windows), "seconds": seconds, "history": losses}
+    return model, {
+        "epochs": epochs,
+        "from": "fresh weights" if start is None else "the early-stopped model",
+        "training_windows": len(windows),
+        "seconds": round(time.perf_counter() - started, 2),
+        "history": losses,
+    }
 
 
 def _optimizers(

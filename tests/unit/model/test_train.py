@@ -21,6 +21,7 @@ from streamrec.model.artifacts import (
     SEGMENTS_FILE,
     load_artifacts,
 )
+from streamrec.model.baselines import Histories
 from streamrec.model.config import TrainConfig
 from streamrec.model.evaluate import interest_vectors, training_summary
 from streamrec.model.event_log import EventLog
@@ -131,11 +132,17 @@ def test_artifact_directory_and_manifest(trained: Path, log: EventLog) -> None:
     assert set(manifest["files"]) == {MODEL_FILE, ITEM_IDS_FILE, INDEX_FILE, CURVE_FILE, ITEM_KNN_FILE, SEGMENTS_FILE}
     assert sum(manifest["segments"]["users_per_segment"]) == manifest["data"]["users"]
     assert "content" not in manifest  # trained without a catalog: new items cannot be embedded
-    # The item-kNN blend weight is the grid's best by validation NDCG@10.
+    # The item-kNN's memory and blend weight are the grid's best pair by validation NDCG@10.
+    by_memory = manifest["blend_validation"]["NDCG@10_by_memory"]
+    assert set(by_memory) == {f"n_recent={n},decay={d:g}" for n, d in CONFIG.item_knn_recency}
+    best = max(value for by_weight in by_memory.values() for value in by_weight.values())
+    knn = manifest["item_knn"]
     by_weight = manifest["blend_validation"]["NDCG@10"]
+    assert by_weight == by_memory[f"n_recent={knn['n_recent']},decay={knn['decay']:g}"]
     assert set(by_weight) == {str(float(w)) for w in CONFIG.blend_weights}
-    assert by_weight[str(manifest["blend_weight"])] == max(by_weight.values())
-    assert manifest["item_knn"] == manifest["item_knn"] | {"n_recent": 3, "decay": 0.6, "max_neighbors": 200}
+    assert by_weight[str(manifest["blend_weight"])] == best
+    assert knn["max_neighbors"] == 200
+    assert (knn["n_recent"], knn["decay"]) in CONFIG.item_knn_recency
     history = manifest["training"]["history"]
     assert 1 <= manifest["training"]["best_epoch"] <= len(history) <= CONFIG.max_epochs
 
@@ -199,6 +206,38 @@ def test_blending_can_be_turned_off(log: EventLog) -> None:
         assert fit_blend(None, split, 120, changed(CONFIG, blend_weights=weights)) == (None, {})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="blend_weights"):
         changed(CONFIG, blend_weights=(-1.0,))
+
+
+class _NoRanker:
+    """A ranker without an opinion: every item scores 0, so only the item-kNN orders the catalogue."""
+
+    def score_users(self, histories: Histories) -> np.ndarray:
+        return np.zeros((len(histories), 200), dtype=np.float32)
+
+
+def test_validation_chooses_the_item_knn_memory_that_sees_the_signal() -> None:
+    # Each user's taste is a group of items: two of them first, then five items of a shared noise pool, then two
+    # more of the group (validation and test). Only a memory reaching six items back sees the taste.
+    rng = np.random.default_rng(5)
+    events: list[Event] = []
+    for user in range(400):
+        group = rng.integers(10)
+        taste = [f"g{group}-{i}" for i in rng.choice(10, 4, replace=False)]
+        noise = [f"n{i}" for i in rng.choice(100, 5, replace=False)]
+        for step, item in enumerate([*taste[:2], *noise, *taste[2:]]):
+            events.append(Event(f"u{user}", item, EventType.BUY, float(step)))
+    log = EventLog.from_events(events)
+    vocabulary = build_vocabulary(log)
+    assert len(vocabulary) <= 200
+    split = leave_one_out(log, {item: row for row, item in enumerate(vocabulary)})
+    config = changed(CONFIG, item_knn_recency=((2, 0.6), (10, 1.0)), blend_weights=(0.0, 1.0))
+    _, manifest = fit_blend(_NoRanker(), split, 200, config)  # type: ignore[arg-type]
+    assert (manifest["item_knn"]["n_recent"], manifest["item_knn"]["decay"]) == (10, 1.0)
+    by_memory = manifest["blend_validation"]["NDCG@10_by_memory"]
+    assert by_memory["n_recent=10,decay=1"]["1.0"] > 2 * by_memory["n_recent=2,decay=0.6"]["1.0"]
+    for recency in ((), ((0, 0.5),), ((3, 0.0),), ((3, 1.5),)):
+        with pytest.raises(ValueError, match="item_knn_recency"):
+            changed(CONFIG, item_knn_recency=recency)
 
 
 def test_attach_item_knn_publishes_a_new_version_of_an_old_artifact(trained: Path, log: EventLog) -> None:
@@ -300,3 +339,20 @@ def test_a_refit_depends_on_the_epochs_chosen_not_on_what_ran_before_it(log: Eve
     again, _ = _refit(split, config, 120, 2, progress=False)
     for (name, a), b in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_refit_can_train_the_early_stopped_model_on(trained: Path, log: EventLog, tmp_path: Path) -> None:
+    split = leave_one_out(log, {item: row for row, item in enumerate(build_vocabulary(log))})
+    config = changed(CONFIG, refit=True, refit_epochs=1)
+    early = load_artifacts(trained)
+    temperature = manifest_of(trained)["training"]["history"][-1]["retrieval_temperature"]
+    _, fresh = _refit(split, config, 120, 1, progress=False)
+    continued, record = _refit(split, config, 120, 1, progress=False, start=(early.ranker, temperature))
+    assert continued is early.ranker and record["from"] == "the early-stopped model"
+    # A trained model starts where a fresh one ends many epochs later: its first epoch's loss is far lower.
+    assert record["history"][0]["ranking_loss"] < 0.8 * fresh["history"][0]["ranking_loss"]
+    manifest = manifest_of(train_artifacts(log, tmp_path, changed(config, max_epochs=3), progress=False))
+    refit = manifest["training"]["refit"]
+    assert refit["epochs"] == len(refit["history"]) == 1 and refit["from"] == "the early-stopped model"
+    assert training_summary(manifest)["refit_from"] == "the early-stopped model"
+    assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.3
