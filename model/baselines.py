@@ -15,6 +15,7 @@ the same data the trained model sees as input at that stage.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -215,6 +216,16 @@ class ItemKNNModel:
         neighbors = np.concatenate(neighbor_parts) if neighbor_parts else np.zeros(0, dtype=np.int32)
         similarities = np.concatenate(similarity_parts) if similarity_parts else np.zeros(0, dtype=np.float32)
         return cls(indptr, neighbors, similarities, n_recent, decay)
+
+    def with_memory(self, n_recent: int, decay: float) -> ItemKNNModel:
+        """The same similarities (shared, not copied) scored from the last ``n_recent`` interactions with
+        ``decay``: the memory does not change what co-occurs, so one fit serves every memory."""
+        if n_recent < 1 or not 0.0 < decay <= 1.0:
+            raise ValueError("n_recent must be >= 1 and decay in (0, 1]")
+        twin = copy.copy(self)  # no __post_init__: the arrays are already in order, and sorting them costs O(nnz)
+        object.__setattr__(twin, "n_recent", n_recent)
+        object.__setattr__(twin, "decay", decay)
+        return twin
 
     def neighbors_of(self, item: int) -> tuple[np.ndarray, np.ndarray]:
         """``(neighbour items, similarities)`` of one item, most similar first."""

@@ -308,7 +308,8 @@ def fit_blend(
         return None, {}
     weights = sorted(set(float(w) for w in config.blend_weights) | {0.0})
     memories = [{"n_recent": n, "decay": float(decay)} for n, decay in config.item_knn_recency]
-    validation = [ItemKNNModel.fit(split, n_items, "valid", **memory) for memory in memories]
+    fitted = ItemKNNModel.fit(split, n_items, "valid")
+    validation = [fitted.with_memory(memory["n_recent"], memory["decay"]) for memory in memories]
     targets = split.targets("valid")
     rng = np.random.default_rng(config.seed)
     ranks: dict[tuple[int, float], list[np.ndarray]] = {(m, w): [] for m in range(len(memories)) for w in weights}

@@ -77,6 +77,15 @@ def test_item_knn_scores_from_the_last_items_with_decay(split: LeaveOneOutSplit)
 
     only_last = ItemKNNModel.fit(split, len(ITEMS), n_recent=1)
     assert only_last.score_users(Histories.of_users(split, np.array([u1]), "test"))[0][ROW["d"]] == pytest.approx(0.5)
+    # Another memory over the same fit scores exactly as a fit with that memory, sharing the similarities.
+    histories = Histories.of_users(split, np.arange(split.n_users), "test")
+    for n_recent, decay in ((1, 0.6), (2, 1.0), (50, 0.8)):
+        twin = knn.with_memory(n_recent, decay)
+        assert twin.similarities is knn.similarities and (knn.n_recent, knn.decay) == (3, 0.6)
+        own = ItemKNNModel.fit(split, len(ITEMS), n_recent=n_recent, decay=decay)
+        np.testing.assert_array_equal(twin.score_users(histories), own.score_users(histories))
+    with pytest.raises(ValueError, match="n_recent"):
+        knn.with_memory(0, 0.5)
 
 
 def test_item_knn_counts_a_funnel_as_one_interaction() -> None:
