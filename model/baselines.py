@@ -165,8 +165,7 @@ class ItemKNNModel:
     decay: float = 0.6
 
     def __post_init__(self) -> None:
-        if self.n_recent < 1 or not 0.0 < self.decay <= 1.0:
-            raise ValueError("n_recent must be >= 1 and decay in (0, 1]")
+        _check_memory(self.n_recent, self.decay)
         # Each row's neighbours in ascending order, so a pair is found by binary search (fit already builds
         # them so; a model built otherwise is put in order once here).
         owner = np.repeat(np.arange(self.n_items, dtype=np.int64), np.diff(self.indptr))
@@ -220,8 +219,7 @@ class ItemKNNModel:
     def with_memory(self, n_recent: int, decay: float) -> ItemKNNModel:
         """The same similarities (shared, not copied) scored from the last ``n_recent`` interactions with
         ``decay``: the memory does not change what co-occurs, so one fit serves every memory."""
-        if n_recent < 1 or not 0.0 < decay <= 1.0:
-            raise ValueError("n_recent must be >= 1 and decay in (0, 1]")
+        _check_memory(n_recent, decay)
         twin = copy.copy(self)  # no __post_init__: the arrays are already in order, and sorting them costs O(nnz)
         object.__setattr__(twin, "n_recent", n_recent)
         object.__setattr__(twin, "decay", decay)
@@ -311,6 +309,11 @@ class ItemKNNModel:
         entries = np.repeat(end - counts.cumsum(), counts) + np.arange(counts.sum())
         flat = np.repeat(rows, counts) * self.n_items + self.neighbors[entries]
         return flat, np.repeat(weights, counts) * self.similarities[entries]
+
+
+def _check_memory(n_recent: int, decay: float) -> None:
+    if n_recent < 1 or not 0.0 < decay <= 1.0:
+        raise ValueError("n_recent must be >= 1 and decay in (0, 1]")
 
 
 def _flatten(recent: Sequence[Sequence[int]], n_recent: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
