@@ -128,6 +128,11 @@ class TrainConfig(BaseModel):
         "float32): auto takes bfloat16 where the CPU multiplies it natively (AVX512-BF16, AMX), about 2x faster "
         "training on such CPUs, and float32 elsewhere.",
     )
+    retrieval_softmax: Literal["same", "sampled"] = Field(
+        "same",
+        description="Loss of the interest-vector query: the ranker's (`softmax`), or a sampled softmax of its own "
+        "(`sampled_negatives`, log-Q corrected) that costs a fraction of a full one.",
+    )
     sampled_negatives: int = Field(
         SAMPLED_NEGATIVES, ge=1, description="Negatives shared by the positions of a batch in the sampled softmax."
     )

@@ -215,3 +215,12 @@ def softmax_for(config: TrainConfig, target_counts: np.ndarray, seed: int) -> So
         return FullSoftmax(torch.bfloat16 if bfloat16 else torch.float32)
     generator = torch.Generator().manual_seed(seed)
     return SampledSoftmax(target_counts, config.sampled_negatives, config.negative_popularity_share, generator)
+
+
+def retrieval_softmax_for(config: TrainConfig, ranking: Softmax, target_counts: np.ndarray, seed: int) -> Softmax:
+    """The interest-vector loss's softmax: ``ranking`` itself, or with ``retrieval_softmax="sampled"`` a sampled
+    softmax of its own (``ranking`` again when it is sampled already, so a batch draws its negatives once)."""
+    if config.retrieval_softmax == "same" or isinstance(ranking, SampledSoftmax):
+        return ranking
+    generator = torch.Generator().manual_seed(seed + 1)
+    return SampledSoftmax(target_counts, config.sampled_negatives, config.negative_popularity_share, generator)

@@ -62,7 +62,7 @@ from streamrec.model.events import EVENT_TYPES
 from streamrec.model.metrics import hit_rate, ndcg, summarize, target_ranks
 from streamrec.model.ranker import PAD, RankerConfig, SequenceRanker
 from streamrec.model.segments import Segments, fit_segments
-from streamrec.model.softmax import Softmax, softmax_for
+from streamrec.model.softmax import Softmax, retrieval_softmax_for, softmax_for
 from streamrec.model.splits import LeaveOneOutSplit, Stage, leave_one_out
 
 logger = logging.getLogger(__name__)
@@ -192,6 +192,7 @@ def train_artifacts(
             "torch_threads": torch.get_num_threads(),
             "softmax": softmax.name,
             "softmax_precision": softmax.precision,
+            "retrieval_softmax": "sampled" if config.retrieval_softmax == "sampled" else softmax.name,
             "sparse_table_updates": softmax.sparse_gradients and len(item_ids) >= config.sparse_table_min_items,
             "history": history,
             **({"refit": refit_manifest} if refit_manifest else {}),
@@ -601,6 +602,7 @@ def _losses(
     batch: np.ndarray,
     retrieval_weight: float,
     softmax: Softmax,
+    retrieval_softmax: Softmax,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, ranking, retrieval) losses of one batch; each is a mean over the batch's target positions."""
     items, targets, weights, exponent = windows.batch(batch)
@@ -609,6 +611,8 @@ def _losses(
     positions = (targets.reshape(-1) >= 0).nonzero().squeeze(1)
     wanted = targets.reshape(-1)[positions]
     softmax.start_batch()
+    if retrieval_softmax is not softmax:
+        retrieval_softmax.start_batch()
 
     hidden = select_positions(model(items), positions)
     ranking = softmax.loss(hidden, wanted, model).mean()
@@ -621,7 +625,7 @@ def _losses(
     usable = (norms.squeeze(-1) > 0).to(queries.dtype)  # all-zero event weights leave no query to learn from
     scaled = log_scale.exp() * (queries / norms.clamp_min(1e-12))
     # A masked mean rather than boolean indexing: no index_put over the [positions, n_items] logits backward.
-    per_position = softmax.loss(scaled, wanted, model)
+    per_position = retrieval_softmax.loss(scaled, wanted, model)
     retrieval = (per_position * usable).sum() / usable.sum().clamp_min(1.0)
     return ranking + retrieval_weight * retrieval, ranking, retrieval
 
@@ -705,6 +709,8 @@ class _Trainer:
 
     def __init__(self, model: SequenceRanker, windows: TrainingWindows, config: TrainConfig, softmax: Softmax) -> None:
         self.model, self.windows, self.config, self.softmax = model, windows, config, softmax
+        target_counts = windows.target_counts(model.config.n_items)
+        self.retrieval_softmax = retrieval_softmax_for(config, softmax, target_counts, config.seed)
         # Temperature of the normalised interest-vector logits; starts where the ranker's logits are (≈ sqrt(dim)).
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(math.sqrt(config.dim))))
         sparse_table = softmax.sparse_gradients and model.config.n_items >= config.sparse_table_min_items
@@ -717,7 +723,13 @@ class _Trainer:
         batches = window_batches(self.windows.lengths, self.config.batch_size, rng)
         for batch in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress):
             losses = _losses(
-                self.model, self.log_scale, self.windows, batch, self.config.retrieval_loss_weight, self.softmax
+                self.model,
+                self.log_scale,
+                self.windows,
+                batch,
+                self.config.retrieval_loss_weight,
+                self.softmax,
+                self.retrieval_softmax,
             )
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)

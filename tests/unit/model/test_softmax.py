@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from streamrec.model.config import TrainConfig
-from streamrec.model.softmax import FullSoftmax, SampledSoftmax, softmax_for
+from streamrec.model.softmax import FullSoftmax, SampledSoftmax, retrieval_softmax_for, softmax_for
 
 
 class Table:
@@ -111,6 +111,18 @@ def test_auto_picks_the_full_softmax_up_to_the_configured_size() -> None:
     assert softmax_for(config, np.ones(101), seed=0).name == "sampled"
     assert softmax_for(TrainConfig(softmax="sampled"), np.ones(10), seed=0).name == "sampled"
     assert softmax_for(TrainConfig(softmax="full", full_softmax_max_items=1), np.ones(10), seed=0).name == "full"
+
+
+def test_the_interest_vector_shares_the_rankers_softmax_unless_told_to_sample() -> None:
+    counts = np.ones(100)
+    full = softmax_for(TrainConfig(), counts, seed=0)
+    assert retrieval_softmax_for(TrainConfig(), full, counts, seed=0) is full
+    sampled_retrieval = retrieval_softmax_for(TrainConfig(retrieval_softmax="sampled"), full, counts, seed=0)
+    assert sampled_retrieval.name == "sampled" and sampled_retrieval is not full
+    # A sampled ranker loss is shared, so that a batch draws its negatives once.
+    both_sampled = TrainConfig(softmax="sampled", retrieval_softmax="sampled")
+    sampled = softmax_for(both_sampled, counts, seed=0)
+    assert retrieval_softmax_for(both_sampled, sampled, counts, seed=0) is sampled
 
 
 def test_sparse_table_gradients_match_dense_ones() -> None:
