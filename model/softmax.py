@@ -1,7 +1,7 @@
 """The training loss over the catalogue: a full softmax, or a sampled one whose cost does not grow with it.
 
-Both losses score a batch's target positions (hidden states ``[P, dim]``) against item embeddings and return a
-cross-entropy per position.
+Both losses score a batch's target positions (hidden states ``[P, dim]``) against item embeddings and return the
+sum of the positions' cross-entropies weighted per position (a mean, a masked mean).
 
 * :class:`FullSoftmax` scores every item: exact, and best where it fits (``[P, n_items]`` logits per loss).
 * :class:`SampledSoftmax` scores each position's own target and ``K`` negatives shared by the whole batch, drawn
@@ -49,12 +49,15 @@ CHUNK_MIN_ROWS = 32
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Per-position cross-entropy of ``hidden @ table.T`` computed a chunk of positions at a time.
+    """``Σ_i weights[i] · cross_entropy(hidden @ table.T, targets)[i]`` computed a chunk of positions at a time, its
+    gradients with it.
 
-    The forward pass keeps only each position's log-sum-exp; the backward pass recomputes a chunk's logits and
-    turns them into the gradient ``softmax − one_hot``. Same values and gradients as
-    ``F.cross_entropy(hidden @ table.T, targets, reduction="none")`` without its ``[P, n_items]`` tensors: the full
-    softmax is bound by memory traffic, not arithmetic, on CPUs (the inner dimension is only ``dim``).
+    A chunk's logits become its softmax in place, and the softmax at once becomes the chunk's share of both
+    gradients (``weights[i] · (softmax − one_hot)`` times the other factor): the backward pass only scales them by
+    the incoming gradient. Same values and gradients as ``(F.cross_entropy(hidden @ table.T, targets,
+    reduction="none") * weights).sum()`` without its ``[P, n_items]`` tensors, and without recomputing the logits
+    and their exponentials in a backward pass: the full softmax is bound by memory traffic and ``exp``, not
+    arithmetic, on CPUs (the inner dimension is only ``dim``). Without gradients wanted it only sums.
 
     With ``products`` = bfloat16 the three products over the catalogue take bfloat16 inputs (float32
     accumulation inside the kernel); the log-sum-exp, the softmax and the gradients' sums stay float32. On CPUs
@@ -64,36 +67,51 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, products: torch.dtype
+        ctx: Any,
+        hidden: torch.Tensor,
+        table: torch.Tensor,
+        targets: torch.Tensor,
+        weights: torch.Tensor,
+        products: torch.dtype,
     ) -> torch.Tensor:
         step = max(CHUNK_MIN_ROWS, CHUNK_SCORES // max(1, table.shape[0]))
         left, right = hidden.to(products), table.to(products)
+        wants_gradients = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         log_norms = torch.empty(len(hidden), dtype=hidden.dtype)
+        grad_hidden = torch.empty_like(hidden) if wants_gradients else None
+        grad_table = torch.zeros_like(table) if wants_gradients else None
         for begin in range(0, len(hidden), step):
-            logits = (left[begin : begin + step] @ right.T).to(hidden.dtype)
-            log_norms[begin : begin + step] = torch.logsumexp(logits, dim=1)
-        target_logits = (hidden * table[targets]).sum(-1)
-        ctx.save_for_backward(hidden, table, targets, log_norms)
-        ctx.step, ctx.products = step, products
-        return log_norms - target_logits
-
-    @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
-        hidden, table, targets, log_norms = ctx.saved_tensors
-        left, right = hidden.to(ctx.products), table.to(ctx.products)
-        grad_hidden = torch.empty_like(hidden)
-        grad_table = torch.zeros_like(table)
-        for begin in range(0, len(hidden), ctx.step):
-            rows = slice(begin, begin + ctx.step)
-            softmax = (left[rows] @ right.T).to(hidden.dtype).sub_(log_norms[rows].unsqueeze(1)).exp_()
-            gradient = softmax.mul_(grad_loss[rows].unsqueeze(1)).to(ctx.products)
+            rows = slice(begin, begin + step)
+            logits = (left[rows] @ right.T).to(hidden.dtype)
+            if grad_hidden is None or grad_table is None:
+                log_norms[rows] = torch.logsumexp(logits, dim=1)
+                continue
+            top = logits.amax(dim=1, keepdim=True)
+            exponentials = logits.sub_(top).exp_()
+            sums = exponentials.sum(dim=1, keepdim=True)
+            log_norms[rows] = (top + sums.log()).squeeze(1)
+            gradient = exponentials.mul_(weights[rows].unsqueeze(1) / sums).to(products)  # weighted softmax
             grad_hidden[rows] = gradient @ right
             grad_table += gradient.T @ left[rows]
-        # The one-hot part of softmax − one_hot, for every chunk at once.
-        weighted = grad_loss.unsqueeze(1)
-        grad_hidden -= weighted * table[targets]
-        grad_table.index_add_(0, targets, -weighted * hidden)
-        return grad_hidden, grad_table, None, None
+        losses = log_norms - (hidden * table[targets]).sum(-1)
+        if grad_hidden is not None and grad_table is not None:
+            # The one-hot part of softmax − one_hot, for every chunk at once.
+            weighted = weights.unsqueeze(1)
+            grad_hidden -= weighted * table[targets]
+            grad_table.index_add_(0, targets, -weighted * hidden)
+        ctx.save_for_backward(grad_hidden, grad_table, losses)
+        return (losses * weights).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_hidden, grad_table, losses = ctx.saved_tensors
+        return (
+            grad_hidden * grad_total if ctx.needs_input_grad[0] else None,
+            grad_table * grad_total if ctx.needs_input_grad[1] else None,
+            None,
+            losses * grad_total if ctx.needs_input_grad[3] else None,
+            None,
+        )
 
 
 def native_bfloat16() -> bool:
@@ -118,9 +136,12 @@ class FullSoftmax:
 
     sparse_gradients = False
 
-    def loss(self, hidden: torch.Tensor, targets: torch.Tensor, items: ItemTable) -> torch.Tensor:
-        """Per-position cross-entropy ``[P]`` of ``hidden @ E.T`` against ``targets``."""
-        return _ChunkedCrossEntropy.apply(hidden, items.item_embeddings(), targets, self.products)
+    def loss(
+        self, hidden: torch.Tensor, targets: torch.Tensor, items: ItemTable, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """``Σ weights[i] · ℓ_i``: the cross-entropy ``ℓ`` of ``hidden @ E.T`` against ``targets``, weighted per
+        position (``1/P`` each gives the mean)."""
+        return _ChunkedCrossEntropy.apply(hidden, items.item_embeddings(), targets, weights, self.products)
 
 
 class SampledSoftmax:
@@ -171,7 +192,13 @@ class SampledSoftmax:
         """Log of each item's expected count in one batch's sample (0 when the sample is the whole catalogue)."""
         return torch.zeros(items.shape) if self.covers_catalogue else self._log_expected[items]
 
-    def loss(self, hidden: torch.Tensor, targets: torch.Tensor, items: ItemTable) -> torch.Tensor:
+    def loss(
+        self, hidden: torch.Tensor, targets: torch.Tensor, items: ItemTable, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """``Σ weights[i] · ℓ_i`` over the per-position losses of :meth:`per_position`."""
+        return (self.per_position(hidden, targets, items) * weights).sum()
+
+    def per_position(self, hidden: torch.Tensor, targets: torch.Tensor, items: ItemTable) -> torch.Tensor:
         """Per-position cross-entropy ``[P]`` of the target against the batch's negatives.
 
         Written for the ``[P, 1 + K]`` logits to be touched as few times as possible: the log-Q correction rides

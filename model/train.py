@@ -615,7 +615,7 @@ def _losses(
         retrieval_softmax.start_batch()
 
     hidden = select_positions(model(items), positions)
-    ranking = softmax.loss(hidden, wanted, model).mean()
+    ranking = softmax.loss(hidden, wanted, model, torch.full((len(wanted),), 1.0 / max(1, len(wanted))))
     if retrieval_weight == 0.0:
         return ranking, ranking, torch.zeros(())
 
@@ -625,8 +625,7 @@ def _losses(
     usable = (norms.squeeze(-1) > 0).to(queries.dtype)  # all-zero event weights leave no query to learn from
     scaled = log_scale.exp() * (queries / norms.clamp_min(1e-12))
     # A masked mean rather than boolean indexing: no index_put over the [positions, n_items] logits backward.
-    per_position = retrieval_softmax.loss(scaled, wanted, model)
-    retrieval = (per_position * usable).sum() / usable.sum().clamp_min(1.0)
+    retrieval = retrieval_softmax.loss(scaled, wanted, model, usable / usable.sum().clamp_min(1.0))
     return ranking + retrieval_weight * retrieval, ranking, retrieval
 
 

@@ -54,21 +54,24 @@ def test_sampling_every_item_gives_the_full_softmax_loss_and_gradient() -> None:
     sampled.start_batch()
 
     exact = F.cross_entropy(hidden @ table.T, targets, reduction="none")
-    approximate = sampled.loss(hidden, targets, Table(table))
+    approximate = sampled.per_position(hidden, targets, Table(table))
 
     torch.testing.assert_close(approximate, exact)
+    mean = torch.full((len(targets),), 1.0 / len(targets))
     for got, want in zip(
-        _gradients(approximate.mean(), hidden, table), _gradients(exact.mean(), hidden, table), strict=True
+        _gradients(sampled.loss(hidden, targets, Table(table), mean), hidden, table),
+        _gradients(exact.mean(), hidden, table),
+        strict=True,
     ):
         torch.testing.assert_close(got, want)
-    torch.testing.assert_close(FullSoftmax().loss(hidden, targets, Table(table)), exact)
+    torch.testing.assert_close(FullSoftmax().loss(hidden, targets, Table(table), mean), exact.mean())
 
 
 def test_a_negative_equal_to_the_target_is_masked() -> None:
     hidden, table, targets = _problem(n_items=5, positions=3)
     sampled = SampledSoftmax(np.ones(5), n_negatives=2, popularity_share=0.0, generator=torch.Generator())
     sampled.use_negatives(torch.tensor([int(targets[0]), (int(targets[0]) + 1) % 5]), torch.zeros(2))
-    loss = sampled.loss(hidden, targets, Table(table))
+    loss = sampled.per_position(hidden, targets, Table(table))
     other = table[(int(targets[0]) + 1) % 5]
     positive = hidden[0] @ table[targets[0]] - sampled.log_q(targets[:1])[0]
     # Only the other item competes with the target: a two-way softmax.
@@ -136,7 +139,7 @@ def test_sparse_table_gradients_match_dense_ones() -> None:
             embedding.weight.copy_(table)
         sampled = SampledSoftmax(counts, 16, 0.5, torch.Generator().manual_seed(3))
         sampled.start_batch()
-        sampled.loss(hidden.detach(), targets, EmbeddingTable(embedding)).mean().backward()
+        sampled.loss(hidden.detach(), targets, EmbeddingTable(embedding), torch.ones(len(targets))).backward()
         grad = embedding.weight.grad
         grads.append(grad.to_dense() if grad.is_sparse else grad)
         assert grad.is_sparse == sparse
@@ -150,9 +153,26 @@ def test_the_chunked_full_softmax_gives_torch_s_loss_and_gradients(precision: to
     with torch.no_grad():
         table /= 4  # logits of the size training sees
     weights = torch.rand(150, generator=torch.Generator().manual_seed(1))
-    expected = F.cross_entropy(hidden @ table.T, targets, reduction="none")
-    loss = FullSoftmax(precision).loss(hidden, targets, Table(table))
-    assert torch.allclose(loss, expected, atol=tolerance * 10)
-    got_gradients = _gradients((loss * weights).sum(), hidden, table)
-    for got, want in zip(got_gradients, _gradients((expected * weights).sum(), hidden, table), strict=True):
+    expected = (F.cross_entropy(hidden @ table.T, targets, reduction="none") * weights).sum()
+    loss = FullSoftmax(precision).loss(hidden, targets, Table(table), weights)
+    assert torch.allclose(loss, expected, rtol=tolerance)
+    # A scaled incoming gradient (a loss weight, a sum with another loss) scales the gradients computed ahead.
+    got_gradients = _gradients(3.0 * loss, hidden, table)
+    for got, want in zip(got_gradients, _gradients(3.0 * expected, hidden, table), strict=True):
         assert (got - want).norm() <= tolerance * want.norm()
+
+
+def test_the_full_softmax_s_gradient_in_its_position_weights_is_each_position_s_loss() -> None:
+    hidden, table, targets = _problem()
+    weights = torch.rand(len(targets), generator=torch.Generator().manual_seed(2), requires_grad=True)
+    loss = FullSoftmax().loss(hidden.detach(), targets, Table(table.detach()), weights)
+    (got,) = _gradients(loss, weights)
+    torch.testing.assert_close(got, F.cross_entropy(hidden @ table.T, targets, reduction="none").detach())
+
+
+def test_without_gradients_the_full_softmax_only_sums() -> None:
+    hidden, table, targets = _problem()
+    weights = torch.ones(len(targets))
+    with torch.no_grad():
+        loss = FullSoftmax().loss(hidden, targets, Table(table), weights)
+    torch.testing.assert_close(loss, F.cross_entropy(hidden @ table.T, targets, reduction="sum").detach())
