@@ -128,6 +128,12 @@ class RankerScorer:
     max_len: int
 
     def score_users(self, histories: Histories) -> np.ndarray:
+        users = self.user_states(histories)
+        with torch.inference_mode():
+            return (torch.from_numpy(users) @ self.ranker.item_embeddings().T).numpy()
+
+    def user_states(self, histories: Histories) -> np.ndarray:
+        """float32 ``[len(histories), dim]``: the ranker's state of each history, what it scores an item row by."""
         history = last_items(histories.split, histories.starts, histories.ends, self.max_len)
         lengths = np.count_nonzero(history != PAD, axis=1)
         users = np.empty((len(history), self.ranker.config.dim), dtype=np.float32)
@@ -138,7 +144,7 @@ class RankerScorer:
             for group in np.array_split(order, max(1, -(-len(order) // ENCODE_GROUP))):
                 width = max(1, int(lengths[group].max()))
                 users[group] = self.ranker.encode(torch.from_numpy(history[group, -width:])).numpy()
-            return (torch.from_numpy(users) @ self.ranker.item_embeddings().T).numpy()
+        return users
 
 
 @dataclass(frozen=True)
