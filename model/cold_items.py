@@ -32,6 +32,7 @@ import numpy as np
 
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import Histories, blend_scores
+from streamrec.model.content import embed_items, load_encoder
 from streamrec.model.evaluate import RankerScorer
 from streamrec.model.event_log import EventLog
 from streamrec.model.metrics import summarize, target_ranks
@@ -241,3 +242,36 @@ def evaluate_cold_items(
             for name, by in ranks.items()
         },
     }
+
+
+def content_rows(
+    items: Sequence[str], artifacts: ModelArtifacts, catalog: Sequence[Mapping[str, Any]] | None
+) -> np.ndarray | None:
+    """float32 ``[len(items), dim]``: the row the worker gives each item from its ``catalog`` record (the
+    artifact's text encoder and content projection), all-zero for an item the catalogue does not describe; None
+    without a catalogue or a content projection."""
+    if artifacts.content is None or not catalog:
+        return None
+    records = {str(record.get("item_id")): record for record in catalog}
+    described = [k for k, item in enumerate(items) if item in records]
+    rows = np.zeros((len(items), artifacts.dim), dtype=np.float32)
+    if described:
+        encoder = load_encoder(artifacts.content.encoder_name)
+        rows[described] = embed_items([records[items[k]] for k in described], encoder, artifacts.content)
+    return rows
+
+
+def format_cold_items(report: Mapping[str, Any]) -> str:
+    """The protocol's results as a plain-text table: one row per placement and scope."""
+    lines = [
+        f"cold-start items: {report['new_items_in_log']} held-out items ({report['held_out']['share']:.0%} of the "
+        f"catalogue), {report['targets']} interactions ranked, {report['targets_without_trained_history']} without "
+        "a trained item before them (left out)",
+        f"{'placement':<12}{'ranked among':<14}{'HR@10':>8}{'NDCG@10':>9}{'HR@20':>8}",
+    ]
+    for name, scopes in report["results"].items():
+        for scope, metrics in scopes.items():
+            if metrics is not None:
+                row = f"{name:<12}{scope.replace('_', ' '):<14}{metrics['HR@10']:>8.4f}{metrics['NDCG@10']:>9.4f}"
+                lines.append(row + f"{metrics['HR@20']:>8.4f}")
+    return "\n".join(lines)

@@ -109,6 +109,14 @@ class TrainConfig(BaseModel):
         1.0, ge=0, description="Weight of the interest-vector (retrieval) loss next to the ranker's."
     )
     min_item_count: int = Field(1, ge=1, description="Items with fewer events are left out of the vocabulary.")
+    hold_out_items: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the items kept out of training entirely, every event on them removed (drawn with "
+        "`seed`): the cold-start item protocol, which `streamrec eval` then measures on their events. 0 trains "
+        "on every item; never set it for a model to serve.",
+    )
     # --- the loss over the catalogue ----------------------------------------------------------------------------
     softmax: Literal["auto", "full", "sampled"] = Field(
         "auto",

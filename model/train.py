@@ -54,6 +54,7 @@ from streamrec.model.artifacts import (
     write_latest,
 )
 from streamrec.model.baselines import Histories, ItemKNNModel, Scorer, blend_scores, interaction_counts
+from streamrec.model.cold_items import HeldOutItems
 from streamrec.model.config import TrainConfig
 from streamrec.model.content import ContentProjection, item_text, load_encoder
 from streamrec.model.evaluate import RankerScorer, RetrievalScorer, retrieve_rerank_ranks
@@ -117,6 +118,9 @@ def train_artifacts(
     rng = np.random.default_rng(config.seed)
     peaks = _PeakMemory()
     peaks.mark("loaded")
+    held_out = HeldOutItems.choose(log, config.hold_out_items, config.seed) if config.hold_out_items > 0 else None
+    if held_out is not None:
+        log = held_out.remove_from(log)
 
     item_ids = build_vocabulary(log, config.min_item_count)
     if not item_ids:
@@ -209,6 +213,7 @@ def train_artifacts(
         **blend_manifest,
         **segments_manifest,
         **content_manifest,
+        **({"held_out_items": held_out.manifest()} if held_out is not None else {}),
     }
 
     def write(staging: Path, version: str) -> None:

@@ -468,6 +468,15 @@ def train(
             "(with --from-topic, default: the catalog topic)."
         ),
     ] = None,
+    hold_out_items: Annotated[
+        float | None,
+        typer.Option(
+            help="Keep this share of the items out of training (the cold-start item protocol that streamrec eval "
+            "then measures); not for a model to serve.",
+            min=0.0,
+            max=0.99,
+        ),
+    ] = None,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Train item embeddings and the sequence ranker; write a versioned artifact directory."""
@@ -496,7 +505,9 @@ def train(
     )
 
     try:
-        directory = train_from_settings(log, out, settings, epochs=epochs, dim=dim, seed=seed, catalog=records)
+        directory = train_from_settings(
+            log, out, settings, epochs=epochs, dim=dim, seed=seed, catalog=records, hold_out_items=hold_out_items
+        )
     except ValueError as exc:  # too few users or events to train on: the data, not the code, is at fault
         source = str(events) if events is not None else f"that range of {settings.events_topic}"
         raise StreamrecError(f"cannot train on {source} ({one_line(exc)}); give it more events") from None
@@ -624,10 +635,18 @@ def evaluate_model(
         int | None, typer.Option(help="Replay a seeded sample of this many users instead of all.", min=1)
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampled negatives and of tie-breaking.")] = 0,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help="Catalog JSONL (item_id, title, category, attributes): with a model trained with items held out "
+            "(--hold-out-items), places them by their content as a worker would."
+        ),
+    ] = None,
     log_level: LogLevel = "WARNING",
 ) -> None:
     """Evaluate a model version against popularity and item-kNN: full and sampled ranking, beyond-accuracy
-    measures, and what the serving pipeline actually recommends (leave-one-out on the event log)."""
+    measures, and what the serving pipeline actually recommends (leave-one-out on the event log); for a model
+    trained with items held out, where those new items land for the shoppers who pick them."""
 
     _artifact_dir(artifacts)
     if output is not None and output.is_dir():
@@ -635,14 +654,23 @@ def evaluate_model(
     settings = _settings()
     _logging(log_level)
     log = _load_event_log(events, fmt)
+    records = _read_catalog(catalog) if catalog is not None else None
     from streamrec.model.artifacts import load_artifacts  # torch: only now that the inputs are known to be good
+    from streamrec.model.cold_items import format_cold_items
     from streamrec.model.evaluate import format_table
     from streamrec.stream.app.served_eval import evaluate
 
     model = load_artifacts(artifacts)
     typer.echo(f"loaded {len(log)} events from {events}; evaluating model {model.version}")
-    report = evaluate(log, model, seed=seed, served=served, settings=settings, served_max_users=served_users)
+    try:
+        report = evaluate(
+            log, model, seed=seed, served=served, settings=settings, served_max_users=served_users, catalog=records
+        )
+    except ValueError as exc:  # a held-out model evaluated on another log than the one it was trained from
+        raise StreamrecError(f"cannot evaluate {model.version} on {events}: {one_line(exc)}") from None
     typer.echo(format_table(report))
+    if "cold_items" in report:
+        typer.echo(format_cold_items(report["cold_items"]))
     if output is not None:
         from streamrec.model.eval_chart import plot_report
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import orjson
 
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import Histories
+from streamrec.model.cold_items import HeldOutItems, content_rows, evaluate_cold_items
 from streamrec.model.compress import with_compressed_ranker
 from streamrec.model.evaluate import ann_recall, by_target_kind, evaluate_offline
 from streamrec.model.event_log import EventLog
@@ -45,8 +47,11 @@ def evaluate(
     served: bool = True,
     settings: Settings | None = None,
     served_max_users: int | None = None,
+    catalog: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Offline metrics of the model and baselines under every protocol, plus the served pipeline's metrics.
+    """Offline metrics of the model and baselines under every protocol, plus the served pipeline's metrics, and
+    for a model trained with items held out (``hold_out_items``) the cold-start item protocol
+    (``model/cold_items.py``; ``catalog`` gives the held-out items their content rows).
 
     ``settings`` configures the served replay (default: the environment's, as the worker would read them),
     with ``top_k`` forced to 20; its ``ranker_compression`` also picks the ranker of the offline ``ranker`` and
@@ -76,6 +81,11 @@ def evaluate(
         report |= ann_recall(artifacts, served_queries, source, seed)
     else:
         report |= ann_recall(artifacts, offline.retrieval_queries, "offline interest vectors", seed)
+    held_out = artifacts.manifest.get("held_out_items")
+    if held_out:
+        held = HeldOutItems.recorded(log, held_out)
+        rows = content_rows(held.items, artifacts, catalog)
+        report["cold_items"] = evaluate_cold_items(log, artifacts, held, rows, seed=seed)
     report["seconds"]["total"] = round(time.perf_counter() - started, 2)
     return report
 

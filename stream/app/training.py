@@ -35,14 +35,16 @@ def train_from_settings(
     epochs: int | None = None,
     dim: int | None = None,
     seed: int | None = None,
+    hold_out_items: float | None = None,
     progress: bool = True,
     catalog: Sequence[Mapping[str, Any]] | None = None,
     switch_latest: bool = True,
 ) -> Path:
     """Train with ``settings.train`` (``STREAMREC_TRAIN__*``), except where a serving setting has a training twin
     (event weights, half-life, history length, index search breadth): the serving value wins, so the model is
-    trained as it will be served. ``epochs``, ``dim`` and ``seed`` (the command's options) win over both."""
-    options = {"max_epochs": epochs, "dim": dim, "seed": seed}
+    trained as it will be served. ``epochs``, ``dim``, ``seed`` and ``hold_out_items`` (the command's options) win
+    over both."""
+    options = {"max_epochs": epochs, "dim": dim, "seed": seed, "hold_out_items": hold_out_items}
     config = config_from_settings(settings, **{key: value for key, value in options.items() if value is not None})
     return train_artifacts(log, Path(out_dir), config, progress=progress, catalog=catalog, switch_latest=switch_latest)
 

@@ -19,6 +19,7 @@ from streamrec.model.splits import leave_one_out
 from streamrec.stream.app.cli import app
 from streamrec.stream.app.event_files import write_events_jsonl
 from streamrec.stream.app.served_eval import candidate_source_recall, evaluate, served_metrics
+from streamrec.stream.app.simulate import write_catalog_jsonl
 from streamrec.stream.settings import Settings
 
 MODELS = ("model", "retrieval", "item_knn", "popularity")
@@ -135,6 +136,36 @@ def test_cli_eval_prints_the_table_and_writes_json(
     missing = CliRunner().invoke(app, ["eval", "--events", str(tmp_path / "nope.jsonl"), "--artifacts", "x"])
     assert missing.exit_code != 0
     assert "not found" in missing.output
+
+
+def test_cli_trains_with_items_held_out_and_eval_ranks_their_events(
+    shop: tuple[list[Event], list[dict]], tmp_path: Path
+) -> None:
+    events, catalog, out = tmp_path / "events.jsonl", tmp_path / "items.jsonl", tmp_path / "models"
+    write_events_jsonl(shop[0], events)
+    write_catalog_jsonl(shop[1], catalog)
+    small = {
+        "STREAMREC_TRAIN__LAYERS": "1", "STREAMREC_TRAIN__REFIT": "false", "STREAMREC_TRAIN__N_SEGMENTS": "0",
+        "STREAMREC_TRAIN__CONTENT_ENCODER": "hashed", "STREAMREC_TRAIN__BLEND_WEIGHTS": "[0]",
+    }  # fmt: skip
+    training = ["train", "--events", str(events), "--out", str(out), "--catalog", str(catalog), "--epochs", "3"]
+    trained = CliRunner().invoke(app, [*training, "--dim", "16", "--hold-out-items", "0.2"], env=small)
+    assert trained.exit_code == 0, trained.output
+    output = tmp_path / "cold.json"
+    evaluation = ["eval", "--events", str(events), "--artifacts", str(out), "--no-served", "--output", str(output)]
+    result = CliRunner().invoke(app, [*evaluation, "--catalog", str(catalog)])
+    assert result.exit_code == 0, result.output
+    assert "cold-start items: 60 held-out items" in result.output
+    cold = orjson.loads(output.read_bytes())["cold_items"]
+    assert cold["held_out"]["count"] == 60 and cold["new_items_with_content"] == 60
+    assert cold["targets"] > 0 and {"content", "random", "popularity"} == set(cold["results"])
+
+    # Another log draws other items to hold out: one clear line, no traceback.
+    other = tmp_path / "other.jsonl"
+    write_events_jsonl([event for event in shop[0] if event.item_id != shop[1][0]["item_id"]], other)
+    refused = CliRunner().invoke(app, ["eval", "--events", str(other), "--artifacts", str(out), "--no-served"])
+    assert refused.exit_code != 0 and "the log it was trained from" in refused.output
+    assert "Traceback" not in refused.output
 
 
 def test_candidate_source_recall_counts_each_source_and_their_union() -> None:
