@@ -13,12 +13,14 @@ saw. Only the new items' rows differ between the placements compared:
   (``model/content.py``); an item without a catalogue record or text gets no row and is never recommended;
 * ``random``: a seeded random direction at the median item norm, the floor any placement must beat;
 * ``popularity``: no row at all, the new items ranked by how many interactions they had before that moment (what
-  the stream's trending counts know), so it ranks among the new items only.
+  the stream's trending counts know), so it ranks among the new items only. On logs whose times carry no meaning
+  across users (the Amazon files number each user's purchases by day), "before" is by place in the sequence.
 
 Ranks are taken among the new items (which new item will this shopper pick?) and in the whole catalogue, trained and
 new items together (does it reach the shopper's list?), history items excluded but never the target, ties broken at
 random. Targets whose user has no event on a trained item before them are counted but not ranked: the worker serves
-such a user trending items, not a model score.
+such a user trending items, not a model score. Users with fewer than 3 interactions are left out, as everywhere in
+the evaluation (``model/splits.py``).
 """
 
 from __future__ import annotations
