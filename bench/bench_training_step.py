@@ -75,7 +75,7 @@ def child_ms(shim: Path | None, args: argparse.Namespace) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="the revision to compare with")
+    parser.add_argument("--base", help="the revision to compare with (required)")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="yelp")
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
@@ -87,6 +87,8 @@ def main() -> None:
     if args.child:
         print(round(time_batches(args.dataset, args.batches, args.threads), 1))
         return
+    if args.base is None:
+        raise SystemExit("pass --base REV, the revision to compare with")
     this, base = current_version(), short_revision(args.base)
     rounds: dict[str, list[float]] = {this: [], base: []}
     with checkout(args.base) as shim:
