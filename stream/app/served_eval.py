@@ -59,6 +59,9 @@ def evaluate(
     many users instead of all. Returns a JSON-ready dict; see :mod:`streamrec.model.evaluate` and its ``PROTOCOL``.
     """
     started = time.perf_counter()
+    # A model trained with items held out is checked against the log first: another log is refused at once.
+    held_out = artifacts.manifest.get("held_out_items")
+    held = HeldOutItems.recorded(log, held_out) if held_out else None
     settings = settings or Settings()
     offline = evaluate_offline(log, with_compressed_ranker(artifacts, settings.ranker_compression), seed=seed)
     report = offline.report | {"ranker_compression": settings.ranker_compression}
@@ -81,9 +84,7 @@ def evaluate(
         report |= ann_recall(artifacts, served_queries, source, seed)
     else:
         report |= ann_recall(artifacts, offline.retrieval_queries, "offline interest vectors", seed)
-    held_out = artifacts.manifest.get("held_out_items")
-    if held_out:
-        held = HeldOutItems.recorded(log, held_out)
+    if held is not None:
         rows = content_rows(held.items, artifacts, catalog)
         report["cold_items"] = evaluate_cold_items(log, artifacts, held, rows, seed=seed)
     report["seconds"]["total"] = round(time.perf_counter() - started, 2)
