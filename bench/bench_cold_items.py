@@ -110,8 +110,8 @@ def main() -> None:
     evaluation = ["eval", "--events", str(events), "--artifacts", str(artifacts), "--catalog", str(catalog)]
     log = artifacts.with_suffix(".eval.log")
     run(streamrec(*evaluation, "--no-served", "--output", str(report)), log, env)
-    print(log.read_text().split("cold-start items:", 1)[-1].join(["cold-start items:", ""]))
-    print(f"wrote {report}")
+    table = log.read_text().split("cold-start items:", 1)[-1].split("\nwrote ", 1)[0]
+    print(f"cold-start items:{table}\nwrote {report}")
 
 
 if __name__ == "__main__":
