@@ -25,6 +25,7 @@ the evaluation (``model/splits.py``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -99,11 +100,20 @@ class ColdTargets:
     positions: np.ndarray  # int64 [T]: event position (in ``split``) of each target
     trained_ends: np.ndarray  # int64 [T]: exclusive end of the target's history in ``trained_view``
     n_trained: int
+    n_new: int  # new items ranked among (every held-out item in the log, whether or not a kept user touched it)
     without_trained_history: int  # targets left out: no event on a trained item before them
 
     @property
     def users(self) -> np.ndarray:
         return self.split.user_of[self.positions]
+
+    @functools.cached_property
+    def new_item_timeline(self) -> tuple[np.ndarray, np.ndarray]:
+        """(times, new-item index) of every interaction on a new item, in time order."""
+        split = self.split
+        opens = np.flatnonzero(split.interaction_starts() & (split.items >= self.n_trained))
+        order = np.argsort(split.timestamps[opens], kind="stable")
+        return split.timestamps[opens][order], split.items[opens][order] - self.n_trained
 
     def histories(self, batch: np.ndarray) -> Histories:
         """The trained-item histories of targets ``batch`` (indexes into :attr:`positions`)."""
@@ -150,6 +160,7 @@ def cold_targets(log: EventLog, trained_row_of: Mapping[str, int], new_items: Se
         positions=positions.astype(np.int64),
         trained_ends=np.searchsorted(kept, positions).astype(np.int64),
         n_trained=n_trained,
+        n_new=len(new_items),
         without_trained_history=int(np.count_nonzero(opens)) - len(positions),
     )
 
@@ -163,15 +174,11 @@ def random_rows(n: int, reference: np.ndarray, seed: int) -> np.ndarray:
 
 def popularity_before(targets: ColdTargets, batch: np.ndarray) -> np.ndarray:
     """float32 ``[len(batch), new items]``: each new item's interactions before each target's moment."""
-    split, n_trained = targets.split, targets.n_trained
-    opens = np.flatnonzero(split.interaction_starts() & (split.items >= n_trained))
-    order = np.argsort(split.timestamps[opens], kind="stable")
-    times, items = split.timestamps[opens][order], split.items[opens][order] - n_trained
-    n_new = int(split.items.max()) + 1 - n_trained if len(split.items) else 0
-    ends = np.searchsorted(times, split.timestamps[targets.positions[batch]], side="left")
-    counts = np.zeros((len(batch), n_new), dtype=np.float32)
+    times, items = targets.new_item_timeline
+    ends = np.searchsorted(times, targets.split.timestamps[targets.positions[batch]], side="left")
+    counts = np.zeros((len(batch), targets.n_new), dtype=np.float32)
     for row, end in enumerate(ends):
-        counts[row] = np.bincount(items[:end], minlength=n_new)
+        counts[row] = np.bincount(items[:end], minlength=targets.n_new)
     return counts
 
 
