@@ -12,6 +12,11 @@ saw. Only the new items' rows differ between the placements compared:
 * ``content``: the row the worker gives a new item, the artifact's content projection of its catalogue text
   (``model/content.py``); an item without a catalogue record or text gets no row and is never recommended;
 * ``random``: a seeded random direction at the median item norm, the floor any placement must beat;
+* ``content+shoppers``: the content row moved toward the mean ranker state of the shoppers who interacted with the
+  item before that moment, weighted ``count : SHOPPER_PRIOR`` (:func:`shopper_rows`): what a worker can learn of a
+  new item from its first events, without a retrain. The states are the users' before each interaction, the ones
+  the softmax's gradient would add into the item's row; rows are refreshed once per batch of targets in time order
+  (a worker re-embeds in batches too), from interactions strictly earlier than the batch's first;
 * ``popularity``: no row at all, the new items ranked by how many interactions they had before that moment (what
   the stream's trending counts know), so it ranks among the new items only. On logs whose times carry no meaning
   across users (the Amazon files number each user's purchases by day), "before" is by place in the sequence.
@@ -35,7 +40,8 @@ import numpy as np
 
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import Histories, blend_scores
-from streamrec.model.content import embed_items, load_encoder
+from streamrec.model.config import DEFAULT_SHOPPER_PRIOR
+from streamrec.model.content import embed_items, learned_rows, load_encoder
 from streamrec.model.evaluate import RankerScorer
 from streamrec.model.event_log import EventLog
 from streamrec.model.metrics import summarize, target_ranks
@@ -188,8 +194,11 @@ def evaluate_cold_items(
     held: HeldOutItems,
     content_rows: np.ndarray | None,
     seed: int = 0,
+    batch_targets: int = BATCH_TARGETS,
+    shopper_prior: float = DEFAULT_SHOPPER_PRIOR,
 ) -> dict[str, Any]:
-    """The protocol's report for ``artifacts`` trained without ``held`` (see the module docstring).
+    """The protocol's report for ``artifacts`` trained without ``held`` (see the module docstring); targets are
+    ranked ``batch_targets`` at a time, in time order, and the shoppers' rows refreshed between batches.
 
     ``content_rows``: float32 ``[len(held.items), dim]``, the row the worker gives each held-out item from its
     catalogue text (all-zero: none); None when the model has no content projection or there is no catalogue.
@@ -210,14 +219,18 @@ def evaluate_cold_items(
         rows = np.asarray(content_rows, dtype=np.float32)[[held.items.index(item) for item in new_items]]
         placements["content"] = rows
         with_content = int(np.count_nonzero(np.any(rows != 0, axis=1)))
+    learned = "content+shoppers" if "content" in placements else "shoppers"
     ranks: dict[str, dict[str, list[np.ndarray]]] = {
-        **{name: {"among_new": [], "catalogue": []} for name in placements},
+        **{name: {"among_new": [], "catalogue": []} for name in [*placements, learned]},
         "popularity": {"among_new": []},
     }
+    shoppers = _Shoppers(placements.get("content"), n_new, artifacts.item_embeddings, shopper_prior)
     tie_rng = np.random.default_rng([seed, 2])
     ranker = RankerScorer(artifacts.ranker, artifacts.ranker.config.max_len)
-    for begin in range(0, len(targets.positions), BATCH_TARGETS):
-        batch = np.arange(begin, min(begin + BATCH_TARGETS, len(targets.positions)))
+    times = targets.split.timestamps[targets.positions]
+    in_time_order = np.argsort(times, kind="stable")
+    for begin in range(0, len(targets.positions), batch_targets):
+        batch = in_time_order[begin : begin + batch_targets]
         histories = targets.histories(batch)
         states = ranker.user_states(histories)
         trained_scores = states @ artifacts.item_embeddings.T
@@ -228,7 +241,7 @@ def evaluate_cold_items(
         wanted = targets.split.items[targets.positions[batch]]
         excluded = targets.excluded(batch)
         excluded_new = [e[e >= n_trained] - n_trained for e in excluded]
-        for name, rows in placements.items():
+        for name, rows in {**placements, learned: shoppers.rows_before(times[batch[0]])}.items():
             new_scores = states @ rows.T
             # An item without a row is never recommended: below every other item, and a miss as the target.
             placed = np.any(rows != 0, axis=1)
@@ -238,6 +251,7 @@ def evaluate_cold_items(
             ranks[name]["among_new"].append(np.where(missed, n_new, among_new))
             catalogue = target_ranks(np.concatenate([trained_scores, new_scores], axis=1), wanted, excluded, tie_rng)
             ranks[name]["catalogue"].append(np.where(missed, n_trained + n_new, catalogue))
+        shoppers.seen(times[batch], wanted - n_trained, states)
         popular = popularity_before(targets, batch)
         ranks["popularity"]["among_new"].append(target_ranks(popular, wanted - n_trained, excluded_new, tie_rng))
     return {
@@ -253,6 +267,35 @@ def evaluate_cold_items(
     }
 
 
+class _Shoppers:
+    """The states of the shoppers of each new item seen so far, folded into rows only for later moments."""
+
+    def __init__(self, content: np.ndarray | None, n_new: int, item_embeddings: np.ndarray, prior: float) -> None:
+        dim = item_embeddings.shape[1]
+        self.prior = prior
+        self.content = content if content is not None else np.zeros((n_new, dim), dtype=np.float32)
+        self.norm = float(np.median(np.linalg.norm(item_embeddings, axis=1)))
+        self.sums = np.zeros((n_new, dim), dtype=np.float64)
+        self.counts = np.zeros(n_new, dtype=np.float64)
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def seen(self, times: np.ndarray, items: np.ndarray, states: np.ndarray) -> None:
+        """Interactions on new items ``items`` at ``times`` by users in ``states``."""
+        self._pending.append((times, items, states))
+
+    def rows_before(self, moment: float) -> np.ndarray:
+        """Every new item's row from the interactions strictly before ``moment`` (``learned_rows``)."""
+        waiting = []
+        for times, items, states in self._pending:
+            earlier = times < moment
+            np.add.at(self.sums, items[earlier], states[earlier])
+            self.counts += np.bincount(items[earlier], minlength=len(self.counts))
+            if not earlier.all():
+                waiting.append((times[~earlier], items[~earlier], states[~earlier]))
+        self._pending = waiting
+        return learned_rows(self.content, self.sums, self.counts, self.norm, self.prior)
+
+
 def content_rows(
     items: Sequence[str], artifacts: ModelArtifacts, catalog: Sequence[Mapping[str, Any]] | None
 ) -> np.ndarray | None:
@@ -266,7 +309,8 @@ def content_rows(
     rows = np.zeros((len(items), artifacts.dim), dtype=np.float32)
     if described:
         encoder = load_encoder(artifacts.content.encoder_name)
-        rows[described] = embed_items([records[items[k]] for k in described], encoder, artifacts.content)
+        texts = [records[items[k]] for k in described]
+        rows[described] = embed_items(texts, encoder, artifacts.content) * np.float32(artifacts.content.confidence)
     return rows
 
 

@@ -366,9 +366,9 @@ def distill(
     from streamrec.model.train import (
         check_trained_on,
         derive_version,
-        evaluation_users,
+        first_fit_windows,
         recorded_train_config,
-        training_windows,
+        validation_sample,
     )
 
     started = time.perf_counter()
@@ -384,10 +384,10 @@ def distill(
     train_config = recorded_train_config(artifacts.manifest)
     torch.set_num_threads(torch_threads or train_config.torch_threads or 2)
     split = leave_one_out(log, artifacts.row_of)
-    windows = training_windows(split, train_config)
+    windows = first_fit_windows(split, train_config)
     if len(windows) == 0:
         raise ValueError("no training targets: users need a 4th interaction to train on")
-    users = evaluation_users(split.n_users, len(artifacts.item_ids), train_config)
+    users = validation_sample(split.n_users, len(artifacts.item_ids), train_config)
     logger.info(
         "distilling %s (%d layers) into %d layers x %d heads on %d windows",
         artifacts.version, teacher.config.n_layers, config.layers, config.heads, len(windows),

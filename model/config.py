@@ -31,6 +31,10 @@ SAMPLED_NEGATIVES = 1_024
 SPARSE_TABLE_MIN_ITEMS = 250_000
 EVAL_MAX_SCORES = 2_000_000_000
 
+# Weight of a new item's content row against its shoppers' mean state, in interactions (content.learned_rows): not
+# tuned, one interaction's worth, so the first shopper already counts as much as the text.
+DEFAULT_SHOPPER_PRIOR = 1.0
+
 
 class TrainConfig(BaseModel):
     """Hyper-parameters of one training run.
@@ -91,6 +95,15 @@ class TrainConfig(BaseModel):
         ge=1,
         description="With `refit`: unset trains a fresh model for as many epochs as early stopping chose; a number "
         "trains the early-stopped model on for that many more epochs instead (a fraction of the time).",
+    )
+    validation_users: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the users (drawn with `seed`) whose validation item alone is held out, for early "
+        "stopping and the item-kNN blend; every other user's validation item is trained on from the first epoch, "
+        "so the one early-stopped model learns the latest transitions and is published without a refit (`refit` "
+        "is then ignored). 0 holds out every user's validation item and refits as `refit` says.",
     )
     time_budget_s: float | None = Field(
         None, gt=0, description="Stop after the epoch that exceeds this many seconds (the best epoch is kept)."

@@ -54,6 +54,9 @@ from safetensors.numpy import save_file
 
 from streamrec.index.item_index import unit_rows
 
+# The shortest a content row is served at, as a share of a trained item's length (ContentProjection.confidence).
+MIN_CONTENT_CONFIDENCE = 0.05
+
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_DIM = 384
 MINILM_BATCH_SIZE = 64
@@ -364,6 +367,24 @@ class ContentProjection:
     def dim(self) -> int:
         return int(self.weights.shape[1])
 
+    @property
+    def confidence(self) -> float:
+        """How far the worker trusts a projected row, the length it serves it at as a share of
+        :attr:`target_norm`: the held-out cosine to the learned embeddings (1 when none was measured), at least
+        :data:`MIN_CONTENT_CONFIDENCE`.
+
+        The expected inner product of a projected vector with the true embedding shrinks with that cosine, so a
+        text that predicts little (say a bare category id) gives a short vector: such items rank below established
+        ones on inner product and reach shoppers through exploration and their first shoppers instead of flooding
+        every list.
+        """
+        cosine = self.quality.get("holdout_cosine")
+        return 1.0 if cosine is None else min(1.0, max(MIN_CONTENT_CONFIDENCE, float(cosine)))
+
+    def served_rows(self, text_vectors: np.ndarray) -> np.ndarray:
+        """The rows the worker serves new items at: :meth:`project` times :attr:`confidence`."""
+        return self.project(text_vectors) * np.float32(self.confidence)
+
     # --- fitting ---------------------------------------------------------------------------------------
     @classmethod
     def fit(
@@ -465,6 +486,28 @@ class ContentProjection:
             ridge=float(metadata["ridge"]),
             quality=quality,
         )
+
+
+def learned_rows(
+    content: np.ndarray, state_sums: np.ndarray, counts: np.ndarray, norm: float, prior: float
+) -> np.ndarray:
+    """float32 ``[items, d]``: new items' rows once ``counts`` of their interactions are seen, their served
+    ``content`` row moved toward the mean ranker state of those shoppers (``state_sums / counts``).
+
+    The shoppers' states are what a softmax step would add into a new item's row (each shopper's state before
+    the interaction, times the item's small probability's complement), so their mean direction is where training
+    would start to move it. Directions and lengths are weighted ``prior : count``: the content row's direction and
+    length (short where the text predicts little) against the shoppers' direction at ``norm`` (the trained items'
+    median length), so a row grows to a trained item's length as its shoppers accumulate. An item without content
+    (an all-zero row) takes its shoppers' direction alone; one with neither keeps no row.
+    """
+    content = np.asarray(content, dtype=np.float64)
+    mean = state_sums / np.maximum(counts, 1)[:, None]
+    content_norm = np.linalg.norm(content, axis=1, keepdims=True)
+    weight = np.where(content_norm[:, 0] > 0, counts / (counts + prior), (counts > 0).astype(np.float64))[:, None]
+    direction = (1.0 - weight) * unit_rows(content) + weight * unit_rows(mean)
+    length = (1.0 - weight) * content_norm + weight * norm
+    return (unit_rows(direction) * length).astype(np.float32)
 
 
 def embed_items(

@@ -84,7 +84,9 @@ PROTOCOL = (
     "unseen items count as held by one) are computed on each user's top-10 with history excluded. Baselines fit "
     "on every user's history before the test target; the trained model was trained on the events before the "
     "validation target, or, with a refit (training.trained_before = test), on the events before the test target "
-    "for the number of epochs early stopping chose on the validation split."
+    "for the number of epochs early stopping chose on the validation split, or, with validation users "
+    "(training.trained_before = test except the validation users), on the events before the test target of every "
+    "user but the validation users, whose validation item it was stopped on."
 )
 
 
@@ -425,9 +427,14 @@ def training_summary(manifest: dict[str, Any]) -> dict[str, Any]:
         "refit_epochs": refit["epochs"] if refit else None,
         "refit_seconds": refit["seconds"] if refit else None,
         "refit_from": refit.get("from", "fresh weights") if refit else None,
-        "trained_before": "test" if refit else "validation",
+        "trained_before": "test" if refit else _first_fit_end(training),
         "blend_weight": manifest.get("blend_weight"),
     }
+
+
+def _first_fit_end(training: dict[str, Any]) -> str:
+    held = training.get("validation_users")
+    return f"test except the {held} validation users" if held else "validation"
 
 
 def ann_recall(artifacts: ModelArtifacts, queries: np.ndarray, source: str, seed: int = 0) -> dict[str, Any]:

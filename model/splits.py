@@ -62,14 +62,19 @@ class LeaveOneOutSplit:
         """int64 [N]: the user index of each event position."""
         return np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(self.offsets))
 
-    def train_targets(self, before: Stage = "valid") -> np.ndarray:
+    def train_targets(self, before: Stage = "valid", validating: np.ndarray | None = None) -> np.ndarray:
         """int64 [N]: each event's target item row when the target comes before the ``before`` stage's
         interaction, -1 for events that have none.
 
         With ``before="valid"`` (training) validation and test events, and the last train interaction (whose next
-        item is the validation target), get -1; with ``before="test"`` (a refit) the validation item is a target too.
+        item is the validation target), get -1; with ``before="test"`` (a refit) the validation item is a target too,
+        except for the users ``validating`` (indices), whose validation item stays held out.
         """
-        user_end = np.repeat(self.history_end(before), np.diff(self.offsets))
+        ends = self.history_end(before)
+        if validating is not None:
+            ends = ends.copy()
+            ends[validating] = self.valid_start[validating]
+        user_end = np.repeat(ends, np.diff(self.offsets))
         trainable = self.next_start < user_end
         return np.where(trainable, self.next_item, -1)
 

@@ -129,7 +129,7 @@ def train_artifacts(
     split = leave_one_out(log, row_of)
     if split.n_users == 0:
         raise ValueError("no user has the 3 interactions leave-one-out needs")
-    windows = training_windows(split, config)
+    windows = first_fit_windows(split, config)
     peaks.mark("split")
     if len(windows) == 0:
         raise ValueError("no training targets: users need a 4th interaction to train on")
@@ -140,15 +140,15 @@ def train_artifacts(
 
     model = SequenceRanker(ranker_config(config, len(item_ids)))
     softmax = softmax_for(config, windows.target_counts(len(item_ids)), config.seed)
-    eval_users = evaluation_users(split.n_users, len(item_ids), config)
-    history, best_epoch = _fit(model, windows, split, config, rng, progress, softmax, eval_users)
+    valid_users = validation_sample(split.n_users, len(item_ids), config)
+    history, best_epoch = _fit(model, windows, split, config, rng, progress, softmax, valid_users)
     peaks.mark("fit")
     model.eval()
     # The item-kNN's weight is chosen on the validation split, so by the model early stopping chose there.
     item_knn, blend_manifest = fit_blend(RankerScorer(model, config.max_len), split, len(item_ids), config)
     peaks.mark("blend")
     refit_manifest: dict[str, Any] = {}
-    if config.refit:
+    if config.refit and config.validation_users == 0:
         if config.refit_epochs is None:
             model, refit_manifest = _refit(split, config, len(item_ids), best_epoch, progress)
         else:
@@ -158,7 +158,8 @@ def train_artifacts(
         peaks.mark("refit")
     train_seconds = time.perf_counter() - started
 
-    test_ranks, queries = _evaluate(model, split, "test", config, with_baselines=True, users=eval_users)
+    test_users = evaluation_users(split.n_users, len(item_ids), config)
+    test_ranks, queries = _evaluate(model, split, "test", config, with_baselines=True, users=test_users)
     test_metrics = {name: summarize(ranks) | {"users": len(ranks)} for name, ranks in test_ranks.items()}
     peaks.mark("test")
     embeddings = model.item_embeddings().detach().numpy().astype(np.float32)
@@ -192,6 +193,9 @@ def train_artifacts(
         "training": {
             "epochs": len(history),
             "best_epoch": best_epoch,
+            **(
+                {"validation_users": len(held)} if (held := validation_users(split.n_users, config)) is not None else {}
+            ),
             "seconds": round(train_seconds, 2),
             "torch_threads": torch.get_num_threads(),
             "softmax": softmax.name,
@@ -319,7 +323,7 @@ def fit_blend(
     targets = split.targets("valid")
     rng = np.random.default_rng(config.seed)
     ranks: dict[tuple[int, float], list[np.ndarray]] = {(m, w): [] for m in range(len(memories)) for w in weights}
-    evaluated = evaluation_users(split.n_users, n_items, config)
+    evaluated = validation_sample(split.n_users, n_items, config)
     step = max(1, min(config.eval_batch_size, EVAL_BATCH_SCORES // n_items))
     for begin in range(0, len(evaluated), step):
         users = evaluated[begin : begin + step]
@@ -478,6 +482,7 @@ def recorded_train_config(manifest: Mapping[str, Any]) -> TrainConfig:
     (split, windows, evaluation sample, seed). Fields of other versions of the configuration are left out and
     missing ones take today's defaults; JSON lists are read back as tuples."""
     recorded = dict(manifest.get("train_config", {}))
+    recorded.setdefault("validation_users", 0.0)  # versions from before the field held every validation item out
     return TrainConfig(**{key: value for key, value in recorded.items() if key in TrainConfig.model_fields})
 
 
@@ -536,17 +541,19 @@ class TrainingWindows:
         return np.bincount(self.targets[self.targets >= 0], minlength=n_items)
 
 
-def training_windows(split: LeaveOneOutSplit, config: TrainConfig, before: Stage = "valid") -> TrainingWindows:
+def training_windows(
+    split: LeaveOneOutSplit, config: TrainConfig, before: Stage = "valid", validating: np.ndarray | None = None
+) -> TrainingWindows:
     """Cut every user's train events into windows of ``max_len`` ending at the user's last trainable event.
 
     Long histories yield several windows (stepping back ``max_len`` events at a time), so every training
     target is used exactly once per epoch. A window's interest vector starts at its first event; what the
     worker's vector would still hold from older events is decayed by ``max_len`` events of time, which is
     little at the serving half-life. Evaluation uses the whole history, exactly as served. ``before="test"`` takes
-    the validation items as targets too (a refit).
+    the validation items as targets too (a refit), but not those of the users ``validating``.
     """
     length = config.max_len
-    targets_all = split.train_targets(before)
+    targets_all = split.train_targets(before, validating)
     trainable = np.flatnonzero(targets_all >= 0)
     users = split.user_of[trainable]
     is_last = np.append(users[1:] != users[:-1], True) if len(users) else np.zeros(0, dtype=bool)
@@ -825,6 +832,31 @@ def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 # --- evaluation --------------------------------------------------------------------------------------------------
+
+
+def first_fit_windows(split: LeaveOneOutSplit, config: TrainConfig) -> TrainingWindows:
+    """The windows the early-stopped model trains on: every interaction before the validation item, or with
+    ``config.validation_users`` before the test item for every user but those whose validation item is held out."""
+    validating = validation_users(split.n_users, config)
+    return training_windows(split, config, "valid" if validating is None else "test", validating)
+
+
+def validation_users(n_users: int, config: TrainConfig) -> np.ndarray | None:
+    """The users whose validation item is held out while every other user's is trained on, sorted (a seeded
+    share ``config.validation_users``); ``None`` where every user's is held out (the share is 0)."""
+    if config.validation_users <= 0:
+        return None
+    count = max(1, round(config.validation_users * n_users))
+    return np.sort(np.random.default_rng([config.seed, 4]).choice(n_users, count, replace=False))
+
+
+def validation_sample(n_users: int, n_items: int, config: TrainConfig) -> np.ndarray:
+    """The users every validation pass of a run ranks (early stopping, the blend): those whose validation item is
+    held out, sampled as :func:`evaluation_users` samples."""
+    validating = validation_users(n_users, config)
+    if validating is None:
+        return evaluation_users(n_users, n_items, config)
+    return validating[evaluation_users(len(validating), n_items, config)]
 
 
 def evaluation_users(n_users: int, n_items: int, config: TrainConfig) -> np.ndarray:

@@ -21,9 +21,6 @@ if TYPE_CHECKING:
     from streamrec.model.artifacts import ModelArtifacts
     from streamrec.model.content import TextEncoder
 
-MIN_CONTENT_CONFIDENCE = 0.05
-
-
 #: Text embeddings by encoder name, then item id: what :meth:`CatalogSync.text_vectors` hands to ``apply``.
 TextVectors = dict[str, dict[str, np.ndarray]]
 
@@ -140,7 +137,7 @@ class CatalogSync:
                 cache[item.item_id] = (_content_key(item), vector)
             cached = cache.get(item.item_id)
             if cached is not None and (change is CatalogChange.CONTENT or item.item_id not in table.row_of):
-                projected = projection.project(cached[1][None, :])[0] * _content_confidence(artifacts)
+                projected = projection.served_rows(cached[1][None, :])[0]
                 grown = table.add(item.item_id, projected) is not None
         table.set_available(item.item_id, item.available)
         return grown
@@ -166,18 +163,6 @@ class CatalogSync:
             return None
         cluster = table.cluster_of(row)
         return None if cluster == NO_CLUSTER else f"cluster-{cluster}"
-
-
-def _content_confidence(artifacts: ModelArtifacts) -> np.float32:
-    """How far to trust a content embedding: the projection's held-out cosine to the learned embeddings.
-
-    The expected inner product of a projected vector with the true embedding shrinks with that cosine, so a
-    text that predicts little (say a bare category id) gives a short vector: such items rank below established
-    ones on inner product and reach shoppers through exploration instead of flooding every list.
-    """
-    projection = artifacts.content
-    cosine = None if projection is None else projection.quality.get("holdout_cosine")
-    return np.float32(1.0 if cosine is None else min(1.0, max(MIN_CONTENT_CONFIDENCE, cosine)))
 
 
 def _content_key(item: CatalogItem) -> tuple:

@@ -49,6 +49,8 @@ class ItemTable:
             self._cluster[: self.n_trained] = segments.item_cluster
         self._segments = segments
         self.n_live = 0
+        #: Each live item's row as its content gave it, before its shoppers moved it (``stream/new_items.py``).
+        self.content_of: dict[str, np.ndarray] = {}
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -79,6 +81,21 @@ class ItemTable:
         """
         if self.is_trained(item_id):
             return None
+        row = self._append(item_id, vector, available=True)
+        if row is not None:
+            self.content_of[item_id] = vector
+        return row
+
+    def move(self, item_id: str, vector: np.ndarray) -> int | None:
+        """Serve live item ``item_id`` at ``vector`` from now on, its availability unchanged: a new row, the old one
+        tombstoned (an HNSW index cannot change a vector in place). Returns the new row, or None for an item that
+        is not live or when :attr:`max_live_items` rows exist."""
+        row = self.row_of.get(item_id)
+        if row is None or row < self.n_trained:
+            return None
+        return self._append(item_id, vector, available=self.index.is_available(row))
+
+    def _append(self, item_id: str, vector: np.ndarray, available: bool) -> int | None:
         if self.n_live >= self.max_live_items:
             log.warning("not indexing item %s: %d live items is the limit (max_live_items)", item_id, self.n_live)
             return None
@@ -97,6 +114,8 @@ class ItemTable:
         self.n_live += 1
         if previous is not None:
             self.index.set_available([previous], False)
+        if not available:
+            self.index.set_available([row], False)
         return row
 
     def set_available(self, item_id: str, available: bool) -> None:

@@ -183,6 +183,11 @@ class WorkerMetrics:
             "Catalog items added to the index from their content since the model loaded.",
             registry=registry,
         )
+        self.live_item_moves = Counter(
+            "streamrec_live_item_moves_total",
+            "Live items re-embedded toward the ranker states of their shoppers (each move takes a new index row).",
+            registry=registry,
+        )
         self.catalog_items = Gauge("streamrec_catalog_items", "Items held in the live catalog.", registry=registry)
         self.catalog_updates = Counter(
             "streamrec_catalog_updates_total",

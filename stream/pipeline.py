@@ -16,10 +16,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from streamrec.model.events import Event
 from streamrec.stream.aggregates import AggregateDeltas, apply_deltas
 from streamrec.stream.catalog import CatalogItem
 from streamrec.stream.catalog_sync import CatalogSync, TextVectors
-from streamrec.stream.events import SourceRecord
+from streamrec.stream.events import Command, SourceRecord
 from streamrec.stream.explore import ExposureStats
 from streamrec.stream.filters import ScoredItem
 from streamrec.stream.intake import Intake
@@ -27,7 +28,7 @@ from streamrec.stream.item_table import ItemTable
 from streamrec.stream.metrics import NullMetrics, WorkerMetrics
 from streamrec.stream.online_eval import OnlineEvaluation
 from streamrec.stream.publish import Publisher
-from streamrec.stream.rank import RankedCandidates, rank
+from streamrec.stream.rank import RankedCandidates, rank, user_states
 from streamrec.stream.results import BatchResult, StageClock
 from streamrec.stream.retrieve import CandidateObserver
 from streamrec.stream.rules import Request
@@ -239,6 +240,7 @@ class Pipeline:
             evicted = self.store.evict_idle(now - ttl, EVICTIONS_PER_BATCH) if ttl is not None else {}
             online = self.online.take() if self.online is not None else None
         answered = list(triggers.values())
+        learning = self._new_item_events(admitted.accepted, triggers)
         requests = {t.event.user_id: Request.of(t.state, t.event) for t in answered}
         by_variant: dict[str, list[Trigger]] = {}
         for trigger in answered:
@@ -246,7 +248,7 @@ class Pipeline:
         ranked: dict[str, RankedCandidates] = {}
         known_events: dict[str, int] = {}
         for name, group in by_variant.items():
-            variant_ranked, variant_known = self._rank(self.variants[name], group, requests, clock)
+            variant_ranked, variant_known = self._rank(self.variants[name], group, requests, learning, clock)
             ranked.update(variant_ranked)
             known_events.update(variant_known)
         with clock("filter"):
@@ -257,6 +259,9 @@ class Pipeline:
             versions = {name: variant.model.artifacts.version for name, variant in self.variants.items()}
             recommendations, published = self.publisher.recommendations(answered, chosen, ranked, versions)
             self._observe_lists(answered, by_variant, chosen)
+        if learning:
+            with clock("learn"):
+                self._move_new_items()
         with clock("state"):
             state_updates, tombstones = self.publisher.state_updates(answered, forgotten, evicted)
             shared = self.deltas.take(self.settings.aggregates_topic) if self.deltas else []
@@ -282,10 +287,16 @@ class Pipeline:
         )
 
     def _rank(
-        self, variant: ServedVariant, triggers: list[Trigger], requests: dict[str, Request], clock: StageClock
+        self,
+        variant: ServedVariant,
+        triggers: list[Trigger],
+        requests: dict[str, Request],
+        learning: Mapping[str, list[str]],
+        clock: StageClock,
     ) -> tuple[dict[str, RankedCandidates], dict[str, int]]:
         """A variant's warm users' candidates from every source, merged and ranked (trending only, should either
-        step fail), and how many of each user's events the model knows (it sets the user's trending share)."""
+        step fail), and how many of each user's events the model knows (it sets the user's trending share). The
+        users' events on live items (``learning``) teach those items' rows (``new_items.py``)."""
         warm = [t for t in triggers if not t.state.is_cold]
         if not warm:
             return {}, {}
@@ -302,7 +313,42 @@ class Pipeline:
             log.exception("retrieval or ranking failed; serving trending items for %d users", len(warm))
             self.metrics.pipeline_errors.labels("rank").inc()
             return {}, {}
+        picked = [
+            (user.trained_history, item_id)
+            for user_id, user in zip(user_ids, users, strict=True)
+            for item_id in learning.get(user_id, ())
+            if user.trained_history
+        ]
+        if picked:
+            with clock("learn"):
+                states = user_states(model.state_encoder, [history for history, _ in picked], model.max_history)
+                model.new_items.observe([item_id for _, item_id in picked], states)
         return ranked, {user_id: len(user.history) for user_id, user in zip(user_ids, users, strict=True)}
+
+    def _new_item_events(
+        self, accepted: Sequence[tuple[SourceRecord, Event | Command]], triggers: Mapping[str, Trigger]
+    ) -> dict[str, list[str]]:
+        """The live items each answered user's events of the batch landed on, where their model still learns them."""
+        learning: dict[str, list[str]] = {}
+        for _, event in accepted:
+            if isinstance(event, Event) and event.user_id in triggers:
+                model = self._models_of[triggers[event.user_id].variant]
+                if model.new_items.learns(event.item_id):
+                    learning.setdefault(event.user_id, []).append(event.item_id)
+        return learning
+
+    def _move_new_items(self) -> None:
+        """Re-embed the live items whose shoppers reached their next step, once this batch's lists are built (they
+        name rows as they were)."""
+        moved = 0
+        for model in self.models:
+            count = model.new_items.refresh()
+            if count:
+                model.items_grew()
+                moved += count
+        if moved:
+            self.metrics.live_item_moves.inc(moved)
+            self._record_index_metrics()
 
     def _choose(
         self,

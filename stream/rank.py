@@ -46,12 +46,7 @@ def rank_candidates(
     if not candidates:
         return []
     batch = len(candidates)
-    history_len = max(1, min(max_history, max((len(h) for h in histories), default=1)))
-    history = np.full((batch, history_len), -1, dtype=np.int64)
-    for i, rows in enumerate(histories):
-        recent = list(rows)[-history_len:]
-        if recent:
-            history[i, history_len - len(recent) :] = recent
+    history = _padded_histories(histories, max_history)
     width = max(1, max(len(c) for c in candidates))
     padded = np.zeros((batch, width), dtype=np.int64)
     for i, rows in enumerate(candidates):
@@ -64,6 +59,25 @@ def rank_candidates(
         else:
             scores = ranker.score(torch.from_numpy(history), torch.from_numpy(padded)).float().numpy()
     return [scores[i, : len(rows)] for i, rows in enumerate(candidates)]
+
+
+def user_states(ranker: SequenceScorer, histories: Sequence[Sequence[int]], max_history: int) -> np.ndarray:
+    """float32 ``[users, d]``: the ranker's state of each trained history, what it scores an item's row against."""
+    if not histories:
+        return np.empty((0, 0), dtype=np.float32)
+    with torch.inference_mode():
+        return ranker.encode(torch.from_numpy(_padded_histories(histories, max_history))).float().numpy()
+
+
+def _padded_histories(histories: Sequence[Sequence[int]], max_history: int) -> np.ndarray:
+    """The last ``max_history`` rows of each history, left-padded with -1 to a common length: the ranker's input."""
+    history_len = max(1, min(max_history, max((len(h) for h in histories), default=1)))
+    history = np.full((len(histories), history_len), -1, dtype=np.int64)
+    for i, rows in enumerate(histories):
+        recent = list(rows)[-history_len:]
+        if recent:
+            history[i, history_len - len(recent) :] = recent
+    return history
 
 
 def _trained_items(ranker: SequenceScorer) -> int:

@@ -18,6 +18,7 @@ from streamrec.stream.catalog import Catalog
 from streamrec.stream.explain import Explainer, co_occurrence_of
 from streamrec.stream.explore import Explorer, ExposureStats
 from streamrec.stream.item_table import ItemTable
+from streamrec.stream.new_items import NewItemLearner
 from streamrec.stream.online_eval import ListStatistics
 from streamrec.stream.rank import served_ranker
 from streamrec.stream.retrieve import Retriever
@@ -44,7 +45,10 @@ class ServedModel:
         self.covisitation = CoVisitation(len(artifacts.item_ids), window=settings.covisitation_window)
         # The ranker in the form `ranker_compression` asks for (int8, the distilled student): the item table,
         # index and interest model above stay the float ones of the version, which retrieval needs.
-        self.ranker = served_ranker(with_compressed_ranker(artifacts, settings.ranker_compression), self.items)
+        served = with_compressed_ranker(artifacts, settings.ranker_compression)
+        self.ranker = served_ranker(served, self.items)
+        self.state_encoder, self.max_history = served.ranker, served.ranker.config.max_len
+        self.new_items = NewItemLearner(self.items, settings.new_item_shopper_prior, settings.new_item_learning_events)
         self.co_occurrence = co_occurrence_of(self.covisitation, artifacts.item_knn)
         self.segments = artifacts.segments
         #: Set when a variant serving this model reads co-visitation candidates: only then does the stream feed it.

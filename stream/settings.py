@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamrec.index.params import DEFAULT_EF_SEARCH, DEFAULT_N_CANDIDATES
-from streamrec.model.config import RankerCompression, TrainConfig
+from streamrec.model.config import DEFAULT_SHOPPER_PRIOR, RankerCompression, TrainConfig
 from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, checked_event_weights
 
 #: Settings an A/B variant may change: those that only shape what its users are shown. Everything else (topics,
@@ -304,6 +304,20 @@ class Settings(BaseSettings):
         ge=0,
         description="Most catalog items a worker adds to its index from their content between two trainings "
         "(each costs one embedding row); later new items are served only through trending until retraining.",
+    )
+    new_item_learning_events: int = Field(
+        32,
+        ge=0,
+        description="Events on a live item (one added from its content since the model loaded) that move its row "
+        "from its text toward the ranker states of the users who picked it: re-embedded at 1, 2, 4, ... events up "
+        "to this many, each move a new index row (README, new items). 0 keeps every live item at its content row "
+        "until the next training.",
+    )
+    new_item_shopper_prior: float = Field(
+        DEFAULT_SHOPPER_PRIOR,
+        gt=0,
+        description="Weight of a live item's content row against the mean state of its shoppers, in events: at "
+        "this many events the two count alike.",
     )
     cold_start_prior_events: float = Field(
         0.5,

@@ -86,7 +86,8 @@ def evaluate(
         report |= ann_recall(artifacts, offline.retrieval_queries, "offline interest vectors", seed)
     if held is not None:
         rows = content_rows(held.items, artifacts, catalog)
-        report["cold_items"] = evaluate_cold_items(log, artifacts, held, rows, seed=seed)
+        prior = settings.new_item_shopper_prior
+        report["cold_items"] = evaluate_cold_items(log, artifacts, held, rows, seed=seed, shopper_prior=prior)
     report["seconds"]["total"] = round(time.perf_counter() - started, 2)
     return report
 

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 
 from streamrec.model.artifacts import load_artifacts
-from streamrec.model.cold_items import HeldOutItems, cold_targets, evaluate_cold_items, popularity_before
+from streamrec.model.cold_items import (
+    HeldOutItems,
+    _Shoppers,
+    cold_targets,
+    evaluate_cold_items,
+    popularity_before,
+)
 from streamrec.model.config import TrainConfig
-from streamrec.model.content import embed_items, load_encoder
+from streamrec.model.content import embed_items, learned_rows, load_encoder
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import Event, EventType
 from streamrec.model.train import train_artifacts
@@ -115,3 +121,32 @@ def test_items_without_text_are_never_ranked_and_a_model_that_saw_them_is_refuse
     other = HeldOutItems.choose(log, 0.2, seed=1)
     with pytest.raises(ValueError, match="trained on"):
         evaluate_cold_items(log, artifacts, other, None)
+
+
+def test_shoppers_move_a_new_item_from_its_text_to_their_states_as_their_count_grows() -> None:
+    content = np.array([[2.0, 0.0], [0.0, 0.0], [0.0, 0.0], [2.0, 0.0]], dtype=np.float32)
+    sums = np.array([[0.0, 0.0], [0.0, 6.0], [0.0, 0.0], [0.0, 30.0]])
+    counts = np.array([0.0, 3.0, 0.0, 1.0])
+    rows = learned_rows(content, sums, counts, norm=2.0, prior=1.0)
+    assert rows[0].tolist() == [2.0, 0.0]  # no shopper yet: its text alone
+    assert rows[1].tolist() == [0.0, 2.0]  # no text: its shoppers alone, at the items' norm
+    assert rows[2].tolist() == [0.0, 0.0]  # neither: no row, never recommended
+    assert rows[3] == pytest.approx([2**0.5, 2**0.5])  # one shopper weighs as much as the text (prior 1)
+
+
+def test_a_row_learns_only_from_interactions_before_the_moment_it_is_used() -> None:
+    shoppers = _Shoppers(None, n_new=2, item_embeddings=np.array([[1.0, 0.0], [0.0, 1.0]]), prior=1.0)
+    shoppers.seen(np.array([5.0, 7.0]), np.array([0, 1]), np.array([[0.0, 3.0], [3.0, 0.0]]))
+    assert shoppers.rows_before(5.0).tolist() == [[0.0, 0.0], [0.0, 0.0]]  # the same moment is not "before"
+    assert shoppers.rows_before(6.0).tolist() == [[0.0, 1.0], [0.0, 0.0]]
+    assert shoppers.rows_before(8.0).tolist() == [[0.0, 1.0], [1.0, 0.0]]
+
+
+def test_the_first_shoppers_place_a_new_item_without_any_text(cold_run) -> None:
+    log, held, artifacts = cold_run
+    no_text = np.zeros((len(held.items), artifacts.dim), dtype=np.float32)
+    # 145 targets: rows refreshed every 8 of them, as a worker re-embeds every few events.
+    results = evaluate_cold_items(log, artifacts, held, no_text, batch_targets=8)["results"]
+    assert results["content"]["among_new"]["HR@10"] == 0.0  # no text: content never ranks them
+    assert results["content+shoppers"]["among_new"]["HR@10"] > results["random"]["among_new"]["HR@10"] + 0.2
+    assert results["content+shoppers"]["catalogue"]["HR@10"] > results["random"]["catalogue"]["HR@10"] + 0.2

@@ -48,6 +48,9 @@ def test_last_interaction_is_test_second_last_is_validation() -> None:
     assert split.train_targets().tolist() == [1, -1, -1, -1, -1, -1, -1, -1]
     # A refit learns every transition before the test item: b -> c (the validation item) from each "b" event.
     assert split.train_targets("test").tolist() == [1, 2, 2, -1, -1, 3, -1, -1]
+    # A validation user keeps its validation item out while the others learn theirs.
+    assert split.train_targets("test", validating=np.array([0])).tolist() == [1, -1, -1, -1, -1, 3, -1, -1]
+    assert split.train_targets("test", validating=np.array([1])).tolist() == [1, 2, 2, -1, -1, -1, -1, -1]
     assert split.user_of.tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
 
 

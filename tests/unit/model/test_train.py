@@ -32,11 +32,14 @@ from streamrec.model.train import (
     attach_item_knn,
     build_vocabulary,
     evaluation_users,
+    first_fit_windows,
     fit_blend,
     interest_queries,
     reindex,
     train_artifacts,
     type_weights,
+    validation_sample,
+    validation_users,
 )
 from streamrec.stream.user_state import InterestModel
 
@@ -338,6 +341,38 @@ def test_a_refit_learns_the_validation_items_for_as_many_epochs_as_early_stoppin
     assert refit["training_windows"] >= manifest["data"]["training_windows"]
     assert set(manifest["blend_validation"]["NDCG@10"]) == {"0.0", "4.0"}  # chosen on the early-stopped model
     assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.3
+
+
+def test_validation_users_hold_out_their_validation_item_while_every_other_user_trains_on_theirs(
+    log: EventLog, tmp_path: Path
+) -> None:
+    config = changed(CONFIG, validation_users=0.25, refit=True, max_epochs=4, blend_weights=(0.0, 4.0))
+    split = leave_one_out(log, {item: row for row, item in enumerate(build_vocabulary(log))})
+    validating = validation_users(split.n_users, config)
+    assert validating is not None and len(validating) == round(0.25 * split.n_users)
+    assert (validation_users(split.n_users, config) == validating).all()  # seeded: reblend and distil find them
+    assert (validation_sample(split.n_users, 120, config) == validating).all()
+    others = np.setdiff1d(np.arange(split.n_users), validating)
+
+    windows = first_fit_windows(split, config)
+    trained = np.zeros(split.n_events, dtype=bool)
+    for end, length in zip(windows.ends, windows.lengths, strict=True):
+        trained[end - length : end] |= windows.targets[end - length : end] >= 0
+    # The event before each validation item is a training target for the other users, never for the validation users.
+    last_train = split.valid_start - 1
+    assert trained[last_train[others]].any() and not trained[last_train[validating]].any()
+    assert not (windows.targets[last_train[validating]] >= 0).any()
+
+    directory = train_artifacts(log, tmp_path, config, progress=False)
+    manifest = manifest_of(directory)
+    training = manifest["training"]
+    assert training["validation_users"] == len(validating) and "refit" not in training  # one fit, published
+    assert training_summary(manifest)["trained_before"] == f"test except the {len(validating)} validation users"
+    assert manifest["metrics"]["test"]["ranker"]["users"] == split.n_users  # tested on every user
+    assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.3
+    # Its blend was chosen on items its ranker never learned, so it can be chosen again.
+    reblended = manifest_of(attach_item_knn(directory, log))
+    assert reblended["blend_weight"] in (0.0, 4.0)
 
 
 def test_a_refit_depends_on_the_epochs_chosen_not_on_what_ran_before_it(log: EventLog) -> None:

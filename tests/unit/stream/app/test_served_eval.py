@@ -158,7 +158,7 @@ def test_cli_trains_with_items_held_out_and_eval_ranks_their_events(
     assert "cold-start items: 60 held-out items" in result.output
     cold = orjson.loads(output.read_bytes())["cold_items"]
     assert cold["held_out"]["count"] == 60 and cold["new_items_with_content"] == 60
-    assert cold["targets"] > 0 and {"content", "random", "popularity"} == set(cold["results"])
+    assert cold["targets"] > 0 and {"content", "random", "popularity", "content+shoppers"} == set(cold["results"])
 
     # Another log draws other items to hold out: one clear line, no traceback.
     other = tmp_path / "other.jsonl"
