@@ -12,6 +12,8 @@ Layout of ``<root>/<version>/`` (a version is never modified once written; a new
   embeddings, with every item's cluster (``model/segments.py``; manifest key ``segments``);
 * ``content_projection.safetensors`` (optional) — the map from a catalog item's text embedding into ``E``, for items
   added after training (``model/content.py``; manifest key ``content``: the text encoder and the fit's quality);
+* ``shopper_projection.safetensors`` (optional) — the map from a new item's shoppers' ranker states into ``E``, with
+  which a worker moves a live item's row as its events arrive (``model/shoppers.py``; manifest key ``shoppers``);
 * ``student.safetensors`` (optional) — a smaller ranker distilled from this one (``streamrec distill``,
   ``model/compress.py``), served with ``ranker_compression=distilled``. It holds the student's encoder only: its
   item table is the teacher's ``E``, shared, so retrieval, the index and live items stay valid (manifest key
@@ -46,6 +48,7 @@ from streamrec.model.baselines import ItemKNNModel
 from streamrec.model.content import ContentProjection
 from streamrec.model.ranker import RankerConfig, SequenceRanker
 from streamrec.model.segments import Segments
+from streamrec.model.shoppers import ShopperProjection
 
 T = TypeVar("T")
 
@@ -60,6 +63,7 @@ ITEM_KNN_FILE = "item_knn.safetensors"
 SEGMENTS_FILE = "segments.safetensors"
 CONTENT_FILE = "content_projection.safetensors"
 STUDENT_FILE = "student.safetensors"
+SHOPPERS_FILE = "shopper_projection.safetensors"
 ITEM_TABLE_KEY = "item_embedding.weight"
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "LATEST"
@@ -86,6 +90,7 @@ class ModelArtifacts:
     segments: Segments | None = None  # user segments and item clusters; None for versions written without
     content: ContentProjection | None = None  # text → E for new items; None when trained without a catalog
     student: SequenceRanker | None = None  # distilled ranker sharing ``ranker``'s item table; None if not distilled
+    shoppers: ShopperProjection | None = None  # shopper states → E for live items; None for versions written without
 
     @property
     def version(self) -> str:
@@ -152,6 +157,9 @@ def load_artifacts(path: Path) -> ModelArtifacts:
     if content is not None and content.dim != dim:
         raise ArtifactError(f"{CONTENT_FILE} projects to dimension {content.dim}, the model's is {dim}")
     student = _load_student(directory, manifest, ranker)
+    shoppers = _load_optional(directory, manifest, SHOPPERS_FILE, ShopperProjection.load)
+    if shoppers is not None and shoppers.dim != dim:
+        raise ArtifactError(f"{SHOPPERS_FILE} maps to dimension {shoppers.dim}, the model's is {dim}")
     return ModelArtifacts(
         directory=directory,
         manifest=manifest,
@@ -165,6 +173,7 @@ def load_artifacts(path: Path) -> ModelArtifacts:
         segments=segments,
         content=content,
         student=student,
+        shoppers=shoppers,
     )
 
 

@@ -12,11 +12,12 @@ saw. Only the new items' rows differ between the placements compared:
 * ``content``: the row the worker gives a new item, the artifact's content projection of its catalogue text
   (``model/content.py``); an item without a catalogue record or text gets no row and is never recommended;
 * ``random``: a seeded random direction at the median item norm, the floor any placement must beat;
-* ``content+shoppers``: the content row moved toward the mean ranker state of the shoppers who interacted with the
-  item before that moment, weighted ``count : SHOPPER_PRIOR`` (:func:`shopper_rows`): what a worker can learn of a
-  new item from its first events, without a retrain. The states are the users' before each interaction, the ones
-  the softmax's gradient would add into the item's row; rows are refreshed once per batch of targets in time order
-  (a worker re-embeds in batches too), from interactions strictly earlier than the batch's first;
+* ``content+shoppers``: the content row moved toward the row the shoppers who interacted with the item before that
+  moment say (``model/shoppers.py``: a map from their mean ranker state, fitted at training on the trained items),
+  weighted ``count : prior``: what a worker learns of a new item from its first events, without a retrain. The
+  states are the users' before each interaction; rows are refreshed once per batch of targets in time order (a
+  worker re-embeds in batches too), from interactions strictly earlier than the batch's first. Only for versions
+  that hold the map (trained with a catalogue);
 * ``popularity``: no row at all, the new items ranked by how many interactions they had before that moment (what
   the stream's trending counts know), so it ranks among the new items only. On logs whose times carry no meaning
   across users (the Amazon files number each user's purchases by day), "before" is by place in the sequence.
@@ -41,10 +42,11 @@ import numpy as np
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import Histories, blend_scores
 from streamrec.model.config import DEFAULT_SHOPPER_PRIOR
-from streamrec.model.content import embed_items, learned_rows, load_encoder
+from streamrec.model.content import embed_items, load_encoder
 from streamrec.model.evaluate import RankerScorer
 from streamrec.model.event_log import EventLog
 from streamrec.model.metrics import summarize, target_ranks
+from streamrec.model.shoppers import ShopperProjection, learned_rows
 from streamrec.model.splits import LeaveOneOutSplit, leave_one_out
 
 BATCH_TARGETS = 512
@@ -220,13 +222,16 @@ def evaluate_cold_items(
         placements["content"] = rows
         with_content = int(np.count_nonzero(np.any(rows != 0, axis=1)))
     learned = "content+shoppers" if "content" in placements else "shoppers"
+    learning = [learned] if artifacts.shoppers is not None else []
     ranks: dict[str, dict[str, list[np.ndarray]]] = {
-        **{name: {"among_new": [], "catalogue": []} for name in [*placements, learned]},
+        **{name: {"among_new": [], "catalogue": []} for name in [*placements, *learning]},
         "popularity": {"among_new": []},
     }
-    shoppers = _Shoppers(placements.get("content"), n_new, artifacts.item_embeddings, shopper_prior)
     tie_rng = np.random.default_rng([seed, 2])
     ranker = RankerScorer(artifacts.ranker, artifacts.ranker.config.max_len)
+    shoppers = None
+    if artifacts.shoppers is not None:
+        shoppers = _Shoppers(placements.get("content"), n_new, artifacts.shoppers, shopper_prior)
     times = targets.split.timestamps[targets.positions]
     in_time_order = np.argsort(times, kind="stable")
     for begin in range(0, len(targets.positions), batch_targets):
@@ -241,7 +246,8 @@ def evaluate_cold_items(
         wanted = targets.split.items[targets.positions[batch]]
         excluded = targets.excluded(batch)
         excluded_new = [e[e >= n_trained] - n_trained for e in excluded]
-        for name, rows in {**placements, learned: shoppers.rows_before(times[batch[0]])}.items():
+        moving = {learned: shoppers.rows_before(times[batch[0]])} if shoppers is not None else {}
+        for name, rows in {**placements, **moving}.items():
             new_scores = states @ rows.T
             # An item without a row is never recommended: below every other item, and a miss as the target.
             placed = np.any(rows != 0, axis=1)
@@ -251,7 +257,8 @@ def evaluate_cold_items(
             ranks[name]["among_new"].append(np.where(missed, n_new, among_new))
             catalogue = target_ranks(np.concatenate([trained_scores, new_scores], axis=1), wanted, excluded, tie_rng)
             ranks[name]["catalogue"].append(np.where(missed, n_trained + n_new, catalogue))
-        shoppers.seen(times[batch], wanted - n_trained, states)
+        if shoppers is not None:
+            shoppers.seen(times[batch], wanted - n_trained, states)
         popular = popularity_before(targets, batch)
         ranks["popularity"]["among_new"].append(target_ranks(popular, wanted - n_trained, excluded_new, tie_rng))
     return {
@@ -270,12 +277,10 @@ def evaluate_cold_items(
 class _Shoppers:
     """The states of the shoppers of each new item seen so far, folded into rows only for later moments."""
 
-    def __init__(self, content: np.ndarray | None, n_new: int, item_embeddings: np.ndarray, prior: float) -> None:
-        dim = item_embeddings.shape[1]
-        self.prior = prior
-        self.content = content if content is not None else np.zeros((n_new, dim), dtype=np.float32)
-        self.norm = float(np.median(np.linalg.norm(item_embeddings, axis=1)))
-        self.sums = np.zeros((n_new, dim), dtype=np.float64)
+    def __init__(self, content: np.ndarray | None, n_new: int, projection: ShopperProjection, prior: float) -> None:
+        self.content = content if content is not None else np.zeros((n_new, projection.dim), dtype=np.float32)
+        self.projection, self.prior = projection, prior
+        self.sums = np.zeros((n_new, projection.dim), dtype=np.float64)
         self.counts = np.zeros(n_new, dtype=np.float64)
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
@@ -284,7 +289,7 @@ class _Shoppers:
         self._pending.append((times, items, states))
 
     def rows_before(self, moment: float) -> np.ndarray:
-        """Every new item's row from the interactions strictly before ``moment`` (``learned_rows``)."""
+        """Every new item's row from the interactions strictly before ``moment`` (``model/shoppers.py``)."""
         waiting = []
         for times, items, states in self._pending:
             earlier = times < moment
@@ -293,7 +298,8 @@ class _Shoppers:
             if not earlier.all():
                 waiting.append((times[~earlier], items[~earlier], states[~earlier]))
         self._pending = waiting
-        return learned_rows(self.content, self.sums, self.counts, self.norm, self.prior)
+        shoppers = self.projection.project(self.sums, self.counts)
+        return learned_rows(self.content, shoppers, self.counts, self.prior)
 
 
 def content_rows(
@@ -320,11 +326,11 @@ def format_cold_items(report: Mapping[str, Any]) -> str:
         f"cold-start items: {report['new_items_in_log']} held-out items ({report['held_out']['share']:.0%} of the "
         f"catalogue), {report['targets']} interactions ranked, {report['targets_without_trained_history']} without "
         "a trained item before them (left out)",
-        f"{'placement':<12}{'ranked among':<14}{'HR@10':>8}{'NDCG@10':>9}{'HR@20':>8}",
+        f"{'placement':<18}{'ranked among':<14}{'HR@10':>8}{'NDCG@10':>9}{'HR@20':>8}",
     ]
     for name, scopes in report["results"].items():
         for scope, metrics in scopes.items():
             if metrics is not None:
-                row = f"{name:<12}{scope.replace('_', ' '):<14}{metrics['HR@10']:>8.4f}{metrics['NDCG@10']:>9.4f}"
+                row = f"{name:<18}{scope.replace('_', ' '):<14}{metrics['HR@10']:>8.4f}{metrics['NDCG@10']:>9.4f}"
                 lines.append(row + f"{metrics['HR@20']:>8.4f}")
     return "\n".join(lines)

@@ -149,6 +149,13 @@ class TrainConfig(BaseModel):
         "float32): auto takes bfloat16 where the CPU multiplies it natively (AVX512-BF16, AMX), about 2x faster "
         "training on such CPUs, and float32 elsewhere.",
     )
+    retrieval_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Share of a batch's target positions (drawn at random) on which the interest-vector loss is "
+        "computed: an unbiased estimate of its mean over all of them, at that share of its full softmax's cost.",
+    )
     retrieval_softmax: Literal["same", "sampled"] = Field(
         "same",
         description="Loss of the interest-vector query: the ranker's (`softmax`), or a sampled softmax of its own "

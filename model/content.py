@@ -266,7 +266,7 @@ def _as_float_matrix(array: np.ndarray, what: str, dtype: type[np.floating[Any]]
     return matrix
 
 
-def _ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+def ridge_regression(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
     """Ridge regression with an unpenalised intercept: ``(W [t, d], b [d])`` in float64.
 
     Primal ``(XcᵀXc + λI)⁻¹ XcᵀYc`` when ``t <= n``; otherwise the equal dual ``Xcᵀ (XcXcᵀ + λI)⁻¹ Yc``, which
@@ -305,7 +305,7 @@ def _hit_rate(predictions: np.ndarray, rows: np.ndarray, targets: np.ndarray, k:
     return hits / len(predictions)
 
 
-def _holdout_quality(x: np.ndarray, y: np.ndarray, ridge: float, holdout: float, seed: int) -> dict[str, float]:
+def holdout_quality(x: np.ndarray, y: np.ndarray, ridge: float, holdout: float, seed: int) -> dict[str, float]:
     """Fit on all but a random ``holdout`` share of the items and score the predictions on the rest."""
     n = len(x)
     n_holdout = min(max(1, round(n * holdout)), n - 2) if holdout > 0 else 0
@@ -313,7 +313,7 @@ def _holdout_quality(x: np.ndarray, y: np.ndarray, ridge: float, holdout: float,
         return {"n_train": n, "n_holdout": 0}
     order = np.random.default_rng(seed).permutation(n)
     held, kept = np.sort(order[:n_holdout]), order[n_holdout:]
-    weights, bias = _ridge(x[kept], y[kept], ridge)
+    weights, bias = ridge_regression(x[kept], y[kept], ridge)
     predictions = x[held] @ weights + bias
     mean_item = np.broadcast_to(y[kept].mean(axis=0), predictions.shape)
     return {
@@ -412,8 +412,8 @@ class ContentProjection:
         target_norm = float(np.median(np.linalg.norm(y, axis=1)))
         if target_norm <= 0:
             raise ValueError("most item embeddings are zero; nothing to project onto")
-        quality = _holdout_quality(x, y, ridge, holdout, seed)
-        weights, bias = _ridge(x, y, ridge)
+        quality = holdout_quality(x, y, ridge, holdout, seed)
+        weights, bias = ridge_regression(x, y, ridge)
         return cls(weights, bias, target_norm, encoder_name, float(ridge), quality)
 
     # --- inference -------------------------------------------------------------------------------------
@@ -486,28 +486,6 @@ class ContentProjection:
             ridge=float(metadata["ridge"]),
             quality=quality,
         )
-
-
-def learned_rows(
-    content: np.ndarray, state_sums: np.ndarray, counts: np.ndarray, norm: float, prior: float
-) -> np.ndarray:
-    """float32 ``[items, d]``: new items' rows once ``counts`` of their interactions are seen, their served
-    ``content`` row moved toward the mean ranker state of those shoppers (``state_sums / counts``).
-
-    The shoppers' states are what a softmax step would add into a new item's row (each shopper's state before
-    the interaction, times the item's small probability's complement), so their mean direction is where training
-    would start to move it. Directions and lengths are weighted ``prior : count``: the content row's direction and
-    length (short where the text predicts little) against the shoppers' direction at ``norm`` (the trained items'
-    median length), so a row grows to a trained item's length as its shoppers accumulate. An item without content
-    (an all-zero row) takes its shoppers' direction alone; one with neither keeps no row.
-    """
-    content = np.asarray(content, dtype=np.float64)
-    mean = state_sums / np.maximum(counts, 1)[:, None]
-    content_norm = np.linalg.norm(content, axis=1, keepdims=True)
-    weight = np.where(content_norm[:, 0] > 0, counts / (counts + prior), (counts > 0).astype(np.float64))[:, None]
-    direction = (1.0 - weight) * unit_rows(content) + weight * unit_rows(mean)
-    length = (1.0 - weight) * content_norm + weight * norm
-    return (unit_rows(direction) * length).astype(np.float32)
 
 
 def embed_items(

@@ -47,6 +47,7 @@ from streamrec.model.artifacts import (
     MANIFEST_FILE,
     MODEL_FILE,
     SEGMENTS_FILE,
+    SHOPPERS_FILE,
     ModelArtifacts,
     load_artifacts,
     save_item_knn,
@@ -63,6 +64,7 @@ from streamrec.model.events import EVENT_TYPES
 from streamrec.model.metrics import hit_rate, ndcg, summarize, target_ranks
 from streamrec.model.ranker import PAD, RankerConfig, SequenceRanker
 from streamrec.model.segments import Segments, fit_segments
+from streamrec.model.shoppers import ShopperProjection, draw_caps, shopper_states
 from streamrec.model.softmax import Softmax, retrieval_softmax_for, softmax_for
 from streamrec.model.splits import LeaveOneOutSplit, Stage, leave_one_out
 
@@ -173,6 +175,9 @@ def train_artifacts(
     peaks.mark("segments")
     content, content_manifest = fit_content_projection(catalog, item_ids, embeddings, config)
     peaks.mark("content")
+    # Live items come from the catalog: without one, a worker never holds a row for its shoppers to move.
+    shoppers, shoppers_manifest = fit_shopper_projection(model, split, config) if content else (None, {})
+    peaks.mark("shoppers")
 
     fingerprint = log.fingerprint()
     manifest: dict[str, Any] = {
@@ -217,6 +222,7 @@ def train_artifacts(
         **blend_manifest,
         **segments_manifest,
         **content_manifest,
+        **shoppers_manifest,
         **({"held_out_items": held_out.manifest()} if held_out is not None else {}),
     }
 
@@ -235,6 +241,8 @@ def train_artifacts(
             segments.save(staging / SEGMENTS_FILE)
         if content is not None:
             content.save(staging / CONTENT_FILE)
+        if shoppers is not None:
+            shoppers.save(staging / SHOPPERS_FILE)
 
     return _publish(out_dir, fingerprint, write, manifest, switch_latest)
 
@@ -291,6 +299,44 @@ def fit_content_projection(
             "file": CONTENT_FILE,
             "encoder": encoder.name,
             "items": len(rows),
+            "quality": projection.quality,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    }
+    return projection, manifest
+
+
+def fit_shopper_projection(
+    model: SequenceRanker, split: LeaveOneOutSplit, config: TrainConfig
+) -> tuple[ShopperProjection | None, dict[str, Any]]:
+    """The map from a new item's shoppers' states to its row (``model/shoppers.py``), fitted on the trained items:
+    one forward pass over every interaction before the users' test items, each trained item averaging the states
+    of its first few shoppers in a random order (a count drawn per item, as a live item is learned)."""
+    started = time.perf_counter()
+    windows = training_windows(split, config, before="test")
+    n_items, dim = model.config.n_items, model.config.dim
+    caps = draw_caps(n_items, config.seed)
+    sums, counts = np.zeros((n_items, dim)), np.zeros(n_items)
+    population, positions = np.zeros(dim), 0
+    model.eval()
+    with torch.inference_mode():
+        for batch in window_batches(windows.lengths, config.batch_size, np.random.default_rng([config.seed, 5])):
+            items, targets, _, _ = windows.batch(batch)
+            flat = targets.reshape(-1)
+            wanted = torch.nonzero(flat >= 0).squeeze(1)
+            state_sum, count = shopper_states(select_positions(model(items), wanted), flat[wanted], caps, sums, counts)
+            population += state_sum
+            positions += count
+    embeddings = model.item_embeddings().detach().numpy()
+    try:
+        projection = ShopperProjection.fit(sums, counts, population / max(1, positions), embeddings, seed=config.seed)
+    except ValueError as exc:
+        logger.warning("no shopper projection: %s", exc)
+        return None, {}
+    logger.info("shopper projection on %d items: %s", projection.quality["items"], projection.quality)
+    manifest = {
+        "shoppers": {
+            "file": SHOPPERS_FILE,
             "quality": projection.quality,
             "seconds": round(time.perf_counter() - started, 2),
         }
@@ -615,8 +661,10 @@ def _losses(
     retrieval_weight: float,
     softmax: Softmax,
     retrieval_softmax: Softmax,
+    retrieval_share: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, ranking, retrieval) losses of one batch; each is a mean over the batch's target positions."""
+    """(total, ranking, retrieval) losses of one batch; each is a mean over the batch's target positions, the
+    retrieval loss over a random ``retrieval_share`` of them (an unbiased estimate of its mean over all)."""
     items, targets, weights, exponent = windows.batch(batch)
     # Flat indexes of the positions with a target: index_select's backward (index_add) is much cheaper on CPU
     # than the index_put that boolean-mask indexing needs.
@@ -631,6 +679,9 @@ def _losses(
     if retrieval_weight == 0.0:
         return ranking, ranking, torch.zeros(())
 
+    if retrieval_share < 1.0:
+        chosen = (torch.rand(len(positions)) < retrieval_share).nonzero().squeeze(1)
+        positions, wanted = positions[chosen], wanted[chosen]
     embedded = model.item_embedding(torch.where(items >= 0, items, model.config.n_items))
     queries = select_positions(interest_queries(embedded, weights, exponent), positions)
     norms = queries.norm(dim=-1, keepdim=True)
@@ -741,6 +792,7 @@ class _Trainer:
                 self.config.retrieval_loss_weight,
                 self.softmax,
                 self.retrieval_softmax,
+                self.config.retrieval_share,
             )
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)

@@ -1,14 +1,15 @@
-"""Learn new items: a live item's row moves from its text toward its shoppers as their events arrive.
+"""Learn new items: a live item's row moves from its text toward what its shoppers say, as their events arrive.
 
 An item added live from the catalog starts at its content row (``catalog_sync.py``). Each event on it by a user the
 ranker knows adds that user's ranker state to the item's running sum: the state of the user's trained history, which
-a live item is not part of, so the state the user was in when they picked the item, the one a softmax step would
-add into the item's row. When the item's count reaches 1, 2, 4, 8, ... events, up to ``new_item_learning_events``,
-its row is embedded again (``streamrec.model.content.learned_rows``: content and the shoppers' mean weighted
-``new_item_shopper_prior : count``), as a new row with the old one tombstoned, since an HNSW index cannot change a
-vector in place. A row therefore moves at most log2(limit) + 1 times before the next training learns the item; each
-move takes one of the ``max_live_items`` rows. ``streamrec eval --catalog`` measures the same rule offline (the
-``content+shoppers`` placement of ``model/cold_items.py``).
+a live item is not part of, so the state the user was in when they picked the item. When the item's count reaches
+1, 2, 4, 8, ... events, up to ``new_item_learning_events``, its row is embedded again (``model/shoppers.py``: the
+model's map from shoppers' mean state to a row, fitted at training on the trained items, blended with the content
+row ``new_item_shopper_prior : count``) as a new row, the old one tombstoned, since an HNSW index cannot change a
+vector in place. A row moves at most log2(limit) + 1 times before the next training learns the item; each move takes
+one of the ``max_live_items`` rows. ``streamrec eval --catalog`` measures the same rule offline (the
+``content+shoppers`` placement of ``model/cold_items.py``). Versions trained without a catalogue hold no map, and
+their live items keep their content rows.
 
 The sums live with the served model's item table: a model swap starts them afresh, with the new model's states.
 """
@@ -19,17 +20,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from streamrec.model.content import learned_rows
+from streamrec.model.shoppers import ShopperProjection, learned_rows
 from streamrec.stream.item_table import ItemTable
 
 
 class NewItemLearner:
     """The shoppers' states of one served model's live items, and the rows they move those items to."""
 
-    def __init__(self, items: ItemTable, prior: float, learning_events: int) -> None:
-        self.items, self.prior, self.learning_events = items, prior, learning_events
-        trained = items.embeddings[: items.n_trained]
-        self.norm = float(np.median(np.linalg.norm(trained, axis=1))) if len(trained) else 1.0
+    def __init__(
+        self, items: ItemTable, projection: ShopperProjection | None, prior: float, learning_events: int
+    ) -> None:
+        self.items, self.projection, self.prior = items, projection, prior
+        # Without the model's map there is nothing to move a row to.
+        self.learning_events = learning_events if projection is not None else 0
         self._sums: dict[str, np.ndarray] = {}
         self._counts: dict[str, int] = {}
         self._due: set[str] = set()
@@ -50,6 +53,11 @@ class NewItemLearner:
             if count & (count - 1) == 0 or count == self.learning_events:  # 1, 2, 4, 8, ... and the last
                 self._due.add(item_id)
 
+    @property
+    def due(self) -> bool:
+        """Whether some item reached its next step since the last :meth:`refresh`."""
+        return bool(self._due)
+
     def refresh(self) -> int:
         """Move every item whose count reached its next step to its learned row; how many moved."""
         moved = 0
@@ -57,13 +65,9 @@ class NewItemLearner:
             content = self.items.content_of.get(item_id)
             if content is None:
                 continue
-            row = learned_rows(
-                content[None, :],
-                self._sums[item_id][None, :],
-                np.array([float(self._counts[item_id])]),
-                self.norm,
-                self.prior,
-            )[0]
+            assert self.projection is not None  # nothing is due without one
+            sums, counts = self._sums[item_id][None, :], np.array([float(self._counts[item_id])])
+            row = learned_rows(content[None, :], self.projection.project(sums, counts), counts, self.prior)[0]
             moved += self.items.move(item_id, row) is not None
         self._due.clear()
         return moved

@@ -35,6 +35,7 @@ from streamrec.stream.rules import Request
 from streamrec.stream.select import ListRequest
 from streamrec.stream.serving import ServedModel, ServedVariant
 from streamrec.stream.settings import Settings, variant_settings
+from streamrec.stream.sources import UserQuery
 from streamrec.stream.trending import TrendingBoard
 from streamrec.stream.update_state import StateUpdater, Trigger
 from streamrec.stream.user_state import UserState, UserStateStore
@@ -259,7 +260,7 @@ class Pipeline:
             versions = {name: variant.model.artifacts.version for name, variant in self.variants.items()}
             recommendations, published = self.publisher.recommendations(answered, chosen, ranked, versions)
             self._observe_lists(answered, by_variant, chosen)
-        if learning:
+        if any(model.new_items.due for model in self.models):
             with clock("learn"):
                 self._move_new_items()
         with clock("state"):
@@ -313,16 +314,9 @@ class Pipeline:
             log.exception("retrieval or ranking failed; serving trending items for %d users", len(warm))
             self.metrics.pipeline_errors.labels("rank").inc()
             return {}, {}
-        picked = [
-            (user.trained_history, item_id)
-            for user_id, user in zip(user_ids, users, strict=True)
-            for item_id in learning.get(user_id, ())
-            if user.trained_history
-        ]
-        if picked:
+        if learning:
             with clock("learn"):
-                states = user_states(model.state_encoder, [history for history, _ in picked], model.max_history)
-                model.new_items.observe([item_id for _, item_id in picked], states)
+                self._learn_new_items(model, user_ids, users, learning)
         return ranked, {user_id: len(user.history) for user_id, user in zip(user_ids, users, strict=True)}
 
     def _new_item_events(
@@ -336,6 +330,21 @@ class Pipeline:
                 if model.new_items.learns(event.item_id):
                     learning.setdefault(event.user_id, []).append(event.item_id)
         return learning
+
+    @staticmethod
+    def _learn_new_items(
+        model: ServedModel, user_ids: list[str], users: list[UserQuery], learning: Mapping[str, list[str]]
+    ) -> None:
+        """Teach the live items their shoppers' states, in one ranker forward."""
+        picked = [
+            (user.trained_history, item_id)
+            for user_id, user in zip(user_ids, users, strict=True)
+            for item_id in learning.get(user_id, ())
+            if user.trained_history
+        ]
+        if picked:
+            states = user_states(model.state_encoder, [history for history, _ in picked], model.max_history)
+            model.new_items.observe([item_id for _, item_id in picked], states)
 
     def _move_new_items(self) -> None:
         """Re-embed the live items whose shoppers reached their next step, once this batch's lists are built (they

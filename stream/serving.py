@@ -45,10 +45,12 @@ class ServedModel:
         self.covisitation = CoVisitation(len(artifacts.item_ids), window=settings.covisitation_window)
         # The ranker in the form `ranker_compression` asks for (int8, the distilled student): the item table,
         # index and interest model above stay the float ones of the version, which retrieval needs.
-        served = with_compressed_ranker(artifacts, settings.ranker_compression)
-        self.ranker = served_ranker(served, self.items)
-        self.state_encoder, self.max_history = served.ranker, served.ranker.config.max_len
-        self.new_items = NewItemLearner(self.items, settings.new_item_shopper_prior, settings.new_item_learning_events)
+        self.ranker = served_ranker(with_compressed_ranker(artifacts, settings.ranker_compression), self.items)
+        # The shoppers' map was fitted on the trained ranker's states: live items learn from those.
+        self.state_encoder, self.max_history = artifacts.ranker, artifacts.ranker.config.max_len
+        self.new_items = NewItemLearner(
+            self.items, artifacts.shoppers, settings.new_item_shopper_prior, settings.new_item_learning_events
+        )
         self.co_occurrence = co_occurrence_of(self.covisitation, artifacts.item_knn)
         self.segments = artifacts.segments
         #: Set when a variant serving this model reads co-visitation candidates: only then does the stream feed it.

@@ -15,9 +15,10 @@ from streamrec.model.cold_items import (
     popularity_before,
 )
 from streamrec.model.config import TrainConfig
-from streamrec.model.content import embed_items, learned_rows, load_encoder
+from streamrec.model.content import embed_items, load_encoder
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import Event, EventType
+from streamrec.model.shoppers import ShopperProjection, learned_rows
 from streamrec.model.train import train_artifacts
 
 from .test_train import N_CATEGORIES, PER_CATEGORY, structured_log
@@ -123,23 +124,43 @@ def test_items_without_text_are_never_ranked_and_a_model_that_saw_them_is_refuse
         evaluate_cold_items(log, artifacts, other, None)
 
 
-def test_shoppers_move_a_new_item_from_its_text_to_their_states_as_their_count_grows() -> None:
+def test_shoppers_move_a_new_item_from_its_text_to_their_row_as_their_count_grows() -> None:
     content = np.array([[2.0, 0.0], [0.0, 0.0], [0.0, 0.0], [2.0, 0.0]], dtype=np.float32)
-    sums = np.array([[0.0, 0.0], [0.0, 6.0], [0.0, 0.0], [0.0, 30.0]])
-    counts = np.array([0.0, 3.0, 0.0, 1.0])
-    rows = learned_rows(content, sums, counts, norm=2.0, prior=1.0)
+    shoppers = np.array([[0.0, 4.0], [0.0, 3.0], [0.0, 0.0], [0.0, 4.0]], dtype=np.float32)
+    rows = learned_rows(content, shoppers, np.array([0.0, 3.0, 0.0, 1.0]), prior=1.0)
     assert rows[0].tolist() == [2.0, 0.0]  # no shopper yet: its text alone
-    assert rows[1].tolist() == [0.0, 2.0]  # no text: its shoppers alone, at the items' norm
+    assert rows[1].tolist() == [0.0, 3.0]  # no text: its shoppers alone
     assert rows[2].tolist() == [0.0, 0.0]  # neither: no row, never recommended
-    assert rows[3] == pytest.approx([2**0.5, 2**0.5])  # one shopper weighs as much as the text (prior 1)
+    assert rows[3].tolist() == [1.0, 2.0]  # one shopper weighs as much as the text (prior 1)
+
+
+def test_the_shoppers_map_is_fitted_where_rows_are_known_and_measured_on_held_out_items() -> None:
+    rng = np.random.default_rng(0)
+    states = rng.standard_normal((400, 8))
+    true_map = rng.standard_normal((8, 8))
+    population = np.full(8, 0.5)
+    rows = (states - population) @ true_map
+    counts = rng.integers(1, 5, 400).astype(float)
+    projection = ShopperProjection.fit(states * counts[:, None], counts, population, rows)
+    assert projection.quality["holdout_cosine"] > 0.99 and projection.quality["items"] == 400
+    projected = projection.project(states[:3] * 2, np.full(3, 2.0))
+    everyone = population / np.linalg.norm(population)
+    assert np.allclose(projected @ everyone, projection.typical_reach)  # no more reach than a typical trained row
+    assert projection.typical_reach == pytest.approx(np.median(rows @ everyone))
+    specific = projected - np.outer(projected @ everyone, everyone)
+    true_specific = rows[:3] - np.outer(rows[:3] @ everyone, everyone)
+    cosines = np.sum(specific * true_specific, axis=1) / np.linalg.norm(specific, axis=1)
+    assert (cosines / np.linalg.norm(true_specific, axis=1)).min() > 0.95  # the direction of the true rows
+    assert not projection.project(states[:1], np.zeros(1)).any()  # no shopper: no row
 
 
 def test_a_row_learns_only_from_interactions_before_the_moment_it_is_used() -> None:
-    shoppers = _Shoppers(None, n_new=2, item_embeddings=np.array([[1.0, 0.0], [0.0, 1.0]]), prior=1.0)
+    identity = ShopperProjection(np.eye(2), np.zeros(2), np.zeros(2), target_norm=3.0)
+    shoppers = _Shoppers(None, n_new=2, projection=identity, prior=1.0)
     shoppers.seen(np.array([5.0, 7.0]), np.array([0, 1]), np.array([[0.0, 3.0], [3.0, 0.0]]))
     assert shoppers.rows_before(5.0).tolist() == [[0.0, 0.0], [0.0, 0.0]]  # the same moment is not "before"
-    assert shoppers.rows_before(6.0).tolist() == [[0.0, 1.0], [0.0, 0.0]]
-    assert shoppers.rows_before(8.0).tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    assert shoppers.rows_before(6.0).tolist() == [[0.0, 3.0], [0.0, 0.0]]
+    assert shoppers.rows_before(8.0).tolist() == [[0.0, 3.0], [3.0, 0.0]]
 
 
 def test_the_first_shoppers_place_a_new_item_without_any_text(cold_run) -> None:

@@ -318,6 +318,14 @@ def test_the_interest_vector_can_learn_through_a_sampled_softmax_beside_the_full
     assert test["retrieval"]["HR@10"] > test["popularity"]["HR@10"] + 0.1
 
 
+def test_the_interest_vector_learns_from_a_share_of_the_positions(log: EventLog, tmp_path: Path) -> None:
+    config = changed(CONFIG, retrieval_share=0.25, blend_weights=(0.0,), n_segments=0)
+    manifest = manifest_of(train_artifacts(log, tmp_path, config, progress=False))
+    test = manifest["metrics"]["test"]
+    assert test["ranker"]["HR@10"] > test["popularity"]["HR@10"] + 0.3
+    assert test["retrieval"]["HR@10"] > test["popularity"]["HR@10"] + 0.1
+
+
 def test_evaluation_ranks_every_user_within_the_score_budget_and_a_fixed_sample_above() -> None:
     assert evaluation_users(500, 1_000, CONFIG).tolist() == list(range(500))
     tight = changed(CONFIG, eval_max_scores=100_000)

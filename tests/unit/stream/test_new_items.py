@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamrec.model.artifacts import ModelArtifacts
+from streamrec.model.shoppers import ShopperProjection
 from streamrec.stream.catalog import CatalogItem
 from streamrec.stream.events import SourceRecord
 from streamrec.stream.item_table import ItemTable
@@ -25,13 +26,27 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def _identity(dim: int) -> ShopperProjection:
+    """A map that takes the shoppers' mean state for the row."""
+    return ShopperProjection(np.eye(dim), np.zeros(dim), np.zeros(dim), target_norm=1.0)
+
+
+def test_a_model_without_a_shoppers_map_keeps_live_rows_where_their_text_put_them(artifacts: ModelArtifacts) -> None:
+    table = ItemTable(artifacts, max_live_items=10)
+    row = table.add("new", np.ones(table.dim, dtype=np.float32))
+    learner = NewItemLearner(table, None, prior=1.0, learning_events=32)
+    assert not learner.learns("new")
+    learner.observe(["new"], np.ones((1, table.dim), dtype=np.float32))
+    assert learner.refresh() == 0 and table.row_of["new"] == row
+
+
 def test_a_live_row_moves_at_each_doubling_of_its_events_up_to_the_limit(artifacts: ModelArtifacts) -> None:
     table = ItemTable(artifacts, max_live_items=100)
     content = np.zeros(table.dim, dtype=np.float32)
     content[0] = 1.0
     first = table.add("new", content)
     table.set_available("new", False)  # withdrawn: moving it must not bring it back
-    learner = NewItemLearner(table, prior=1.0, learning_events=6)
+    learner = NewItemLearner(table, _identity(table.dim), prior=1.0, learning_events=6)
     state = np.zeros(table.dim, dtype=np.float32)
     state[1] = 3.0
     rows = []
@@ -51,7 +66,7 @@ def test_a_live_row_moves_at_each_doubling_of_its_events_up_to_the_limit(artifac
 def test_no_row_is_moved_past_the_live_row_limit_nor_for_a_nonfinite_state(artifacts: ModelArtifacts) -> None:
     table = ItemTable(artifacts, max_live_items=1)
     row = table.add("new", np.ones(table.dim, dtype=np.float32))
-    learner = NewItemLearner(table, prior=1.0, learning_events=4)
+    learner = NewItemLearner(table, _identity(table.dim), prior=1.0, learning_events=4)
     learner.observe(["new"], np.full((1, table.dim), np.nan, dtype=np.float32))
     assert learner.events_of("new") == 0
     learner.observe(["new"], np.ones((1, table.dim), dtype=np.float32))
@@ -63,7 +78,9 @@ def _new_item_like(artifacts_shop, category: str, item_id: str) -> CatalogItem:
     return CatalogItem(item_id, template["title"], category, 9.0, True, NOW, tuple(template["attributes"]))
 
 
-def _catalogued(artifacts: ModelArtifacts, shop, **settings: object) -> tuple[Pipeline, WorkerMetrics]:
+def _catalogued(
+    artifacts: ModelArtifacts, shop, new: CatalogItem, **settings: object
+) -> tuple[Pipeline, WorkerMetrics]:
     metrics = WorkerMetrics(CollectorRegistry())
     pipeline = Pipeline(Settings(top_k=20, random_seed=0, **settings), artifacts, metrics)
     items = [
@@ -72,7 +89,20 @@ def _catalogued(artifacts: ModelArtifacts, shop, **settings: object) -> tuple[Pi
         )
         for r in shop[1]
     ]
-    pipeline.apply_catalog(items, pipeline.text_vectors(items))
+    pipeline.apply_catalog([*items, new], pipeline.text_vectors([*items, new]))
+    # A running shop: enough warm users for the population's mean state the rows are told apart from.
+    records = [
+        SourceRecord(
+            orjson.dumps({"user_id": e.user_id, "item_id": e.item_id, "event_type": e.event_type.value, "ts": e.ts}),
+            e.user_id.encode(),
+            1,
+            offset,
+            received_at=NOW,
+        )
+        for offset, e in enumerate(shop[0][:4_000])
+    ]
+    for begin in range(0, len(records), 40):
+        pipeline.process(records[begin : begin + 40], now=NOW)
     return pipeline, metrics
 
 
@@ -94,9 +124,8 @@ def test_a_new_items_shoppers_pull_its_row_from_its_text_to_what_they_browse(
 ) -> None:
     categories = sorted({r["category"] for r in shop[1]})
     text_of, bought_with = categories[0], categories[1]
-    pipeline, metrics = _catalogued(artifacts, shop, new_item_learning_events=learning_events)
     new = _new_item_like(shop, text_of, "new-1")
-    pipeline.apply_catalog([new], pipeline.text_vectors([new]))
+    pipeline, metrics = _catalogued(artifacts, shop, new, new_item_learning_events=learning_events)
     first_row = pipeline.items.row_of["new-1"]
     _shoppers_of(pipeline, shop, "new-1", bought_with, users=16)
 
