@@ -325,6 +325,17 @@ def holdout_quality(x: np.ndarray, y: np.ndarray, ridge: float, holdout: float, 
     }
 
 
+def read_tensors(path: Path, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The numpy tensors and string metadata of a safetensors file; ValueError naming ``what`` when unreadable."""
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc}") from exc
+    return tensors, metadata
+
+
 @dataclass(frozen=True, eq=False)
 class ContentProjection:
     """A linear map from text vectors ``[t]`` to the collaborative item space ``[d]``, with rescaled outputs.
@@ -453,12 +464,7 @@ class ContentProjection:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no content projection at {path}")
-        try:
-            with safe_open(str(path), framework="numpy") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ValueError(f"cannot read content projection {path}: {exc}") from exc
+        tensors, metadata = read_tensors(path, "content projection")
         try:
             return cls._from_parts(tensors, metadata)
         except (KeyError, TypeError, ValueError) as exc:

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from streamrec.model.content import holdout_quality, ridge_regression
+from streamrec.model.content import holdout_quality, read_tensors, ridge_regression
 
 SHOPPERS_FORMAT = "streamrec.shopper_projection"
 SHOPPERS_FORMAT_VERSION = "1"
@@ -120,12 +119,7 @@ class ShopperProjection:
     @classmethod
     def load(cls, path: Path) -> ShopperProjection:
         """Read a map written by :meth:`save`; ValueError if the file is corrupt or inconsistent."""
-        try:
-            with safe_open(str(path), framework="numpy") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ValueError(f"cannot read shopper projection {path}: {exc}") from exc
+        tensors, metadata = read_tensors(path, "shopper projection")
         if metadata.get("format") != SHOPPERS_FORMAT or metadata.get("format_version") != SHOPPERS_FORMAT_VERSION:
             raise ValueError(f"{path} is not a shopper projection of format version {SHOPPERS_FORMAT_VERSION}")
         try:

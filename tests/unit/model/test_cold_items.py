@@ -18,7 +18,7 @@ from streamrec.model.config import TrainConfig
 from streamrec.model.content import embed_items, load_encoder
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import Event, EventType
-from streamrec.model.shoppers import ShopperProjection, learned_rows
+from streamrec.model.shoppers import ShopperProjection
 from streamrec.model.train import train_artifacts
 
 from .test_train import N_CATEGORIES, PER_CATEGORY, structured_log
@@ -122,36 +122,6 @@ def test_items_without_text_are_never_ranked_and_a_model_that_saw_them_is_refuse
     other = HeldOutItems.choose(log, 0.2, seed=1)
     with pytest.raises(ValueError, match="trained on"):
         evaluate_cold_items(log, artifacts, other, None)
-
-
-def test_shoppers_move_a_new_item_from_its_text_to_their_row_as_their_count_grows() -> None:
-    content = np.array([[2.0, 0.0], [0.0, 0.0], [0.0, 0.0], [2.0, 0.0]], dtype=np.float32)
-    shoppers = np.array([[0.0, 4.0], [0.0, 3.0], [0.0, 0.0], [0.0, 4.0]], dtype=np.float32)
-    rows = learned_rows(content, shoppers, np.array([0.0, 3.0, 0.0, 1.0]), prior=1.0)
-    assert rows[0].tolist() == [2.0, 0.0]  # no shopper yet: its text alone
-    assert rows[1].tolist() == [0.0, 3.0]  # no text: its shoppers alone
-    assert rows[2].tolist() == [0.0, 0.0]  # neither: no row, never recommended
-    assert rows[3].tolist() == [1.0, 2.0]  # one shopper weighs as much as the text (prior 1)
-
-
-def test_the_shoppers_map_is_fitted_where_rows_are_known_and_measured_on_held_out_items() -> None:
-    rng = np.random.default_rng(0)
-    states = rng.standard_normal((400, 8))
-    true_map = rng.standard_normal((8, 8))
-    population = np.full(8, 0.5)
-    rows = (states - population) @ true_map
-    counts = rng.integers(1, 5, 400).astype(float)
-    projection = ShopperProjection.fit(states * counts[:, None], counts, population, rows)
-    assert projection.quality["holdout_cosine"] > 0.99 and projection.quality["items"] == 400
-    projected = projection.project(states[:3] * 2, np.full(3, 2.0))
-    everyone = population / np.linalg.norm(population)
-    assert np.allclose(projected @ everyone, projection.typical_reach)  # no more reach than a typical trained row
-    assert projection.typical_reach == pytest.approx(np.median(rows @ everyone))
-    specific = projected - np.outer(projected @ everyone, everyone)
-    true_specific = rows[:3] - np.outer(rows[:3] @ everyone, everyone)
-    cosines = np.sum(specific * true_specific, axis=1) / np.linalg.norm(specific, axis=1)
-    assert (cosines / np.linalg.norm(true_specific, axis=1)).min() > 0.95  # the direction of the true rows
-    assert not projection.project(states[:1], np.zeros(1)).any()  # no shopper: no row
 
 
 def test_a_row_learns_only_from_interactions_before_the_moment_it_is_used() -> None:
