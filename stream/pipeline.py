@@ -262,7 +262,13 @@ class Pipeline:
             self._observe_lists(answered, by_variant, chosen)
         if any(model.new_items.due for model in self.models):
             with clock("learn"):
-                self._move_new_items()
+                try:
+                    self._move_new_items()
+                except Exception:
+                    log.exception("moving live items to their learned rows failed")
+                    self.metrics.pipeline_errors.labels("learn").inc()
+                    for model in self.models:  # whatever moved is served: the views must follow the tables
+                        model.items_grew()
         with clock("state"):
             state_updates, tombstones = self.publisher.state_updates(answered, forgotten, evicted)
             shared = self.deltas.take(self.settings.aggregates_topic) if self.deltas else []
@@ -316,19 +322,32 @@ class Pipeline:
             return {}, {}
         if learning:
             with clock("learn"):
-                self._learn_new_items(model, user_ids, users, learning)
+                try:
+                    self._learn_new_items(model, user_ids, users, learning)
+                except Exception:  # a new item learns later; the batch's lists go out
+                    log.exception("learning live items from %d users failed", len(learning))
+                    self.metrics.pipeline_errors.labels("learn").inc()
         return ranked, {user_id: len(user.history) for user_id, user in zip(user_ids, users, strict=True)}
 
     def _new_item_events(
         self, accepted: Sequence[tuple[SourceRecord, Event | Command]], triggers: Mapping[str, Trigger]
     ) -> dict[str, list[str]]:
-        """The live items each answered user's events of the batch landed on, where their model still learns them."""
-        learning: dict[str, list[str]] = {}
+        """The live items each answered user's interactions of the batch opened, where their model still learns
+        them: a view, click and buy of one item in a row are one shopper, as in the offline protocol."""
+        events: dict[str, list[str]] = {}
         for _, event in accepted:
             if isinstance(event, Event) and event.user_id in triggers:
-                model = self._models_of[triggers[event.user_id].variant]
-                if model.new_items.learns(event.item_id):
-                    learning.setdefault(event.user_id, []).append(event.item_id)
+                events.setdefault(event.user_id, []).append(event.item_id)
+        learning: dict[str, list[str]] = {}
+        for user_id, items in events.items():
+            trigger = triggers[user_id]
+            learner = self._models_of[trigger.variant].new_items
+            recent = trigger.state.recent  # holds this batch's events last
+            previous = recent[-len(items) - 1].item_id if len(recent) > len(items) else None
+            for item_id in items:
+                if item_id != previous and learner.learns(item_id):
+                    learning.setdefault(user_id, []).append(item_id)
+                previous = item_id
         return learning
 
     @staticmethod

@@ -143,3 +143,18 @@ def test_a_new_items_shoppers_pull_its_row_from_its_text_to_what_they_browse(
     assert items.row_of["new-1"] == first_row + 5 and not items.index.is_available(first_row)
     assert toward[bought_with] > toward[text_of]  # its shoppers, not its title, now say what it is
     assert pipeline.primary.model.new_items.events_of("new-1") == 16
+
+
+def test_a_shoppers_view_click_and_buy_of_a_new_item_count_once(artifacts: ModelArtifacts, shop) -> None:
+    categories = sorted({r["category"] for r in shop[1]})
+    new = _new_item_like(shop, categories[0], "new-1")
+    pipeline, _ = _catalogued(artifacts, shop, new)
+    peers = [r["item_id"] for r in shop[1] if r["category"] == categories[1]]
+    funnel = [(peers[0], "view"), (peers[1], "view"), ("new-1", "view"), ("new-1", "click"), ("new-1", "buy")]
+    for offset, (item, kind) in enumerate(funnel, start=1):
+        body = {"user_id": "f", "item_id": item, "event_type": kind, "ts": NOW - 100 + offset}
+        pipeline.process([SourceRecord(orjson.dumps(body), b"f", 2, offset, received_at=NOW)], now=NOW)
+    two = [SourceRecord(orjson.dumps({"user_id": "g", "item_id": i, "event_type": k, "ts": NOW - 50 + o}), b"g", 2,
+                        10 + o, received_at=NOW) for o, (i, k) in enumerate(funnel)]  # fmt: skip
+    pipeline.process(two, now=NOW)  # the same funnel in one batch
+    assert pipeline.primary.model.new_items.events_of("new-1") == 2
