@@ -35,7 +35,9 @@ SHOPPER_COUNTS = (1, 2, 4, 8, 16, 32)
 
 @dataclass(frozen=True, eq=False)
 class ShopperProjection:
-    """``(mean shopper state − population_mean) @ weights + bias``: a new item's row from its shoppers."""
+    """A new item's row from its shoppers: ``(mean shopper state − population_mean) @ weights + bias``, served at
+    a trained row's length and with a typical trained row's component along the population's mean state
+    (:meth:`project`)."""
 
     weights: np.ndarray  # float32 [d, d]
     bias: np.ndarray  # float32 [d]

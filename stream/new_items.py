@@ -63,9 +63,8 @@ class NewItemLearner:
         moved = 0
         for item_id in sorted(self._due):
             content = self.items.content_of.get(item_id)
-            if content is None:
+            if content is None or self.projection is None:
                 continue
-            assert self.projection is not None  # nothing is due without one
             sums, counts = self._sums[item_id][None, :], np.array([float(self._counts[item_id])])
             row = learned_rows(content[None, :], self.projection.project(sums, counts), counts, self.prior)[0]
             moved += self.items.move(item_id, row) is not None
@@ -73,5 +72,5 @@ class NewItemLearner:
         return moved
 
     def events_of(self, item_id: str) -> int:
-        """Events learned from so far on ``item_id``."""
+        """Shoppers learned from so far on ``item_id`` (a funnel on it counts once)."""
         return self._counts.get(item_id, 0)
