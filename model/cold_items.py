@@ -42,7 +42,7 @@ import numpy as np
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import Histories, blend_scores
 from streamrec.model.config import DEFAULT_SHOPPER_PRIOR
-from streamrec.model.content import embed_items, load_encoder
+from streamrec.model.content import item_text, load_encoder
 from streamrec.model.evaluate import RankerScorer
 from streamrec.model.event_log import EventLog
 from streamrec.model.metrics import summarize, target_ranks
@@ -315,8 +315,8 @@ def content_rows(
     rows = np.zeros((len(items), artifacts.dim), dtype=np.float32)
     if described:
         encoder = load_encoder(artifacts.content.encoder_name)
-        texts = [records[items[k]] for k in described]
-        rows[described] = embed_items(texts, encoder, artifacts.content) * np.float32(artifacts.content.confidence)
+        texts = encoder.encode([item_text(records[items[k]]) for k in described])
+        rows[described] = artifacts.content.served_rows(texts)
     return rows
 
 

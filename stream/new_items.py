@@ -37,6 +37,11 @@ class NewItemLearner:
         self._counts: dict[str, int] = {}
         self._due: set[str] = set()
 
+    @property
+    def active(self) -> bool:
+        """Whether any event could teach a row: learning is on and the table holds live items."""
+        return self.learning_events > 0 and self.items.n_live > 0
+
     def learns(self, item_id: str) -> bool:
         """Whether an event on ``item_id`` would teach its row anything: a live item still short of the limit."""
         row = self.items.row_of.get(item_id)

@@ -334,6 +334,8 @@ class Pipeline:
     ) -> dict[str, list[str]]:
         """The live items each answered user's interactions of the batch opened, where their model still learns
         them: a view, click and buy of one item in a row are one shopper, as in the offline protocol."""
+        if not any(model.new_items.active for model in self.models):
+            return {}  # the common case: nothing to read the batch for
         events: dict[str, list[str]] = {}
         for _, event in accepted:
             if isinstance(event, Event) and event.user_id in triggers:
