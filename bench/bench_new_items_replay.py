@@ -8,8 +8,10 @@ Usage::
 Reads what ``bench/bench_cold_items.py --dataset <d>`` left in ``bench/results/cold_items/<d>/`` (the event log, the
 catalogue and the model trained with a tenth of the items held out) and replays the whole log through the real
 ``Pipeline`` (no broker), once per setting: exploration on (the default share) or off, and learning from shoppers on
-(``new_item_learning_events``, default) or off. The trained items' catalogue records are applied first; the
-held-out items are listed at the start of the replay, as a collection dropped into a running shop. Events go in
+(``new_item_learning_events``, default) or off, and learning with its rows served at their expected length
+(``new_item_optimism=0``) rather than a trained row's full length. The trained items' catalogue records are
+applied first; the held-out items are listed at the start of the replay, as a collection dropped into a running
+shop. Events go in
 time order, ``--batch`` at a time, as a worker consumes them: a user with several events in a batch is answered
 once, for the latest, and each event is checked against the list the user was last shown before its batch.
 
@@ -36,6 +38,7 @@ RESULTS = REPO / "bench" / "results" / "cold_items"
 DOCS = REPO / "docs" / "eval"
 SETTINGS = {
     "exploration+learning": {},
+    "exploration+learning, expected length": {"new_item_optimism": 0.0},
     "exploration only": {"new_item_learning_events": 0},
     "learning only": {"exploration_share": 0.0},
     "neither": {"exploration_share": 0.0, "new_item_learning_events": 0},
@@ -150,12 +153,12 @@ def main() -> None:
     for name, overrides in SETTINGS.items():
         results[name] = replay(directory, overrides, args.batch)
         print(f"{name}: {results[name]['seconds']} s", flush=True)
-    header = f"{'setting':<22}{'recommended':>12}{'median wait':>12}{'shown first':>12}{'new slots':>10}{'HR@10':>8}"
+    header = f"{'setting':<40}{'recommended':>12}{'median wait':>12}{'shown first':>12}{'new slots':>10}{'HR@10':>8}"
     print(header)
     for name, r in results.items():
         wait = r["events_to_first_recommendation"]["median"]
         print(
-            f"{name:<22}{r['new_items_recommended']:>6}/{r['new_items']:<5}{wait if wait is not None else '-':>12}"
+            f"{name:<40}{r['new_items_recommended']:>6}/{r['new_items']:<5}{wait if wait is not None else '-':>12}"
             f"{r['shown_first']:>6}/{r['new_item_interactions']:<5}{r['new_item_slot_share']:>10.4f}"
             f"{r['hr@10_next_event']:>8.4f}"
         )

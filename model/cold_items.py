@@ -41,7 +41,7 @@ import numpy as np
 
 from streamrec.model.artifacts import ModelArtifacts
 from streamrec.model.baselines import Histories, blend_scores
-from streamrec.model.config import DEFAULT_SHOPPER_PRIOR
+from streamrec.model.config import DEFAULT_OPTIMISM, DEFAULT_SHOPPER_PRIOR
 from streamrec.model.content import item_text, load_encoder
 from streamrec.model.evaluate import RankerScorer
 from streamrec.model.event_log import EventLog
@@ -198,9 +198,11 @@ def evaluate_cold_items(
     seed: int = 0,
     batch_targets: int = BATCH_TARGETS,
     shopper_prior: float = DEFAULT_SHOPPER_PRIOR,
+    optimism: float = DEFAULT_OPTIMISM,
 ) -> dict[str, Any]:
     """The protocol's report for ``artifacts`` trained without ``held`` (see the module docstring); targets are
-    ranked ``batch_targets`` at a time, in time order, and the shoppers' rows refreshed between batches.
+    ranked ``batch_targets`` at a time, in time order, and the shoppers' rows refreshed between batches, served
+    with ``optimism`` (:meth:`ShopperProjection.with_optimism`) as a worker's ``new_item_optimism`` serves them.
 
     ``content_rows``: float32 ``[len(held.items), dim]``, the row the worker gives each held-out item from its
     catalogue text (all-zero: none); None when the model has no content projection or there is no catalogue.
@@ -231,7 +233,8 @@ def evaluate_cold_items(
     ranker = RankerScorer(artifacts.ranker, artifacts.ranker.config.max_len)
     shoppers = None
     if artifacts.shoppers is not None:
-        shoppers = _Shoppers(placements.get("content"), n_new, artifacts.shoppers, shopper_prior)
+        projection = artifacts.shoppers.with_optimism(optimism)
+        shoppers = _Shoppers(placements.get("content"), n_new, projection, shopper_prior)
     times = targets.split.timestamps[targets.positions]
     in_time_order = np.argsort(times, kind="stable")
     for begin in range(0, len(targets.positions), batch_targets):
@@ -267,6 +270,8 @@ def evaluate_cold_items(
         "new_items_with_content": with_content if content_rows is not None else None,
         "targets": len(targets.positions),
         "targets_without_trained_history": targets.without_trained_history,
+        "shopper_prior": shopper_prior,
+        "optimism": optimism,
         "results": {
             name: {scope: summarize(np.concatenate(parts)) if parts else None for scope, parts in by.items()}
             for name, by in ranks.items()

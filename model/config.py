@@ -34,6 +34,9 @@ EVAL_MAX_SCORES = 2_000_000_000
 # Weight of a new item's content row against its shoppers' mean state, in interactions (content.learned_rows): not
 # tuned, one interaction's worth, so the first shopper already counts as much as the text.
 DEFAULT_SHOPPER_PRIOR = 1.0
+# How far beyond their expected length new items' learned rows are served (ShopperProjection.with_optimism): a
+# trained row's full length, the behaviour measured first, until a length is chosen on a validation simulation.
+DEFAULT_OPTIMISM = 1.0
 
 
 class TrainConfig(BaseModel):
@@ -95,6 +98,17 @@ class TrainConfig(BaseModel):
         ge=1,
         description="With `refit`: unset trains a fresh model for as many epochs as early stopping chose; a number "
         "trains the early-stopped model on for that many more epochs instead (a fraction of the time).",
+    )
+    refit_resume: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="With `refit` (and `refit_epochs` unset): the share of the chosen epochs the refit takes from "
+        "the first fit. It resumes the first fit's weights after epoch ⌊share · best⌋ and trains the remaining "
+        "epochs on every interaction, the validation items included; until early stopping ends, the epochs it may "
+        "resume from are kept in a temporary directory (about (1 − share) · epochs copies of the weights). 0 "
+        "trains a fresh model for all of them; 0.5 on Yelp's held-out items: 4 % lower ranker NDCG@10 for half the "
+        "refit's epochs (README, training time).",
     )
     validation_users: float = Field(
         0.0,

@@ -286,7 +286,7 @@ def ridge_regression(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.nda
     return weights, y_mean - x_mean @ weights
 
 
-def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine of each row of ``a`` with the same row of ``b`` (0 where either row is zero)."""
     denominator = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     dots = np.einsum("ij,ij->i", a, b)
@@ -305,23 +305,33 @@ def _hit_rate(predictions: np.ndarray, rows: np.ndarray, targets: np.ndarray, k:
     return hits / len(predictions)
 
 
-def holdout_quality(x: np.ndarray, y: np.ndarray, ridge: float, holdout: float, seed: int) -> dict[str, float]:
-    """Fit on all but a random ``holdout`` share of the items and score the predictions on the rest."""
+def holdout_predictions(
+    x: np.ndarray, y: np.ndarray, ridge: float, holdout: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(held, kept, predictions): a random ``holdout`` share of the items (``held``, sorted, possibly empty) and
+    the rest's ridge regression's predictions for them."""
     n = len(x)
     n_holdout = min(max(1, round(n * holdout)), n - 2) if holdout > 0 else 0
-    if n_holdout < 1:
-        return {"n_train": n, "n_holdout": 0}
     order = np.random.default_rng(seed).permutation(n)
-    held, kept = np.sort(order[:n_holdout]), order[n_holdout:]
+    held, kept = np.sort(order[: max(0, n_holdout)]), order[max(0, n_holdout) :]
+    if len(held) == 0:
+        return held, kept, np.zeros((0, y.shape[1]))
     weights, bias = ridge_regression(x[kept], y[kept], ridge)
-    predictions = x[held] @ weights + bias
+    return held, kept, x[held] @ weights + bias
+
+
+def holdout_quality(x: np.ndarray, y: np.ndarray, ridge: float, holdout: float, seed: int) -> dict[str, float]:
+    """Fit on all but a random ``holdout`` share of the items and score the predictions on the rest."""
+    held, kept, predictions = holdout_predictions(x, y, ridge, holdout, seed)
+    if len(held) == 0:
+        return {"n_train": len(x), "n_holdout": 0}
     mean_item = np.broadcast_to(y[kept].mean(axis=0), predictions.shape)
     return {
-        "n_train": n - n_holdout,
-        "n_holdout": n_holdout,
-        "holdout_cosine": float(_row_cosines(predictions, y[held]).mean()),
-        "holdout_cosine_mean_item": float(_row_cosines(mean_item, y[held]).mean()),
-        f"holdout_hit_rate@{HIT_RATE_K}": _hit_rate(predictions, held, y, min(HIT_RATE_K, n)),
+        "n_train": len(kept),
+        "n_holdout": len(held),
+        "holdout_cosine": float(row_cosines(predictions, y[held]).mean()),
+        "holdout_cosine_mean_item": float(row_cosines(mean_item, y[held]).mean()),
+        f"holdout_hit_rate@{HIT_RATE_K}": _hit_rate(predictions, held, y, min(HIT_RATE_K, len(x))),
     }
 
 

@@ -18,19 +18,25 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.numpy import save_file
 
-from streamrec.model.content import holdout_quality, read_tensors, ridge_regression
+from streamrec.model.content import holdout_predictions, holdout_quality, read_tensors, ridge_regression, row_cosines
 
 SHOPPERS_FORMAT = "streamrec.shopper_projection"
-SHOPPERS_FORMAT_VERSION = "1"
+SHOPPERS_FORMAT_VERSION = "2"
+#: Versions still read: version 1 has no confidence per shopper count and is served at full length, as it was.
+READABLE_VERSIONS = ("1", SHOPPERS_FORMAT_VERSION)
 #: The shopper counts the map is fitted on, one drawn per trained item: those a live item is learned at.
 SHOPPER_COUNTS = (1, 2, 4, 8, 16, 32)
+#: Held-out items a shopper count needs for a confidence of its own; fewer take the overall held-out cosine.
+MIN_ITEMS_PER_COUNT = 5
+#: The shortest a row is served at, as a share of a trained row's length.
+MIN_CONFIDENCE = 0.05
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +51,8 @@ class ShopperProjection:
     target_norm: float  # median length of the trained rows: every projected row is served at it
     typical_reach: float = 0.0  # median of the trained rows' components along the population's mean state
     quality: dict[str, float] = field(default_factory=dict)
+    # float32 [len(SHOPPER_COUNTS)]: share of the length a row is served at, by shopper count (held-out cosine)
+    confidence: np.ndarray = field(default_factory=lambda: np.ones(len(SHOPPER_COUNTS), dtype=np.float32))
 
     def __post_init__(self) -> None:
         weights = np.ascontiguousarray(self.weights, dtype=np.float32)
@@ -61,10 +69,19 @@ class ShopperProjection:
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "bias", bias)
         object.__setattr__(self, "population_mean", population)
+        confidence = np.ascontiguousarray(self.confidence, dtype=np.float32)
+        if confidence.shape != (len(SHOPPER_COUNTS),) or not np.all((confidence > 0) & (confidence <= 1)):
+            raise ValueError(f"confidence must be {len(SHOPPER_COUNTS)} shares in (0, 1], got {confidence!r}")
+        object.__setattr__(self, "confidence", confidence)
 
     @property
     def dim(self) -> int:
         return int(self.weights.shape[1])
+
+    def with_optimism(self, optimism: float) -> ShopperProjection:
+        """This map serving rows ``optimism`` of the way from their expected length (:attr:`confidence`, 0) to a
+        trained row's full length (1)."""
+        return replace(self, confidence=self.confidence + optimism * (1.0 - self.confidence))
 
     @classmethod
     def fit(
@@ -84,17 +101,20 @@ class ShopperProjection:
         x = state_sums[seen] / counts[seen, None] - population_mean[None, :]
         y = np.asarray(item_embeddings, dtype=np.float64)[seen]
         quality = holdout_quality(x, y, ridge, 0.1, seed)
+        confidence = held_out_confidence(x, y, counts[seen], ridge, seed)
+        quality |= {f"holdout_cosine_{n}_shoppers": float(c) for n, c in zip(SHOPPER_COUNTS, confidence, strict=True)}
         weights, bias = ridge_regression(x, y, ridge)
         target_norm = float(np.median(np.linalg.norm(y, axis=1)))
         everyone = population_mean / max(float(np.linalg.norm(population_mean)), 1e-12)
         reach = float(np.median(np.asarray(item_embeddings, dtype=np.float64) @ everyone))
         quality |= {"items": int(np.count_nonzero(seen))}
-        return cls(weights, bias, population_mean, target_norm, reach, quality)
+        return cls(weights, bias, population_mean, target_norm, reach, quality, confidence)
 
     def project(self, state_sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """float32 ``[n, d]``: the rows ``counts`` shoppers with states summing to ``state_sums`` say, at
-        :attr:`target_norm` (a ridge prediction is shorter than the rows it was fitted on, and a row's length is
-        what lets it compete with trained items); all-zero where the count is 0."""
+        :attr:`target_norm` times the :attr:`confidence` of their count (a ridge prediction is shorter than the
+        rows it was fitted on, a row's length is what lets it compete with trained items, and a row read from one
+        shopper is a guess that should compete as one); all-zero where the count is 0."""
         counts = np.asarray(counts, dtype=np.float64)
         means = np.asarray(state_sums, dtype=np.float64) / np.maximum(counts, 1)[:, None]
         rows = (means - self.population_mean) @ self.weights + self.bias
@@ -104,6 +124,7 @@ class ShopperProjection:
         # a handful of shoppers would put the item in every list.
         everyone = self.population_mean / max(float(np.linalg.norm(self.population_mean)), 1e-12)
         rows += np.outer(self.typical_reach - rows @ everyone, everyone)
+        rows *= self.confidence[count_slots(counts)][:, None]
         rows[counts <= 0] = 0.0
         return rows.astype(np.float32)
 
@@ -115,15 +136,21 @@ class ShopperProjection:
             "typical_reach": repr(self.typical_reach),
             "quality": json.dumps(self.quality, sort_keys=True),
         }
-        tensors = {"weights": self.weights, "bias": self.bias, "population_mean": self.population_mean}
+        tensors = {
+            "weights": self.weights,
+            "bias": self.bias,
+            "population_mean": self.population_mean,
+            "confidence": self.confidence,
+        }
         save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
     def load(cls, path: Path) -> ShopperProjection:
         """Read a map written by :meth:`save`; ValueError if the file is corrupt or inconsistent."""
         tensors, metadata = read_tensors(path, "shopper projection")
-        if metadata.get("format") != SHOPPERS_FORMAT or metadata.get("format_version") != SHOPPERS_FORMAT_VERSION:
-            raise ValueError(f"{path} is not a shopper projection of format version {SHOPPERS_FORMAT_VERSION}")
+        if metadata.get("format") != SHOPPERS_FORMAT or metadata.get("format_version") not in READABLE_VERSIONS:
+            raise ValueError(f"{path} is not a shopper projection of format version {', '.join(READABLE_VERSIONS)}")
+        full_length = np.ones(len(SHOPPER_COUNTS), dtype=np.float32)
         try:
             return cls(
                 tensors["weights"],
@@ -132,9 +159,36 @@ class ShopperProjection:
                 float(metadata["target_norm"]),
                 float(metadata["typical_reach"]),
                 json.loads(metadata["quality"]),
+                tensors.get("confidence", full_length) if metadata["format_version"] != "1" else full_length,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"invalid shopper projection {path}: {exc}") from exc
+
+
+def count_slots(counts: np.ndarray) -> np.ndarray:
+    """Each shopper count's slot in :data:`SHOPPER_COUNTS`: the largest listed count not above it (1 below 1)."""
+    slots = np.floor(np.log2(np.maximum(np.asarray(counts, dtype=np.float64), 1.0))).astype(np.int64)
+    return np.minimum(slots, len(SHOPPER_COUNTS) - 1)
+
+
+def held_out_confidence(x: np.ndarray, y: np.ndarray, counts: np.ndarray, ridge: float, seed: int) -> np.ndarray:
+    """float32 ``[len(SHOPPER_COUNTS)]``: the mean cosine of held-out rows to their shoppers' ridge prediction, by
+    shopper count (the tenth :func:`holdout_quality` holds out). A count with fewer than
+    :data:`MIN_ITEMS_PER_COUNT` held-out items takes the overall mean; more shoppers never mean less confidence.
+
+    Serving a row at its prediction's expected cosine makes its scores what they are expected to be: ``v · r`` of the
+    true row ``r`` is ``cos · |r| · (v · r̂)`` on average when its error is orthogonal to the prediction ``r̂``."""
+    held, _, predictions = holdout_predictions(x, y, ridge, 0.1, seed)
+    cosines = row_cosines(predictions, y[held])
+    slots = count_slots(counts[held])
+    overall = float(cosines.mean())
+    by_count = np.array(
+        [
+            float(cosines[slots == slot].mean()) if np.count_nonzero(slots == slot) >= MIN_ITEMS_PER_COUNT else overall
+            for slot in range(len(SHOPPER_COUNTS))
+        ]
+    )
+    return np.clip(np.maximum.accumulate(by_count), MIN_CONFIDENCE, 1.0).astype(np.float32)
 
 
 def learned_rows(content: np.ndarray, shopper_rows: np.ndarray, counts: np.ndarray, prior: float) -> np.ndarray:

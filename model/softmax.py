@@ -92,7 +92,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             log_norms[rows] = (top + sums.log()).squeeze(1)
             gradient = exponentials.mul_(weights[rows].unsqueeze(1) / sums).to(products)  # weighted softmax
             grad_hidden[rows] = gradient @ right
-            grad_table += gradient.T @ left[rows]
+            if gradient.dtype == grad_table.dtype:  # summed inside the product: no [n_items, dim] temporary
+                grad_table.addmm_(gradient.T, left[rows])
+            else:
+                grad_table += gradient.T @ left[rows]
         losses = log_norms - (hidden * table[targets]).sum(-1)
         if grad_hidden is not None and grad_table is not None:
             # The one-hot part of softmax − one_hot, for every chunk at once.

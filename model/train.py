@@ -17,6 +17,7 @@ stopping, the last one gives the test metrics recorded in the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -63,6 +64,7 @@ from streamrec.model.event_log import EventLog
 from streamrec.model.events import EVENT_TYPES
 from streamrec.model.metrics import hit_rate, ndcg, summarize, target_ranks
 from streamrec.model.ranker import PAD, RankerConfig, SequenceRanker
+from streamrec.model.resume_points import ResumePoints, resume_epoch
 from streamrec.model.segments import Segments, fit_segments
 from streamrec.model.shoppers import ShopperProjection, draw_caps, shopper_states
 from streamrec.model.softmax import Softmax, retrieval_softmax_for, softmax_for
@@ -143,21 +145,19 @@ def train_artifacts(
     model = SequenceRanker(ranker_config(config, len(item_ids)))
     softmax = softmax_for(config, windows.target_counts(len(item_ids)), config.seed)
     valid_users = validation_sample(split.n_users, len(item_ids), config)
-    history, best_epoch = _fit(model, windows, split, config, rng, progress, softmax, valid_users)
-    peaks.mark("fit")
-    model.eval()
-    # The item-kNN's weight is chosen on the validation split, so by the model early stopping chose there.
-    item_knn, blend_manifest = fit_blend(RankerScorer(model, config.max_len), split, len(item_ids), config)
-    peaks.mark("blend")
-    refit_manifest: dict[str, Any] = {}
-    if config.refit and config.validation_users == 0:
-        if config.refit_epochs is None:
-            model, refit_manifest = _refit(split, config, len(item_ids), best_epoch, progress)
-        else:
-            temperature = history[best_epoch - 1]["retrieval_temperature"]
-            start = (model, temperature)
-            model, refit_manifest = _refit(split, config, len(item_ids), config.refit_epochs, progress, start)
-        peaks.mark("refit")
+    refitting = config.refit and config.validation_users == 0
+    resuming = refitting and config.refit_epochs is None and config.refit_resume > 0
+    with ResumePoints(config.refit_resume) if resuming else contextlib.nullcontext() as resume_points:
+        history, best_epoch = _fit(model, windows, split, config, rng, progress, softmax, valid_users, resume_points)
+        peaks.mark("fit")
+        model.eval()
+        # The item-kNN's weight is chosen on the validation split, so by the model early stopping chose there.
+        item_knn, blend_manifest = fit_blend(RankerScorer(model, config.max_len), split, len(item_ids), config)
+        peaks.mark("blend")
+        refit_manifest: dict[str, Any] = {}
+        if refitting:
+            model, refit_manifest = _refit_after_fit(model, split, config, best_epoch, history, resume_points, progress)
+            peaks.mark("refit")
     train_seconds = time.perf_counter() - started
 
     test_users = evaluation_users(split.n_users, len(item_ids), config)
@@ -706,8 +706,10 @@ def _fit(
     progress: bool,
     softmax: Softmax,
     eval_users: np.ndarray,
+    resume_points: ResumePoints | None = None,
 ) -> tuple[list[dict[str, float]], int]:
-    """Train with early stopping on validation NDCG@10 of the ranker; leaves the best epoch's weights loaded."""
+    """Train with early stopping on validation NDCG@10 of the ranker; leaves the best epoch's weights loaded, and
+    in ``resume_points`` those of the epochs a refit may resume from."""
     trainer = _Trainer(model, windows, config, softmax)
     history: list[dict[str, float]] = []
     stopping = EarlyStopping(model, config.patience, config.time_budget_s)
@@ -729,7 +731,10 @@ def _fit(
         history.append(record)
         epochs.set_postfix(loss=f"{record['loss']:.3f}", val_ndcg=f"{record['val_ranker_NDCG@10']:.4f}")
         logger.debug("epoch %d: %s", epoch, record)
-        if stopping.should_stop(epoch, record["val_ranker_NDCG@10"]):
+        stop = stopping.should_stop(epoch, record["val_ranker_NDCG@10"])
+        if resume_points is not None:
+            resume_points.after_epoch(epoch, stopping.best_epoch, model, record["retrieval_temperature"])
+        if stop:
             break
     stopping.restore_best()
     model.item_embedding.sparse = False
@@ -805,21 +810,45 @@ class _Trainer:
         return {"loss": loss, "ranking_loss": ranking, "retrieval_loss": retrieval}
 
 
+def _refit_after_fit(
+    model: SequenceRanker,
+    split: LeaveOneOutSplit,
+    config: TrainConfig,
+    best_epoch: int,
+    history: list[dict[str, float]],
+    resume_points: ResumePoints | None,
+    progress: bool,
+) -> tuple[SequenceRanker, dict[str, Any]]:
+    """The refit ``config`` asks for once early stopping chose ``best_epoch`` (``model`` holds its weights): the
+    early-stopped model trained on for ``refit_epochs``, the first fit resumed from epoch ``⌊refit_resume ·
+    best⌋`` for the remaining epochs, or a fresh model trained for ``best_epoch`` epochs."""
+    n_items = model.config.n_items
+    if config.refit_epochs is not None:
+        start = (model, history[best_epoch - 1]["retrieval_temperature"], "the early-stopped model")
+        return _refit(split, config, n_items, config.refit_epochs, progress, start)
+    resumed = resume_epoch(config.refit_resume, best_epoch)
+    if resume_points is None or resumed == 0:
+        return _refit(split, config, n_items, best_epoch, progress)
+    temperature = resume_points.load(resumed, model)
+    start = (model, temperature, f"the first fit's epoch {resumed}")
+    return _refit(split, config, n_items, best_epoch - resumed, progress, start)
+
+
 def _refit(
     split: LeaveOneOutSplit,
     config: TrainConfig,
     n_items: int,
     epochs: int,
     progress: bool,
-    start: tuple[SequenceRanker, float] | None = None,
+    start: tuple[SequenceRanker, float, str] | None = None,
 ) -> tuple[SequenceRanker, dict[str, Any]]:
     """A model trained for ``epochs`` epochs on every interaction before each user's test item, the validation
     items included: what early stopping chose, learned from the users' latest interactions too.
 
-    Without ``start`` it is a fresh model from the seed's initial weights; with ``start`` (the early-stopped model
-    and its interest-vector temperature) that model trained on in place. Either draws its batches from its own
-    seeded generator, so the published model depends on the epochs chosen, not on how many the first fit ran past
-    them."""
+    Without ``start`` it is a fresh model from the seed's initial weights; with ``start`` (a model of the first
+    fit, its interest-vector temperature and what it is, for the manifest) that model trained on in place, with
+    fresh optimizer state. Either draws its batches from its own seeded generator, so the published model depends
+    on the epochs chosen, not on how many the first fit ran past them."""
     started = time.perf_counter()
     rng = np.random.default_rng([config.seed, 1])
     windows = training_windows(split, config, before="test")
@@ -840,7 +869,7 @@ def _refit(
     model.item_embedding.sparse = False
     return model, {
         "epochs": epochs,
-        "from": "fresh weights" if start is None else "the early-stopped model",
+        "from": "fresh weights" if start is None else start[2],
         "training_windows": len(windows),
         "seconds": round(time.perf_counter() - started, 2),
         "history": losses,

@@ -48,8 +48,9 @@ class ServedModel:
         self.ranker = served_ranker(with_compressed_ranker(artifacts, settings.ranker_compression), self.items)
         # The shoppers' map was fitted on the trained ranker's states: live items learn from those.
         self.state_encoder, self.max_history = artifacts.ranker, artifacts.ranker.config.max_len
+        shoppers = artifacts.shoppers.with_optimism(settings.new_item_optimism) if artifacts.shoppers else None
         self.new_items = NewItemLearner(
-            self.items, artifacts.shoppers, settings.new_item_shopper_prior, settings.new_item_learning_events
+            self.items, shoppers, settings.new_item_shopper_prior, settings.new_item_learning_events
         )
         self.co_occurrence = co_occurrence_of(self.covisitation, artifacts.item_knn)
         self.segments = artifacts.segments

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamrec.index.params import DEFAULT_EF_SEARCH, DEFAULT_N_CANDIDATES
-from streamrec.model.config import DEFAULT_SHOPPER_PRIOR, RankerCompression, TrainConfig
+from streamrec.model.config import DEFAULT_OPTIMISM, DEFAULT_SHOPPER_PRIOR, RankerCompression, TrainConfig
 from streamrec.model.events import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIFE_S, checked_event_weights
 
 #: Settings an A/B variant may change: those that only shape what its users are shown. Everything else (topics,
@@ -318,6 +318,15 @@ class Settings(BaseSettings):
         gt=0,
         description="Weight of a live item's content row against the mean state of its shoppers, in events: at "
         "this many events the two count alike.",
+    )
+    new_item_optimism: float = Field(
+        DEFAULT_OPTIMISM,
+        ge=0,
+        le=1,
+        description="How far beyond its expected score a live item's learned row is served. 0: at the length the "
+        "shopper map's held-out cosine for its count of shoppers gives, the score the row is expected to earn "
+        "(README, new items: the rest of the catalogue pays nothing measurable); 1: at a trained row's full "
+        "length, which shows new items to far more of their shoppers at a cost in hit rate for everything else.",
     )
     cold_start_prior_events: float = Field(
         0.5,

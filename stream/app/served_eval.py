@@ -87,7 +87,9 @@ def evaluate(
     if held is not None:
         rows = content_rows(held.items, artifacts, catalog)
         prior = settings.new_item_shopper_prior
-        report["cold_items"] = evaluate_cold_items(log, artifacts, held, rows, seed=seed, shopper_prior=prior)
+        report["cold_items"] = evaluate_cold_items(
+            log, artifacts, held, rows, seed=seed, shopper_prior=prior, optimism=settings.new_item_optimism
+        )
     report["seconds"]["total"] = round(time.perf_counter() - started, 2)
     return report
 

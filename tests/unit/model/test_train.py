@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -402,7 +403,8 @@ def test_a_refit_can_train_the_early_stopped_model_on(trained: Path, log: EventL
     early = load_artifacts(trained)
     temperature = manifest_of(trained)["training"]["history"][-1]["retrieval_temperature"]
     _, fresh = _refit(split, config, 120, 1, progress=False)
-    continued, record = _refit(split, config, 120, 1, progress=False, start=(early.ranker, temperature))
+    start = (early.ranker, temperature, "the early-stopped model")
+    continued, record = _refit(split, config, 120, 1, progress=False, start=start)
     assert continued is early.ranker and record["from"] == "the early-stopped model"
     # A trained model starts where a fresh one ends many epochs later: its first epoch's loss is far lower.
     assert record["history"][0]["ranking_loss"] < 0.8 * fresh["history"][0]["ranking_loss"]
@@ -411,3 +413,20 @@ def test_a_refit_can_train_the_early_stopped_model_on(trained: Path, log: EventL
     assert refit["epochs"] == len(refit["history"]) == 1 and refit["from"] == "the early-stopped model"
     assert training_summary(manifest)["refit_from"] == "the early-stopped model"
     assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.3
+
+
+def test_a_refit_can_resume_the_first_fit_from_a_share_of_the_chosen_epochs(log: EventLog, tmp_path: Path) -> None:
+    config = changed(CONFIG, refit=True, refit_resume=0.5, max_epochs=4, patience=10)
+    manifest = manifest_of(train_artifacts(log, tmp_path, config, progress=False))
+    best, refit = manifest["training"]["best_epoch"], manifest["training"]["refit"]
+    resumed = best // 2
+    assert best >= 2  # this log keeps improving for a few epochs, so the refit resumes from a trained epoch
+    assert refit["from"] == f"the first fit's epoch {resumed}"
+    assert refit["epochs"] == len(refit["history"]) == best - resumed
+    # Resumed from epoch `resumed`, the refit's first epoch is as far along as the first fit's next one (a fresh
+    # model's first loss is the first fit's first, 13 % higher on this log).
+    first_fit = [epoch["ranking_loss"] for epoch in manifest["training"]["history"]]
+    assert refit["history"][0]["ranking_loss"] < 1.02 * first_fit[resumed] < 0.95 * first_fit[0]
+    assert training_summary(manifest)["refit_from"] == f"the first fit's epoch {resumed}"
+    assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.3
+    assert not list(Path(tempfile.gettempdir()).glob("streamrec-resume-*"))
