@@ -3,7 +3,7 @@
 
 Usage::
 
-    python bench/bench_new_items_replay.py --dataset shop [--batch 64]
+    python bench/bench_new_items_replay.py --dataset shop [--batch 64] [--optimism 0,0.5,1]
 
 Reads what ``bench/bench_cold_items.py --dataset <d>`` left in ``bench/results/cold_items/<d>/`` (the event log, the
 catalogue and the model trained with a tenth of the items held out) and replays the whole log through the real
@@ -20,6 +20,9 @@ recommendation (median and 90th percentile over those recommended), the interact
 in the user's last published list before it (**shown first**: a recommendation that could have led to it), the
 shares of published slots that held a new item and an exploration item, and HR@10 of every published list against
 the user's next event (what the rest of the catalogue pays). Every figure is measured in this run.
+
+``--optimism`` replays the defaults at each listed ``new_item_optimism`` instead (report
+``<dataset>-new-items-optimism.json``): the choice of that setting, made on ``shop-validation``.
 """
 
 from __future__ import annotations
@@ -143,14 +146,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="shop", help="a dataset bench_cold_items.py has run on")
     parser.add_argument("--batch", type=int, default=64, help="most events per replayed batch")
+    parser.add_argument("--optimism", help="comma-separated new_item_optimism values to replay the defaults at")
     args = parser.parse_args()
+    settings, report = SETTINGS, f"{args.dataset}-new-items-replay.json"
+    if args.optimism:
+        try:
+            values = [float(value) for value in args.optimism.split(",")]
+        except ValueError:
+            raise SystemExit(f"--optimism takes numbers separated by commas, got {args.optimism!r}") from None
+        settings = {f"optimism {value:g}": {"new_item_optimism": value} for value in values}
+        report = f"{args.dataset}-new-items-optimism.json"
     directory = RESULTS / args.dataset
     if not (directory / "defaults.artifacts").exists():
         raise SystemExit(
             f"no model in {directory}: run python bench/bench_cold_items.py --dataset {args.dataset} first"
         )
     results = {}
-    for name, overrides in SETTINGS.items():
+    for name, overrides in settings.items():
         results[name] = replay(directory, overrides, args.batch)
         print(f"{name}: {results[name]['seconds']} s", flush=True)
     header = f"{'setting':<40}{'recommended':>12}{'median wait':>12}{'shown first':>12}{'new slots':>10}{'HR@10':>8}"
@@ -162,7 +174,7 @@ def main() -> None:
             f"{r['shown_first']:>6}/{r['new_item_interactions']:<5}{r['new_item_slot_share']:>10.4f}"
             f"{r['hr@10_next_event']:>8.4f}"
         )
-    out = DOCS / f"{args.dataset}-new-items-replay.json"
+    out = DOCS / report
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
 
