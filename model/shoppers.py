@@ -8,7 +8,8 @@ row is learned where both are known, on the trained items: for each one, the mea
 shoppers (1, 2, 4, ... 32 of them, the counts a new item has while it is learned live) minus the mean state over
 every training position, and a ridge regression from that difference to the item's learned row. The regression
 learns direction, scale and how far to trust a mean of few shoppers at once; its held-out quality (cosine, hit
-rate of the true row among the trained rows) is written into the manifest (``shoppers.quality``).
+rate of the true row among the trained rows, and the cosine by count of shoppers, which sets how long a row is
+served: :func:`held_out_confidence`) is written into the manifest (``shoppers.quality``).
 
 A worker moves a live item's row with it (``stream/new_items.py``) and ``streamrec eval --catalog`` measures it
 offline (``model/cold_items.py``), both through :func:`learned_rows`.
@@ -42,8 +43,8 @@ MIN_CONFIDENCE = 0.05
 @dataclass(frozen=True, eq=False)
 class ShopperProjection:
     """A new item's row from its shoppers: ``(mean shopper state − population_mean) @ weights + bias``, served at
-    a trained row's length and with a typical trained row's component along the population's mean state
-    (:meth:`project`)."""
+    a trained row's length times the held-out cosine of its count of shoppers (:meth:`with_optimism` lengthens it)
+    and with a typical trained row's component along the population's mean state (:meth:`project`)."""
 
     weights: np.ndarray  # float32 [d, d]
     bias: np.ndarray  # float32 [d]
@@ -159,7 +160,7 @@ class ShopperProjection:
                 float(metadata["target_norm"]),
                 float(metadata["typical_reach"]),
                 json.loads(metadata["quality"]),
-                tensors.get("confidence", full_length) if metadata["format_version"] != "1" else full_length,
+                full_length if metadata["format_version"] == "1" else tensors["confidence"],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"invalid shopper projection {path}: {exc}") from exc

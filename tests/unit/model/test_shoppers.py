@@ -103,6 +103,10 @@ def test_a_map_written_before_the_confidence_is_served_at_full_length(tmp_path: 
     loaded = ShopperProjection.load(path)
     assert loaded.confidence.tolist() == [1.0] * len(SHOPPER_COUNTS)
     full_length = ShopperProjection(tensors["weights"], tensors["bias"], tensors["population_mean"], 2.0, 0.5)
+    newer = tmp_path / "newer.safetensors"  # today's version must carry its confidence
+    save_file({n: v.astype(np.float32) for n, v in tensors.items()}, str(newer), metadata | {"format_version": "2"})
+    with pytest.raises(ValueError, match="invalid shopper projection"):
+        ShopperProjection.load(newer)
     sums = rng.standard_normal((2, 4))
     assert np.allclose(loaded.project(sums, np.ones(2)), full_length.project(sums, np.ones(2)))
 
