@@ -322,16 +322,20 @@ def holdout_predictions(
 
 def holdout_quality(x: np.ndarray, y: np.ndarray, ridge: float, holdout: float, seed: int) -> dict[str, float]:
     """Fit on all but a random ``holdout`` share of the items and score the predictions on the rest."""
-    held, kept, predictions = holdout_predictions(x, y, ridge, holdout, seed)
+    return prediction_quality(y, *holdout_predictions(x, y, ridge, holdout, seed))
+
+
+def prediction_quality(y: np.ndarray, held: np.ndarray, kept: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """How well ``predictions`` of the ``held`` rows of ``y`` match them (:func:`holdout_predictions`' output)."""
     if len(held) == 0:
-        return {"n_train": len(x), "n_holdout": 0}
+        return {"n_train": len(y), "n_holdout": 0}
     mean_item = np.broadcast_to(y[kept].mean(axis=0), predictions.shape)
     return {
         "n_train": len(kept),
         "n_holdout": len(held),
         "holdout_cosine": float(row_cosines(predictions, y[held]).mean()),
         "holdout_cosine_mean_item": float(row_cosines(mean_item, y[held]).mean()),
-        f"holdout_hit_rate@{HIT_RATE_K}": _hit_rate(predictions, held, y, min(HIT_RATE_K, len(x))),
+        f"holdout_hit_rate@{HIT_RATE_K}": _hit_rate(predictions, held, y, min(HIT_RATE_K, len(y))),
     }
 
 

@@ -26,7 +26,8 @@ def resume_epoch(share: float, best_epoch: int) -> int:
 
 
 class ResumePoints:
-    """The weights (and interest-vector temperature) of every first-fit epoch a refit may still resume from.
+    """The weights of every first-fit epoch a refit may still resume from (their interest-vector temperatures are
+    in the first fit's history).
 
     Use as a context manager: the directory and its files are removed on exit.
     """
@@ -34,7 +35,7 @@ class ResumePoints:
     def __init__(self, share: float) -> None:
         self.share = share
         self._directory = tempfile.TemporaryDirectory(prefix="streamrec-resume-")
-        self._kept: dict[int, float] = {}  # epoch -> its interest-vector temperature
+        self._kept: set[int] = set()
 
     def __enter__(self) -> ResumePoints:
         return self
@@ -54,23 +55,22 @@ class ResumePoints:
         """The epochs kept now, in order."""
         return sorted(self._kept)
 
-    def after_epoch(self, epoch: int, best_epoch: int, model: torch.nn.Module, temperature: float) -> None:
+    def after_epoch(self, epoch: int, best_epoch: int, model: torch.nn.Module) -> None:
         """Keep ``epoch``'s weights if a final best epoch could still map to it, and drop those none can."""
         needed = {resume_epoch(self.share, best_epoch)} | set(range(resume_epoch(self.share, epoch + 1), epoch + 1))
         if epoch in needed:
             state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
             save_file(state, self._path(epoch))
-            self._kept[epoch] = temperature
-        for stale in [kept for kept in self._kept if kept not in needed]:
+            self._kept.add(epoch)
+        for stale in self._kept - needed:
             self._path(stale).unlink()
-            del self._kept[stale]
+        self._kept &= needed
 
-    def load(self, epoch: int, model: torch.nn.Module) -> float:
-        """Load ``epoch``'s weights into ``model``; returns that epoch's interest-vector temperature."""
+    def load(self, epoch: int, model: torch.nn.Module) -> None:
+        """Load ``epoch``'s weights into ``model``."""
         if epoch not in self._kept:
             raise KeyError(f"epoch {epoch} was not kept (kept: {self.epochs})")
         model.load_state_dict(load_file(self._path(epoch)))
-        return self._kept[epoch]
 
     def _path(self, epoch: int) -> Path:
         return self.directory / f"epoch-{epoch}.safetensors"

@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file
 
-from streamrec.model.content import holdout_predictions, holdout_quality, read_tensors, ridge_regression, row_cosines
+from streamrec.model.content import (
+    holdout_predictions,
+    prediction_quality,
+    read_tensors,
+    ridge_regression,
+    row_cosines,
+)
 
 SHOPPERS_FORMAT = "streamrec.shopper_projection"
 SHOPPERS_FORMAT_VERSION = "2"
@@ -101,8 +107,9 @@ class ShopperProjection:
             raise ValueError("fewer than 3 trained items have a shopper: no map to fit")
         x = state_sums[seen] / counts[seen, None] - population_mean[None, :]
         y = np.asarray(item_embeddings, dtype=np.float64)[seen]
-        quality = holdout_quality(x, y, ridge, 0.1, seed)
-        confidence = held_out_confidence(x, y, counts[seen], ridge, seed)
+        held, kept, predictions = holdout_predictions(x, y, ridge, 0.1, seed)
+        quality = prediction_quality(y, held, kept, predictions)
+        confidence = held_out_confidence(row_cosines(predictions, y[held]), counts[seen][held])
         quality |= {f"holdout_cosine_{n}_shoppers": float(c) for n, c in zip(SHOPPER_COUNTS, confidence, strict=True)}
         weights, bias = ridge_regression(x, y, ridge)
         target_norm = float(np.median(np.linalg.norm(y, axis=1)))
@@ -172,16 +179,14 @@ def count_slots(counts: np.ndarray) -> np.ndarray:
     return np.minimum(slots, len(SHOPPER_COUNTS) - 1)
 
 
-def held_out_confidence(x: np.ndarray, y: np.ndarray, counts: np.ndarray, ridge: float, seed: int) -> np.ndarray:
-    """float32 ``[len(SHOPPER_COUNTS)]``: the mean cosine of held-out rows to their shoppers' ridge prediction, by
-    shopper count (the tenth :func:`holdout_quality` holds out). A count with fewer than
+def held_out_confidence(cosines: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """float32 ``[len(SHOPPER_COUNTS)]``: the mean cosine of held-out rows to their shoppers' ridge prediction
+    (``cosines``, one per held-out item with ``counts`` shoppers), by shopper count. A count with fewer than
     :data:`MIN_ITEMS_PER_COUNT` held-out items takes the overall mean; more shoppers never mean less confidence.
 
     Serving a row at its prediction's expected cosine makes its scores what they are expected to be: ``v · r`` of the
     true row ``r`` is ``cos · |r| · (v · r̂)`` on average when its error is orthogonal to the prediction ``r̂``."""
-    held, _, predictions = holdout_predictions(x, y, ridge, 0.1, seed)
-    cosines = row_cosines(predictions, y[held])
-    slots = count_slots(counts[held])
+    slots = count_slots(counts)
     overall = float(cosines.mean())
     by_count = np.array(
         [

@@ -733,7 +733,7 @@ def _fit(
         logger.debug("epoch %d: %s", epoch, record)
         stop = stopping.should_stop(epoch, record["val_ranker_NDCG@10"])
         if resume_points is not None:
-            resume_points.after_epoch(epoch, stopping.best_epoch, model, record["retrieval_temperature"])
+            resume_points.after_epoch(epoch, stopping.best_epoch, model)
         if stop:
             break
     stopping.restore_best()
@@ -829,8 +829,8 @@ def _refit_after_fit(
     resumed = resume_epoch(config.refit_resume, best_epoch)
     if resume_points is None or resumed == 0:
         return _refit(split, config, n_items, best_epoch, progress)
-    temperature = resume_points.load(resumed, model)
-    start = (model, temperature, f"the first fit's epoch {resumed}")
+    resume_points.load(resumed, model)
+    start = (model, history[resumed - 1]["retrieval_temperature"], f"the first fit's epoch {resumed}")
     return _refit(split, config, n_items, best_epoch - resumed, progress, start)
 
 

@@ -415,7 +415,19 @@ def test_a_refit_can_train_the_early_stopped_model_on(trained: Path, log: EventL
     assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.3
 
 
-def test_a_refit_can_resume_the_first_fit_from_a_share_of_the_chosen_epochs(log: EventLog, tmp_path: Path) -> None:
+def test_a_refit_can_resume_the_first_fit_from_a_share_of_the_chosen_epochs(
+    log: EventLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamrec.model.train as training
+
+    starts: list[tuple[object, float, str] | None] = []
+    refit = training._refit
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        starts.append(args[5] if len(args) > 5 else None)
+        return refit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(training, "_refit", recorded)
     config = changed(CONFIG, refit=True, refit_resume=0.5, max_epochs=4, patience=10)
     manifest = manifest_of(train_artifacts(log, tmp_path, config, progress=False))
     best, refit = manifest["training"]["best_epoch"], manifest["training"]["refit"]
@@ -423,6 +435,9 @@ def test_a_refit_can_resume_the_first_fit_from_a_share_of_the_chosen_epochs(log:
     assert best >= 2  # this log keeps improving for a few epochs, so the refit resumes from a trained epoch
     assert refit["from"] == f"the first fit's epoch {resumed}"
     assert refit["epochs"] == len(refit["history"]) == best - resumed
+    # It starts at the interest-vector temperature the first fit had at that epoch.
+    (start,) = starts
+    assert start is not None and start[1] == manifest["training"]["history"][resumed - 1]["retrieval_temperature"]
     # Resumed from epoch `resumed`, the refit's first epoch is as far along as the first fit's next one (a fresh
     # model's first loss is the first fit's first, 13 % higher on this log).
     first_fit = [epoch["ranking_loss"] for epoch in manifest["training"]["history"]]
