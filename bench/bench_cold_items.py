@@ -18,7 +18,10 @@ Usage::
    (``model/cold_items.py``); the report goes to ``docs/eval/<dataset>-cold-items[-<variant>].json``.
 
 ``--set FIELD=VALUE`` passes ``STREAMREC_TRAIN__FIELD`` to the training (e.g. ``content_encoder=hashed``) and names
-the report after it.
+the report after it. ``--recontent VARIANT`` trains nothing: it copies that variant's trained model (``defaults``
+for the one without ``--set``) and fits only its content projection again with the ``--set`` fields (``streamrec
+recontent``; results named ``recontent[-<fields>]``), so content features are compared on one and the same item
+table.
 """
 
 from __future__ import annotations
@@ -90,11 +93,16 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.1, help="share of the items held out")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the training")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig field")
+    parser.add_argument(
+        "--recontent", metavar="VARIANT", help="refit only the content projection of this variant's trained model"
+    )
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.set)
     if not DATA.exists():
         raise SystemExit(f"{DATA} not found: the datasets live in ../shared/data beside the repository")
     variant = "-".join(f"{field}-{value}" for field, value in settings.items())
+    if args.recontent:
+        variant = f"recontent-{variant}" if variant else "recontent"  # never the trained model's own directory
     directory = RESULTS / args.dataset
     directory.mkdir(parents=True, exist_ok=True)
     events, catalog = INPUTS[args.dataset](directory)
@@ -107,9 +115,19 @@ def main() -> None:
         env["STREAMREC_TRAIN__TORCH_THREADS"] = str(args.threads)
     artifacts = directory / f"{variant or 'defaults'}.artifacts"
     shutil.rmtree(artifacts, ignore_errors=True)
-    training = ["train", "--events", str(events), "--out", str(artifacts), "--catalog", str(catalog)]
-    seconds = run(streamrec(*training, "--hold-out-items", str(args.share)), artifacts.with_suffix(".train.log"), env)
-    print(f"trained in {seconds:.0f} s")
+    if args.recontent:
+        trained = directory / f"{args.recontent}.artifacts"
+        if not trained.is_dir():
+            raise SystemExit(f"{trained} not found: run this dataset's {args.recontent} variant first")
+        shutil.copytree(trained, artifacts)
+        refit = ["recontent", "--artifacts", str(artifacts), "--catalog", str(catalog)]
+        seconds = run(streamrec(*refit), artifacts.with_suffix(".recontent.log"), env)
+        print(f"content projection of {args.recontent}'s model fitted again in {seconds:.0f} s")
+    else:
+        training = ["train", "--events", str(events), "--out", str(artifacts), "--catalog", str(catalog)]
+        log = artifacts.with_suffix(".train.log")
+        seconds = run(streamrec(*training, "--hold-out-items", str(args.share)), log, env)
+        print(f"trained in {seconds:.0f} s")
     report = DOCS / f"{args.dataset}-cold-items{'-' + variant if variant else ''}.json"
     evaluation = ["eval", "--events", str(events), "--artifacts", str(artifacts), "--catalog", str(catalog)]
     log = artifacts.with_suffix(".eval.log")

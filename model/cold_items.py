@@ -320,8 +320,9 @@ def content_rows(
     rows = np.zeros((len(items), artifacts.dim), dtype=np.float32)
     if described:
         encoder = load_encoder(artifacts.content.encoder_name)
-        texts = encoder.encode([item_text(records[items[k]]) for k in described])
-        rows[described] = artifacts.content.served_rows(texts)
+        described_records = [records[items[k]] for k in described]
+        texts = encoder.encode([item_text(record) for record in described_records])
+        rows[described] = artifacts.content.served_rows(texts, described_records)
     return rows
 
 

@@ -19,14 +19,20 @@ Why these choices:
   ``load_encoder("all-MiniLM-L6-v2")`` raises rather than falling back to hashing.
 * **Stable hashing.** Python's ``hash()`` of a string is salted per process, so the hashed encoder uses
   BLAKE2b: the vectors computed at training and in every worker must agree bit for bit.
+* **Exact field columns beside the text.** A catalogue's categories, brands and attribute ids can each get a
+  column of their own (:class:`FieldVocabulary`): hashed into a few hundred columns they collide. Where titles
+  already say what the fields say (the simulated shop) the extra columns only add variance, so the training fits
+  the map with and without them, and with each available encoder, and keeps the one that places a held-out tenth
+  of the trained items best (README, new items).
 * **Ridge regression, not a neural mapper.** New-item placement is fitted on a few hundred to a few hundred
-  thousand items; a closed-form linear map is fast, deterministic and hard to overfit. When the text
-  dimension exceeds the item count the dual form solves an ``n x n`` system instead of a ``t x t`` one.
+  thousand items; a closed-form linear map is fast, deterministic and hard to overfit (a small MLP on the same
+  features did no better on held-out items, README). Its sums are taken a chunk of items at a time
+  (:class:`RidgeMoments`), so thousands of field columns cost ``features²`` memory, not ``items × features``.
   Quality is measured on held-out items before the final refit so the number reported is honest.
 * **Rescaled outputs.** Ridge shrinks predictions toward the mean item, so raw projections have small norms
   and an inner-product index would rank them below every trained item. Each projected row is rescaled to
   the median item norm: the direction comes from the text, the scale from a typical item. An item with no
-  text (an all-zero text vector) projects to zero — it scores 0 for every user instead of being placed at
+  text or known field projects to zero — it scores 0 for every user instead of being placed at
   the mean item and served to everyone.
 
 Persistence uses safetensors (arrays) plus its string metadata (scalars, JSON quality); no pickles.
@@ -64,7 +70,11 @@ HASHED_PREFIX = "hashed-"
 DEFAULT_HASHED_DIM = 512
 
 PROJECTION_FORMAT = "streamrec.content_projection"
-PROJECTION_FORMAT_VERSION = "1"
+PROJECTION_FORMAT_VERSION = "2"
+#: Versions still read: version 1 has no catalogue fields (text features only).
+READABLE_PROJECTION_VERSIONS = ("1", PROJECTION_FORMAT_VERSION)
+#: Items whose features one step of the projection's fit holds at once (``[rows, features]`` float64).
+FIT_CHUNK_ROWS = 2048
 HIT_RATE_K = 10
 
 _TOKEN = re.compile(r"\w+")
@@ -235,15 +245,12 @@ class MiniLMEncoder:
 
 
 def load_encoder(name: str) -> TextEncoder:
-    """The encoder ``name`` designates: ``auto``, ``minilm`` / ``all-MiniLM-L6-v2``, ``hashed`` or ``hashed-<dim>``.
+    """The encoder ``name`` designates: ``minilm`` / ``all-MiniLM-L6-v2``, ``hashed`` or ``hashed-<dim>``.
 
-    ``auto`` picks MiniLM when :func:`text_model_available`, else ``hashed-512``; it is meant for training,
-    which then records the concrete ``encoder.name``. Every concrete name round-trips:
-    ``load_encoder(enc.name).name == enc.name``.
+    Every concrete name round-trips: ``load_encoder(enc.name).name == enc.name``; training records the name
+    beside the projection and workers load the encoder by it.
     """
     key = name.strip().lower()
-    if key == "auto":
-        return MiniLMEncoder() if text_model_available() else HashedTextEncoder(DEFAULT_HASHED_DIM)
     if key in {"minilm", MINILM_NAME.lower()}:
         return MiniLMEncoder()
     if key == "hashed":
@@ -252,7 +259,64 @@ def load_encoder(name: str) -> TextEncoder:
         suffix = key.removeprefix(HASHED_PREFIX)
         if suffix.isascii() and suffix.isdigit() and int(suffix) > 0:
             return HashedTextEncoder(int(suffix))
-    raise ValueError(f"unknown text encoder {name!r}; expected auto, minilm, {MINILM_NAME}, hashed or hashed-<dim>")
+    raise ValueError(f"unknown text encoder {name!r}; expected minilm, {MINILM_NAME}, hashed or hashed-<dim>")
+
+
+def candidate_encoders(setting: str) -> list[TextEncoder]:
+    """The encoders a training compares for the ``content_encoder`` setting: ``auto`` gives ``hashed-512`` and,
+    when :func:`text_model_available`, MiniLM (the fit keeps whichever places held-out items better); any other
+    setting names one encoder (:func:`load_encoder`)."""
+    if setting.strip().lower() != "auto":
+        return [load_encoder(setting)]
+    hashed: TextEncoder = HashedTextEncoder(DEFAULT_HASHED_DIM)
+    return [hashed, MiniLMEncoder()] if text_model_available() else [hashed]
+
+
+# --- catalogue fields ---------------------------------------------------------------------------------------
+def item_fields(record: Mapping[str, Any]) -> list[str]:
+    """The exact field values of a catalogue record: ``"category:<category>"`` and each attribute string, once."""
+    values = [f"category:{category}"] if (category := _clean(record.get("category"))) else []
+    values += _attribute_strings(record.get("attributes"))
+    return list(dict.fromkeys(values))
+
+
+@dataclass(frozen=True, eq=False)
+class FieldVocabulary:
+    """One column per known field value (a category, a brand, an attribute id), for the features beside the text.
+
+    Hashing folds a catalogue's thousands of brand and category ids into a few hundred shared columns, where the
+    ridge map cannot tell them apart; an exact column per value is what an attribute or category embedding is in a
+    linear map (README, new items). A record's known values share a unit-length row; a value the vocabulary does
+    not hold adds nothing, so a new brand falls back to the item's other fields and its text.
+    """
+
+    values: tuple[str, ...] = ()
+    _columns: dict[str, int] = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        columns = {value: column for column, value in enumerate(self.values)}
+        if len(columns) != len(self.values):
+            raise ValueError("field values must be unique")
+        object.__setattr__(self, "_columns", columns)
+
+    @classmethod
+    def fit(cls, records: Iterable[Mapping[str, Any]], max_values: int) -> FieldVocabulary:
+        """The ``max_values`` values found on most records (ties by value, so the choice is deterministic)."""
+        counts = Counter(value for record in records for value in item_fields(record))
+        ranked = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))
+        return cls(tuple(value for value, _ in ranked[: max(0, max_values)]))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def encode(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """float32 ``[len(records), len(self)]``: each record's known values, ``1/√k`` each."""
+        out = np.zeros((len(records), len(self.values)), dtype=np.float32)
+        for row, record in enumerate(records):
+            columns = [self._columns[value] for value in item_fields(record) if value in self._columns]
+            if columns:
+                out[row, columns] = 1.0 / math.sqrt(len(columns))
+        return out
 
 
 # --- projection into the collaborative space ----------------------------------------------------------------
@@ -266,24 +330,66 @@ def _as_float_matrix(array: np.ndarray, what: str, dtype: type[np.floating[Any]]
     return matrix
 
 
-def ridge_regression(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge regression with an unpenalised intercept: ``(W [t, d], b [d])`` in float64.
+class RidgeMoments:
+    """The sums a ridge regression with an unpenalised intercept needs, accumulated a chunk of rows at a time, so
+    that a fit needs ``O(t²)`` memory whatever the number of rows (a catalogue's one-hot fields make ``t`` large
+    and the rows many). Rows are shifted by a reference point (a sample's mean) before they are summed, which keeps
+    the centred sums exact in float64 where the features' mean is large against their spread; moments around the
+    same point add up (a held-out share's and the rest's make the whole)."""
 
-    Primal ``(XcᵀXc + λI)⁻¹ XcᵀYc`` when ``t <= n``; otherwise the equal dual ``Xcᵀ (XcXcᵀ + λI)⁻¹ Yc``, which
-    solves an ``n x n`` system instead of a larger ``t x t`` one.
-    """
-    x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
-    xc, yc = x - x_mean, y - y_mean
-    n, t = xc.shape
-    if t <= n:
-        gram = xc.T @ xc
-        gram[np.diag_indices(t)] += ridge
-        weights = np.linalg.solve(gram, xc.T @ yc)
-    else:
-        kernel = xc @ xc.T
-        kernel[np.diag_indices(n)] += ridge
-        weights = xc.T @ np.linalg.solve(kernel, yc)
-    return weights, y_mean - x_mean @ weights
+    def __init__(self, x_shift: np.ndarray, y_shift: np.ndarray) -> None:
+        self.x_shift, self.y_shift = np.asarray(x_shift, dtype=np.float64), np.asarray(y_shift, dtype=np.float64)
+        t, d = len(self.x_shift), len(self.y_shift)
+        self.count = 0
+        self.x_sum, self.y_sum = np.zeros(t), np.zeros(d)
+        self.xx, self.xy = np.zeros((t, t)), np.zeros((t, d))
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray) -> RidgeMoments:
+        moments = cls(x.mean(axis=0), y.mean(axis=0))
+        moments.add(x, y)
+        return moments
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Add rows ``x [m, t]`` with targets ``y [m, d]``."""
+        xs, ys = np.asarray(x, dtype=np.float64) - self.x_shift, np.asarray(y, dtype=np.float64) - self.y_shift
+        self.count += len(xs)
+        self.x_sum += xs.sum(axis=0)
+        self.y_sum += ys.sum(axis=0)
+        self.xx += xs.T @ xs
+        self.xy += xs.T @ ys
+
+    def __add__(self, other: RidgeMoments) -> RidgeMoments:
+        if not (np.array_equal(self.x_shift, other.x_shift) and np.array_equal(self.y_shift, other.y_shift)):
+            raise ValueError("moments taken around different shifts")
+        total = RidgeMoments(self.x_shift, self.y_shift)
+        total.count = self.count + other.count
+        total.x_sum, total.y_sum = self.x_sum + other.x_sum, self.y_sum + other.y_sum
+        total.xx, total.xy = self.xx + other.xx, self.xy + other.xy
+        return total
+
+    def solve(self, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(W [t, d], b [d])`` in float64: ``(XcᵀXc + λI)⁻¹ XcᵀYc`` and the intercept that centres it."""
+        if self.count == 0:
+            raise ValueError("no rows to fit")
+        x_mean, y_mean = self.x_sum / self.count, self.y_sum / self.count
+        gram = self.xx - self.count * np.outer(x_mean, x_mean)
+        gram[np.diag_indices_from(gram)] += ridge
+        weights = np.linalg.solve(gram, self.xy - self.count * np.outer(x_mean, y_mean))
+        return weights, (self.y_shift + y_mean) - (self.x_shift + x_mean) @ weights
+
+
+def ridge_regression(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge regression with an unpenalised intercept: ``(W [t, d], b [d])`` in float64."""
+    return RidgeMoments.of(x, y).solve(ridge)
+
+
+def holdout_split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held, kept): a seeded random ``holdout`` share of ``n`` rows (sorted, possibly empty), and the others;
+    at least two rows are kept."""
+    n_holdout = min(max(1, round(n * holdout)), n - 2) if holdout > 0 else 0
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: max(0, n_holdout)]), order[max(0, n_holdout) :]
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -310,19 +416,11 @@ def holdout_predictions(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(held, kept, predictions): a random ``holdout`` share of the items (``held``, sorted, possibly empty) and
     the rest's ridge regression's predictions for them."""
-    n = len(x)
-    n_holdout = min(max(1, round(n * holdout)), n - 2) if holdout > 0 else 0
-    order = np.random.default_rng(seed).permutation(n)
-    held, kept = np.sort(order[: max(0, n_holdout)]), order[max(0, n_holdout) :]
+    held, kept = holdout_split(len(x), holdout, seed)
     if len(held) == 0:
         return held, kept, np.zeros((0, y.shape[1]))
     weights, bias = ridge_regression(x[kept], y[kept], ridge)
     return held, kept, x[held] @ weights + bias
-
-
-def holdout_quality(x: np.ndarray, y: np.ndarray, ridge: float, holdout: float, seed: int) -> dict[str, float]:
-    """Fit on all but a random ``holdout`` share of the items and score the predictions on the rest."""
-    return prediction_quality(y, *holdout_predictions(x, y, ridge, holdout, seed))
 
 
 def prediction_quality(y: np.ndarray, held: np.ndarray, kept: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
@@ -352,7 +450,11 @@ def read_tensors(path: Path, what: str) -> tuple[dict[str, np.ndarray], dict[str
 
 @dataclass(frozen=True, eq=False)
 class ContentProjection:
-    """A linear map from text vectors ``[t]`` to the collaborative item space ``[d]``, with rescaled outputs.
+    """A linear map from an item's content features to the collaborative item space ``[d]``, with rescaled outputs.
+
+    The features are the text encoder's vector ``[t]`` and, when the map was fitted with them, one column per
+    catalogue field value it knows (:class:`FieldVocabulary`: categories, brands, attribute ids); a map with fields
+    needs each item's record beside its text vector.
 
     ``quality`` holds ``n_train`` and ``n_holdout`` and, when items were held out, ``holdout_cosine`` (mean
     cosine between prediction and learned embedding), ``holdout_cosine_mean_item`` (the same for always
@@ -365,6 +467,7 @@ class ContentProjection:
     encoder_name: str
     ridge: float
     quality: dict[str, float] = field(default_factory=dict)
+    fields: FieldVocabulary = field(default_factory=FieldVocabulary)
 
     def __post_init__(self) -> None:
         weights = np.ascontiguousarray(_as_float_matrix(self.weights, "weights", np.float32))
@@ -379,6 +482,8 @@ class ContentProjection:
             raise ValueError(f"ridge must be a positive finite number, got {self.ridge!r}")
         if not self.encoder_name:
             raise ValueError("encoder_name must not be empty")
+        if weights.shape[0] <= len(self.fields):
+            raise ValueError(f"weights of shape {weights.shape} leave no text rows beside {len(self.fields)} fields")
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "bias", bias)
         object.__setattr__(self, "target_norm", float(self.target_norm))
@@ -386,7 +491,7 @@ class ContentProjection:
 
     @property
     def text_dim(self) -> int:
-        return int(self.weights.shape[0])
+        return int(self.weights.shape[0]) - len(self.fields)
 
     @property
     def dim(self) -> int:
@@ -406,9 +511,23 @@ class ContentProjection:
         cosine = self.quality.get("holdout_cosine")
         return 1.0 if cosine is None else min(1.0, max(MIN_CONTENT_CONFIDENCE, float(cosine)))
 
-    def served_rows(self, text_vectors: np.ndarray) -> np.ndarray:
+    def served_rows(self, text_vectors: np.ndarray, records: Sequence[Mapping[str, Any]] | None = None) -> np.ndarray:
         """The rows the worker serves new items at: :meth:`project` times :attr:`confidence`."""
-        return self.project(text_vectors) * np.float32(self.confidence)
+        return self.project(text_vectors, records) * np.float32(self.confidence)
+
+    def features(self, text_vectors: np.ndarray, records: Sequence[Mapping[str, Any]] | None = None) -> np.ndarray:
+        """float32 ``[m, text_dim + len(fields)]``: the text vectors, and the records' field columns beside them."""
+        x = _as_float_matrix(text_vectors, "text_vectors", np.float32)
+        if x.shape[1] != self.text_dim:
+            raise ValueError(
+                f"text vectors of dimension {x.shape[1]}, but this projection was fitted on {self.text_dim} "
+                f"({self.encoder_name})"
+            )
+        if not self.fields:
+            return x
+        if records is None or len(records) != len(x):
+            raise ValueError("this projection reads catalogue fields: pass each item's record with its text vector")
+        return np.hstack([x, self.fields.encode(records)])
 
     # --- fitting ---------------------------------------------------------------------------------------
     @classmethod
@@ -420,16 +539,21 @@ class ContentProjection:
         ridge: float = 1.0,
         holdout: float = 0.1,
         seed: int = 0,
+        records: Sequence[Mapping[str, Any]] | None = None,
+        max_field_values: int = 0,
     ) -> ContentProjection:
-        """Fit on items with both text (``[n, t]``) and a learned embedding (``[n, d]``, same row order).
+        """Fit on items with both text (``[n, t]``) and a learned embedding (``[n, d]``, same row order), and with
+        ``records`` their catalogue records, whose ``max_field_values`` most common field values get a column each.
 
         A ``holdout`` share of the items (chosen with ``seed``) is held out first to measure ``quality``;
         the returned map is then refitted on all ``n`` items.
         """
-        x = _as_float_matrix(text_vectors, "text_vectors", np.float64)
+        x = _as_float_matrix(text_vectors, "text_vectors", np.float32)
         y = _as_float_matrix(item_embeddings, "item_embeddings", np.float64)
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"need the same positive number of text vectors ({len(x)}) and item embeddings ({len(y)})")
+        if records is not None and len(records) != len(x):
+            raise ValueError(f"need one record per text vector, got {len(records)} for {len(x)}")
         if not (math.isfinite(ridge) and ridge > 0):
             raise ValueError(f"ridge must be a positive finite number, got {ridge!r}")
         if not 0 <= holdout < 1:
@@ -437,22 +561,43 @@ class ContentProjection:
         target_norm = float(np.median(np.linalg.norm(y, axis=1)))
         if target_norm <= 0:
             raise ValueError("most item embeddings are zero; nothing to project onto")
-        quality = holdout_quality(x, y, ridge, holdout, seed)
-        weights, bias = ridge_regression(x, y, ridge)
-        return cls(weights, bias, target_norm, encoder_name, float(ridge), quality)
+        fields = FieldVocabulary.fit(records, max_field_values) if records is not None else FieldVocabulary()
+        unfitted = cls(np.zeros((x.shape[1] + len(fields), y.shape[1])), np.zeros(y.shape[1]), target_norm,
+                       encoder_name, float(ridge), fields=fields)  # fmt: skip
+
+        def chunks(rows: np.ndarray) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+            for begin in range(0, len(rows), FIT_CHUNK_ROWS):
+                part = rows[begin : begin + FIT_CHUNK_ROWS]
+                part_records = None if records is None else [records[i] for i in part]
+                yield unfitted.features(x[part], part_records), part
+
+        reference = next(iter(chunks(np.arange(len(x)))))[0].mean(axis=0), y.mean(axis=0)
+
+        def moments(rows: np.ndarray) -> RidgeMoments:
+            total = RidgeMoments(*reference)
+            for features, part in chunks(rows):
+                total.add(features, y[part])
+            return total
+
+        held, kept = holdout_split(len(x), holdout, seed)
+        fitted = moments(np.sort(kept))
+        if len(held):
+            held_weights, held_bias = fitted.solve(ridge)
+            predictions = np.vstack([features @ held_weights + held_bias for features, _ in chunks(held)])
+            quality = prediction_quality(y, held, kept, predictions)
+            fitted = fitted + moments(held)
+        else:
+            quality = {"n_train": len(x), "n_holdout": 0}
+        weights, bias = fitted.solve(ridge)
+        return cls(weights, bias, target_norm, encoder_name, float(ridge), quality, fields)
 
     # --- inference -------------------------------------------------------------------------------------
-    def project(self, text_vectors: np.ndarray) -> np.ndarray:
-        """``X W + b`` per row, rescaled to :attr:`target_norm`: float32 C-contiguous ``[m, d]``.
+    def project(self, text_vectors: np.ndarray, records: Sequence[Mapping[str, Any]] | None = None) -> np.ndarray:
+        """``X W + b`` per row of :meth:`features`, rescaled to :attr:`target_norm`: float32 C-contiguous ``[m, d]``.
 
-        All-zero text vectors (items without any text) give all-zero rows.
+        Items without any feature (no text, no known field value) give all-zero rows.
         """
-        x = _as_float_matrix(text_vectors, "text_vectors", np.float32)
-        if x.shape[1] != self.text_dim:
-            raise ValueError(
-                f"text vectors of dimension {x.shape[1]}, but this projection was fitted on {self.text_dim} "
-                f"({self.encoder_name})"
-            )
+        x = self.features(text_vectors, records)
         raw = x @ self.weights + self.bias
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         keep = (norms > 0) & np.any(x != 0, axis=1, keepdims=True)
@@ -469,6 +614,7 @@ class ContentProjection:
             "ridge": repr(self.ridge),
             "target_norm": repr(self.target_norm),
             "quality": json.dumps(self.quality, sort_keys=True),
+            "field_values": json.dumps(list(self.fields.values)),
         }
         save_file({"weights": self.weights, "bias": self.bias}, str(path), metadata=metadata)
 
@@ -488,8 +634,9 @@ class ContentProjection:
     def _from_parts(cls, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> ContentProjection:
         if metadata.get("format") != PROJECTION_FORMAT:
             raise ValueError(f"not a content projection (format {metadata.get('format')!r})")
-        if metadata.get("format_version") != PROJECTION_FORMAT_VERSION:
-            raise ValueError(f"unsupported format version {metadata.get('format_version')!r}")
+        version = metadata.get("format_version")
+        if version not in READABLE_PROJECTION_VERSIONS:
+            raise ValueError(f"unsupported format version {version!r}")
         if set(tensors) != {"weights", "bias"}:
             raise ValueError(f"expected tensors weights and bias, found {sorted(tensors)}")
         for key, tensor in tensors.items():
@@ -498,6 +645,9 @@ class ContentProjection:
         quality = json.loads(metadata["quality"])
         if not isinstance(quality, dict):
             raise ValueError("quality metadata is not a JSON object")
+        values = json.loads(metadata["field_values"]) if version != "1" else []
+        if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+            raise ValueError("field_values metadata is not a JSON list of strings")
         return cls(
             weights=tensors["weights"],
             bias=tensors["bias"],
@@ -505,6 +655,7 @@ class ContentProjection:
             encoder_name=metadata["encoder_name"],
             ridge=float(metadata["ridge"]),
             quality=quality,
+            fields=FieldVocabulary(tuple(values)),
         )
 
 
@@ -520,4 +671,4 @@ def embed_items(
             f"projection was fitted on {projection.encoder_name!r} vectors, not {encoder.name!r}; "
             f"use load_encoder({projection.encoder_name!r})"
         )
-    return projection.project(encoder.encode([item_text(record) for record in records]))
+    return projection.project(encoder.encode([item_text(record) for record in records]), records)

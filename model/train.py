@@ -58,7 +58,7 @@ from streamrec.model.artifacts import (
 from streamrec.model.baselines import Histories, ItemKNNModel, Scorer, blend_scores, interaction_counts
 from streamrec.model.cold_items import HeldOutItems
 from streamrec.model.config import TrainConfig
-from streamrec.model.content import ContentProjection, item_text, load_encoder
+from streamrec.model.content import ContentProjection, candidate_encoders, item_text
 from streamrec.model.evaluate import RankerScorer, RetrievalScorer, retrieve_rerank_ranks
 from streamrec.model.event_log import EventLog
 from streamrec.model.events import EVENT_TYPES
@@ -287,19 +287,44 @@ def fit_content_projection(
         picked = np.random.default_rng(config.seed).choice(len(described), config.content_fit_max_items, replace=False)
         described = [described[i] for i in np.sort(picked)]
     started = time.perf_counter()
-    encoder = load_encoder(config.content_encoder)
     rows = np.array([row for row, _ in described])
-    text = encoder.encode([item_text(record) for _, record in described])
-    projection = ContentProjection.fit(
-        text, embeddings[rows], encoder.name, ridge=config.content_ridge, seed=config.seed
+    records = [record for _, record in described]
+    texts = [item_text(record) for record in records]
+    field_choices = (0, config.content_field_values) if config.content_field_values > 0 else (0,)
+    candidates = []
+    for encoder in candidate_encoders(config.content_encoder):
+        text = encoder.encode(texts)
+        for field_values in field_choices:
+            candidates.append(
+                ContentProjection.fit(
+                    text,
+                    embeddings[rows],
+                    encoder.name,
+                    ridge=config.content_ridge,
+                    seed=config.seed,
+                    records=records,
+                    max_field_values=field_values,
+                )
+            )
+    # Chosen on the trained items' held-out tenth (validation); the first, text alone with hashed words, wins ties.
+    projection = max(candidates, key=lambda candidate: candidate.quality.get("holdout_cosine", -math.inf))
+    logger.info(
+        "content projection (%s, %d field values) on %d items: %s",
+        projection.encoder_name,
+        len(projection.fields),
+        len(rows),
+        projection.quality,
     )
-    logger.info("content projection (%s) on %d items: %s", encoder.name, len(rows), projection.quality)
     manifest = {
         "content": {
             "file": CONTENT_FILE,
-            "encoder": encoder.name,
+            "encoder": projection.encoder_name,
+            "field_values": len(projection.fields),
             "items": len(rows),
             "quality": projection.quality,
+            "candidates": [
+                {"encoder": c.encoder_name, "field_values": len(c.fields), **c.quality} for c in candidates
+            ],
             "seconds": round(time.perf_counter() - started, 2),
         }
     }
@@ -448,6 +473,23 @@ def reindex(artifact_dir: Path, config: TrainConfig) -> Path:
         "train_config": recorded | {key: dumped[key] for key in index_fields},
     }
     return derive_version(artifacts, INDEX_FILE, lambda path: index.save(path), updates)
+
+
+def recontent(artifact_dir: Path, catalog: Sequence[Mapping[str, Any]], config: TrainConfig) -> Path:
+    """Publish a new version of an existing artifact whose content projection is fitted again on its item table
+    from ``catalog`` with ``config``'s content fields (``content_encoder``, ``content_field_values``,
+    ``content_ridge``, ``content_fit_max_items``), every other file copied unchanged, and ``LATEST`` switched to
+    it: a model trained before a change of content features, or before its catalogue was complete, places new
+    items the new way without retraining. Only the items the model was trained on inform the fit."""
+    artifacts = load_artifacts(artifact_dir)
+    projection, manifest = fit_content_projection(catalog, artifacts.item_ids, artifacts.item_embeddings, config)
+    if projection is None:
+        raise ValueError("the catalog describes fewer than two of the items the model was trained on")
+    content_fields = {"content_encoder", "content_ridge", "content_field_values", "content_fit_max_items"}
+    recorded = dict(artifacts.manifest.get("train_config", {}))
+    dumped = config.model_dump(mode="json")
+    updates = {**manifest, "train_config": recorded | {key: dumped[key] for key in content_fields}}
+    return derive_version(artifacts, CONTENT_FILE, projection.save, updates)
 
 
 def derive_version(

@@ -137,7 +137,7 @@ class CatalogSync:
                 cache[item.item_id] = (_content_key(item), vector)
             cached = cache.get(item.item_id)
             if cached is not None and (change is CatalogChange.CONTENT or item.item_id not in table.row_of):
-                projected = projection.served_rows(cached[1][None, :])[0]
+                projected = projection.served_rows(cached[1][None, :], [item.content()])[0]
                 grown = table.add(item.item_id, projected) is not None
         table.set_available(item.item_id, item.available)
         return grown

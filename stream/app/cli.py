@@ -835,6 +835,29 @@ def reindex(
 
 
 @app.command()
+def recontent(
+    artifacts: Annotated[Path, typer.Option(help="Model artifact directory (or its parent with LATEST).")],
+    catalog: Annotated[Path, typer.Option(help="Catalog records (JSONL) of the items the model was trained on.")],
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Fit a model's content projection for new items again, with today's content settings
+    (STREAMREC_TRAIN__CONTENT_ENCODER, _CONTENT_FIELD_VALUES, ...) and this catalog, without retraining; publish it
+    as a new version beside the old one and switch LATEST to it."""
+    _artifact_dir(artifacts)
+    settings = _settings()
+    records = _read_catalog(catalog)
+    _logging(log_level)
+    from streamrec.model.content import ContentModelUnavailable  # numpy and FAISS: the inputs are good
+    from streamrec.stream.app.training import recontent_from_settings
+
+    try:
+        directory = recontent_from_settings(artifacts, records, settings)
+    except (ValueError, ContentModelUnavailable) as exc:  # too few described items; the text model not installed
+        raise StreamrecError(f"cannot fit the content projection of {artifacts}: {one_line(exc)}") from None
+    typer.echo(f"wrote {directory}")
+
+
+@app.command()
 def reblend(
     artifacts: Annotated[Path, typer.Option(help="Model artifact directory (or its parent with LATEST).")],
     events: Annotated[Path, typer.Option(help="The event log the model was trained on (its fingerprint is checked).")],

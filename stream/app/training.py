@@ -1,5 +1,6 @@
 """Training with the serving settings: the bridge from :class:`~streamrec.stream.settings.Settings` to the
-offline :class:`~streamrec.model.train.TrainConfig`, for ``streamrec train``, ``streamrec reindex`` and the demo."""
+offline :class:`~streamrec.model.train.TrainConfig`, for ``streamrec train``, ``reindex``, ``recontent`` and the
+demo."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from streamrec.model.config import TrainConfig
 from streamrec.model.event_log import EventLog
-from streamrec.model.train import reindex, train_artifacts
+from streamrec.model.train import recontent, reindex, train_artifacts
 from streamrec.stream.settings import Settings
 
 
@@ -53,3 +54,9 @@ def reindex_from_settings(artifacts: Path, settings: Settings) -> Path:
     """A new version of ``artifacts`` with its index rebuilt as ``settings`` (``STREAMREC_TRAIN__INDEX_KIND`` and
     the other index fields, the serving search breadth) would build it; see :func:`~streamrec.model.train.reindex`."""
     return reindex(artifacts, config_from_settings(settings))
+
+
+def recontent_from_settings(artifacts: Path, catalog: Sequence[Mapping[str, Any]], settings: Settings) -> Path:
+    """A new version of ``artifacts`` with its content projection fitted again from ``catalog`` as ``settings``
+    (``STREAMREC_TRAIN__CONTENT_*``) would fit it; see :func:`~streamrec.model.train.recontent`."""
+    return recontent(artifacts, catalog, config_from_settings(settings))

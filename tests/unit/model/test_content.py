@@ -17,11 +17,14 @@ from streamrec.model import content
 from streamrec.model.content import (
     ContentModelUnavailable,
     ContentProjection,
+    FieldVocabulary,
     HashedTextEncoder,
     MiniLMEncoder,
     embed_items,
+    item_fields,
     item_text,
     load_encoder,
+    ridge_regression,
 )
 from tests.paths import REPO
 
@@ -159,15 +162,16 @@ def test_load_encoder_names_round_trip(minilm: MiniLMEncoder) -> None:
         np.testing.assert_allclose(loaded.encode(texts), encoder.encode(texts), atol=1e-6)
     assert load_encoder("hashed").name == "hashed-512"
     assert load_encoder("minilm").name == "all-MiniLM-L6-v2"
-    assert load_encoder("auto").name == "all-MiniLM-L6-v2"
-    for bad in ("hashed-0", "hashed-x", "word2vec", ""):
+    assert [encoder.name for encoder in content.candidate_encoders("auto")] == ["hashed-512", "all-MiniLM-L6-v2"]
+    assert [encoder.name for encoder in content.candidate_encoders("hashed-64")] == ["hashed-64"]
+    for bad in ("hashed-0", "hashed-x", "word2vec", "", "auto"):
         with pytest.raises(ValueError, match="unknown text encoder"):
             load_encoder(bad)
 
 
 def test_load_encoder_without_text_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(content, "text_model_available", lambda: False)
-    assert load_encoder("auto").name == "hashed-512"
+    assert [encoder.name for encoder in content.candidate_encoders("auto")] == ["hashed-512"]
     for name in ("minilm", "all-MiniLM-L6-v2"):
         with pytest.raises(ContentModelUnavailable, match=r"streamrec\[text\]"):
             load_encoder(name)
@@ -218,9 +222,9 @@ def test_project_rescales_to_target_norm_and_keeps_zero_rows(linear_data: tuple[
         projection.project(np.zeros((2, 31)))
 
 
-def test_dual_form_matches_primal_closed_form() -> None:
+def test_more_text_dimensions_than_items_still_give_the_closed_form() -> None:
     rng = np.random.default_rng(2)
-    x, y = rng.normal(size=(40, 200)), rng.normal(size=(40, 8))  # t > n: the dual path
+    x, y = rng.normal(size=(40, 200)), rng.normal(size=(40, 8))  # more dimensions than items
     ridge = 0.7
     projection = ContentProjection.fit(x, y, "synthetic", ridge=ridge, holdout=0.0)
     xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
@@ -259,7 +263,7 @@ def _cluster_catalog(rng: np.random.Generator, per_cluster: int, start: int = 0)
 def test_new_item_lands_near_its_own_cluster() -> None:
     rng = np.random.default_rng(3)
     encoder = HashedTextEncoder(512)
-    catalog = _cluster_catalog(rng, per_cluster=40)  # 120 items, 512-dim text: the dual path
+    catalog = _cluster_catalog(rng, per_cluster=40)  # 120 items, 512-dim text
     centres = rng.normal(size=(len(_CLUSTERS), 16)) * 2
     cluster_of = np.repeat(np.arange(len(_CLUSTERS)), 40)
     embeddings = centres[cluster_of] + 0.5 * rng.normal(size=(len(catalog), 16))
@@ -297,6 +301,72 @@ def test_fit_rejects_bad_inputs() -> None:
         ContentProjection.fit(np.full((10, 4), np.nan), y, "e")
 
 
+# --- catalogue fields ----------------------------------------------------------------------------------------
+def test_item_fields_are_exact_values_once() -> None:
+    record = {"title": "ignored", "category": " Shoes ", "attributes": ["brand:Stride", "brand:Stride", "color:red"]}
+    assert item_fields(record) == ["category:Shoes", "brand:Stride", "color:red"]
+    assert item_fields({"attributes": {"brand": "Acme"}}) == ["brand: Acme"]
+    assert item_fields({"title": "only a title"}) == []
+
+
+def test_the_vocabulary_keeps_the_most_common_values_and_ignores_unknown_ones() -> None:
+    records = [{"category": "a", "attributes": ["x"]}, {"category": "a", "attributes": ["y"]}, {"category": "b"}]
+    vocabulary = FieldVocabulary.fit(records, max_values=3)
+    assert vocabulary.values == ("category:a", "category:b", "x")  # 2 records, then ties by value
+    rows = vocabulary.encode([{"category": "a", "attributes": ["x"]}, {"category": "c", "attributes": ["x"]},
+                              {"category": "c"}])  # fmt: skip
+    np.testing.assert_allclose(rows[0], [1 / math.sqrt(2), 0, 1 / math.sqrt(2)], rtol=1e-6)
+    np.testing.assert_allclose(rows[1], [0, 0, 1])  # the unknown category adds nothing
+    assert not rows[2].any()
+    assert len(FieldVocabulary.fit(records, max_values=0)) == 0
+
+
+def _branded_items(rng: np.random.Generator, n: int, brands: np.ndarray) -> tuple[list[dict], np.ndarray]:
+    """Items whose embedding is their brand's vector plus noise; their titles are words shared by every brand."""
+    brand_of = rng.integers(0, len(brands), size=n)
+    words = ["soft", "large", "blue", "classic", "set", "pack", "new", "pro"]
+    records = [
+        {"item_id": f"i{k}", "title": " ".join(rng.choice(words, 3)), "attributes": [f"brand:b{brand_of[k]}"]}
+        for k in range(n)
+    ]
+    return records, brands[brand_of] + 0.3 * rng.normal(size=(n, brands.shape[1]))
+
+
+def test_exact_field_columns_place_items_that_hashing_confuses() -> None:
+    """400 brands hashed into 64 columns collide; a column per brand tells them apart."""
+    rng = np.random.default_rng(6)
+    brands = rng.normal(size=(400, 16))
+    records, embeddings = _branded_items(rng, 4000, brands)
+    encoder = HashedTextEncoder(64)
+    text = encoder.encode([item_text(record) for record in records])
+    hashed = ContentProjection.fit(text, embeddings, encoder.name)
+    exact = ContentProjection.fit(text, embeddings, encoder.name, records=records, max_field_values=1000)
+    assert len(exact.fields) == 400 and exact.text_dim == 64
+    assert exact.quality["holdout_cosine"] > 0.9 > hashed.quality["holdout_cosine"] + 0.2
+    new_records, new_embeddings = _branded_items(np.random.default_rng(7), 20, brands)
+    rows = embed_items(new_records, encoder, exact)
+    assert np.mean([_cosine(row, truth) for row, truth in zip(rows, new_embeddings, strict=True)]) > 0.9
+    with pytest.raises(ValueError, match="record"):
+        exact.project(text[:2])
+
+
+def test_the_fit_in_chunks_is_the_closed_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(8)
+    records, embeddings = _branded_items(rng, 50, rng.normal(size=(6, 4)) + 5.0)
+    text = rng.normal(size=(50, 8)) + 3.0  # far from the origin: the centring must stay exact
+    monkeypatch.setattr(content, "FIT_CHUNK_ROWS", 7)
+    projection = ContentProjection.fit(text, embeddings, "e", ridge=0.5, holdout=0.2, records=records,
+                                       max_field_values=10)  # fmt: skip
+    features = np.hstack([text, projection.fields.encode(records)])
+    weights, bias = ridge_regression(features, embeddings, 0.5)
+    xc, yc = features - features.mean(axis=0), embeddings - embeddings.mean(axis=0)
+    closed = np.linalg.solve(xc.T @ xc + 0.5 * np.eye(features.shape[1]), xc.T @ yc)
+    np.testing.assert_allclose(weights, closed, atol=1e-8)
+    np.testing.assert_allclose(projection.weights, closed, atol=1e-5)
+    np.testing.assert_allclose(projection.bias, bias, atol=1e-5)
+    assert projection.quality["n_train"] == 40 and projection.quality["n_holdout"] == 10
+
+
 # --- persistence ---------------------------------------------------------------------------------------------
 def test_save_load_round_trip(tmp_path: Path, linear_data: tuple[np.ndarray, ...]) -> None:
     x, y, _, _ = linear_data
@@ -310,6 +380,21 @@ def test_save_load_round_trip(tmp_path: Path, linear_data: tuple[np.ndarray, ...
     assert loaded.quality == projection.quality
     np.testing.assert_array_equal(loaded.weights, projection.weights)
     np.testing.assert_array_equal(loaded.project(x[:20]), projection.project(x[:20]))
+
+
+def test_fields_survive_a_round_trip_and_version_1_files_still_load(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    records, embeddings = _branded_items(rng, 60, rng.normal(size=(5, 4)))
+    text = rng.normal(size=(60, 8))
+    projection = ContentProjection.fit(text, embeddings, "e", records=records, max_field_values=3)
+    path = tmp_path / "content.safetensors"
+    projection.save(path)
+    loaded = ContentProjection.load(path)
+    assert loaded.fields.values == projection.fields.values and len(loaded.fields) == 3
+    np.testing.assert_array_equal(loaded.project(text[:5], records[:5]), projection.project(text[:5], records[:5]))
+    old = tmp_path / "version-1.safetensors"
+    _write(old, np.ones((8, 4), dtype=np.float32), np.zeros(4, dtype=np.float32))
+    assert len(ContentProjection.load(old).fields) == 0 and ContentProjection.load(old).text_dim == 8
 
 
 def _write(path: Path, weights: np.ndarray, bias: np.ndarray, **overrides: str) -> None:
@@ -350,6 +435,8 @@ def test_load_rejects_corrupt_and_inconsistent_files(tmp_path: Path) -> None:
         "format": ((weights, bias), {"format": "something-else"}, "not a content projection"),
         "norm": ((weights, bias), {"target_norm": "nan"}, "target_norm"),
         "quality": ((weights, bias), {"quality": "[1, 2]"}, "quality"),
+        "fields": ((weights, bias), {"format_version": "2", "field_values": "[1]"}, "field_values"),
+        "version": ((weights, bias), {"format_version": "3"}, "version"),
     }
     for name, ((w, b), overrides, message) in bad_files.items():
         path = tmp_path / f"{name}.safetensors"
@@ -377,3 +464,35 @@ def test_the_projection_is_fitted_on_a_bounded_sample_of_items() -> None:
         catalog, item_ids, embeddings, config.model_copy(update={"content_fit_max_items": 1000})
     )
     assert everything["content"]["items"] == 400
+
+
+def _ids(records: list[dict]) -> list[str]:
+    return [record["item_id"] for record in records]
+
+
+def test_the_training_keeps_field_columns_only_where_they_place_held_out_items_better() -> None:
+    from streamrec.model.config import TrainConfig
+    from streamrec.model.train import fit_content_projection
+
+    config = TrainConfig(content_encoder="hashed-64")
+    rng = np.random.default_rng(10)
+    branded, by_brand = _branded_items(rng, 2000, rng.normal(size=(300, 8)))  # the brand says it all
+    projection, manifest = fit_content_projection(branded, _ids(branded), by_brand, config)
+    assert projection is not None and len(projection.fields) == manifest["content"]["field_values"] == 300
+    candidates = {c["field_values"]: c["holdout_cosine"] for c in manifest["content"]["candidates"]}
+    assert set(candidates) == {0, 300} and candidates[300] > candidates[0]
+
+    words, word_vectors = [f"w{k}" for k in range(40)], rng.normal(size=(40, 8))
+    chosen = [rng.choice(40, 3, replace=False) for _ in range(600)]
+    titled = [
+        {"item_id": f"t{k}", "title": " ".join(words[w] for w in ws), "attributes": [f"c{rng.integers(50)}"]}
+        for k, ws in enumerate(chosen)
+    ]  # fmt: skip  (the title says it all, the colour is noise)
+    by_title = np.array([word_vectors[ws].sum(axis=0) for ws in chosen]) + 0.1 * rng.normal(size=(600, 8))
+    config = config.model_copy(update={"content_encoder": "hashed"})  # words apart: 512 columns for 40 words
+    projection, manifest = fit_content_projection(titled, _ids(titled), by_title, config)
+    assert projection is not None and len(projection.fields) == manifest["content"]["field_values"] == 0
+    assert [c["field_values"] for c in manifest["content"]["candidates"]] == [0, 50]
+    text_only = fit_content_projection(titled, _ids(titled), by_title,
+                                       config.model_copy(update={"content_field_values": 0}))[1]  # fmt: skip
+    assert [c["field_values"] for c in text_only["content"]["candidates"]] == [0]

@@ -288,7 +288,12 @@ def test_a_catalog_gives_the_artifacts_a_content_projection(trained_artifacts: P
     assert artifacts.manifest["content"]["items"] == len(shop[1])
     # The projection places an item's text nearer to its own learned embedding than the average item is.
     encoder = load_encoder(artifacts.content.encoder_name)
-    projected = artifacts.content.project(encoder.encode([item_text(record) for record in shop[1]]))
+    # The map with the shop's field columns was fitted too, and the better of the two on held-out items kept.
+    candidates = artifacts.manifest["content"]["candidates"]
+    assert [c["field_values"] > 0 for c in candidates] == [False, True]
+    best = max(candidates, key=lambda c: c["holdout_cosine"])
+    assert len(artifacts.content.fields) == artifacts.manifest["content"]["field_values"] == best["field_values"]
+    projected = artifacts.content.project(encoder.encode([item_text(record) for record in shop[1]]), shop[1])
     learned = artifacts.item_embeddings[[artifacts.row_of[record["item_id"]] for record in shop[1]]]
     unit = learned / np.linalg.norm(learned, axis=1, keepdims=True)
     own = np.einsum("id,id->i", projected, unit)
