@@ -246,7 +246,8 @@ class TrainConfig(BaseModel):
     content_encoder: str = Field(
         "auto",
         description="Text model of new items: auto (hashed words, and MiniLM too when the `text` extra is "
-        "installed: the training keeps whichever places held-out trained items better), minilm, hashed.",
+        "installed, kept only where it places held-out trained items clearly better: README, new items), minilm, "
+        "hashed.",
     )
     content_ridge: float = Field(1.0, ge=0, description="Ridge penalty of the text → item-embedding projection.")
     content_field_values: int = Field(
@@ -254,7 +255,7 @@ class TrainConfig(BaseModel):
         ge=0,
         description="Catalogue field values (categories, brands, attribute ids) the content projection may give "
         "a column of their own beside the text, the most common first; the training keeps them where they place "
-        "a held-out tenth of the trained items better than the text alone (README, new items). 0: text alone.",
+        "a held-out tenth of the trained items clearly better than the text alone (README, new items). 0: text alone.",
     )
     content_fit_max_items: int = Field(
         50_000,

@@ -22,8 +22,8 @@ Why these choices:
 * **Exact field columns beside the text.** A catalogue's categories, brands and attribute ids can each get a
   column of their own (:class:`FieldVocabulary`): hashed into a few hundred columns they collide. Where titles
   already say what the fields say (the simulated shop) the extra columns only add variance, so the training fits
-  the map with and without them, and with each available encoder, and keeps the one that places a held-out tenth
-  of the trained items best (README, new items).
+  the map with and without them, and with each available encoder, and keeps the cheapest that no other beats
+  clearly on a held-out tenth of the trained items (``choose_content_projection``; README, new items).
 * **Ridge regression, not a neural mapper.** New-item placement is fitted on a few hundred to a few hundred
   thousand items; a closed-form linear map is fast, deterministic and hard to overfit (a small MLP on the same
   features did no better on held-out items, README). Its sums are taken a chunk of items at a time

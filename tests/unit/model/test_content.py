@@ -496,3 +496,18 @@ def test_the_training_keeps_field_columns_only_where_they_place_held_out_items_b
     text_only = fit_content_projection(titled, _ids(titled), by_title,
                                        config.model_copy(update={"content_field_values": 0}))[1]  # fmt: skip
     assert [c["field_values"] for c in text_only["content"]["candidates"]] == [0]
+
+
+def test_a_costlier_projection_must_place_held_out_items_clearly_better() -> None:
+    from streamrec.model.train import CONTENT_CHOICE_MARGIN, choose_content_projection
+
+    def scored(cosine: float | None) -> ContentProjection:
+        quality = {"n_train": 9, "n_holdout": 1} | ({} if cosine is None else {"holdout_cosine": cosine})
+        return ContentProjection(np.ones((4, 2)), np.zeros(2), 1.0, "e", 1.0, quality)
+
+    cheap, slightly, clearly = scored(0.30), scored(0.30 + CONTENT_CHOICE_MARGIN / 2), scored(0.35)
+    assert choose_content_projection([cheap, slightly]) is cheap
+    assert choose_content_projection([cheap, slightly, clearly]) is clearly
+    assert choose_content_projection([cheap, clearly, scored(0.355)]) is clearly  # measured against the choice
+    unmeasured = scored(None)
+    assert choose_content_projection([unmeasured, scored(None)]) is unmeasured  # too few items held out: the cheapest
