@@ -56,8 +56,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     gradients (``weights[i] · (softmax − one_hot)`` times the other factor): the backward pass only scales them by
     the incoming gradient. Same values and gradients as ``(F.cross_entropy(hidden @ table.T, targets,
     reduction="none") * weights).sum()`` without its ``[P, n_items]`` tensors, and without recomputing the logits
-    and their exponentials in a backward pass: three products over the catalogue per chunk instead of four, one
-    ``exp``, and chunks small enough to stay in the CPU's cache. Without gradients wanted it only sums.
+    and their exponentials in a backward pass: the full softmax is bound by memory traffic and ``exp``, not
+    arithmetic, on CPUs (the inner dimension is only ``dim``). Without gradients wanted it only sums.
 
     With ``products`` = bfloat16 the three products over the catalogue take bfloat16 inputs (float32
     accumulation inside the kernel); the log-sum-exp, the softmax and the gradients' sums stay float32. On CPUs
@@ -82,27 +82,20 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         grad_table = torch.zeros_like(table) if wants_gradients else None
         for begin in range(0, len(hidden), step):
             rows = slice(begin, begin + step)
-            # Items by positions: the product over the catalogue runs as a tall-skinny ``[n_items, dim] @ [dim,
-            # rows]``, which the BLAS does faster than its transpose, and the table's gradient below is a
-            # plain ``[n_items, rows] @ [rows, dim]``.
-            logits = (right @ left[rows].T).to(hidden.dtype)
+            logits = (left[rows] @ right.T).to(hidden.dtype)
             if grad_hidden is None or grad_table is None:
-                log_norms[rows] = torch.logsumexp(logits, dim=0)
+                log_norms[rows] = torch.logsumexp(logits, dim=1)
                 continue
-            top = logits.amax(dim=0)
+            top = logits.amax(dim=1, keepdim=True)
             exponentials = logits.sub_(top).exp_()
-            sums = exponentials.sum(dim=0)
-            log_norms[rows] = top + sums.log()
-            # The weighted softmax is exponentials · scale per position: the scale goes on the [rows, dim]
-            # factors, not through the [n_items, rows] matrix.
-            scale = (weights[rows] / sums).unsqueeze(1)
-            factors = exponentials.to(products)
-            grad_hidden[rows] = (factors.T @ right).to(hidden.dtype) * scale
-            scaled_rows = (hidden[rows] * scale).to(products)
-            if factors.dtype == grad_table.dtype:  # summed inside the product: no [n_items, dim] temporary
-                grad_table.addmm_(factors, scaled_rows)
+            sums = exponentials.sum(dim=1, keepdim=True)
+            log_norms[rows] = (top + sums.log()).squeeze(1)
+            gradient = exponentials.mul_(weights[rows].unsqueeze(1) / sums).to(products)  # weighted softmax
+            grad_hidden[rows] = gradient @ right
+            if gradient.dtype == grad_table.dtype:  # summed inside the product: no [n_items, dim] temporary
+                grad_table.addmm_(gradient.T, left[rows])
             else:
-                grad_table += factors @ scaled_rows
+                grad_table += gradient.T @ left[rows]
         losses = log_norms - (hidden * table[targets]).sum(-1)
         if grad_hidden is not None and grad_table is not None:
             # The one-hot part of softmax − one_hot, for every chunk at once.
