@@ -164,3 +164,26 @@ def test_item_clusters_stand_in_for_categories_without_a_catalog(artifacts: Mode
     codes = {i["item_id"]: i["reason_code"] for i in first["items"]}
     assert codes.get(peer) == f"trending_in:cluster-{cluster}"
     assert first["segment"] is not None  # one known item places the user in a segment
+
+
+def test_a_projection_with_field_columns_places_a_new_item_from_its_record(artifacts: ModelArtifacts, shop) -> None:
+    from dataclasses import replace
+
+    from streamrec.model.content import ContentProjection, item_text, load_encoder
+
+    trained = [record for record in shop[1] if record["item_id"] in artifacts.row_of]
+    encoder = load_encoder("hashed-512")
+    text = encoder.encode([item_text(record) for record in trained])
+    rows = artifacts.item_embeddings[[artifacts.row_of[record["item_id"]] for record in trained]]
+    with_fields = ContentProjection.fit(text, rows, encoder.name, records=trained, max_field_values=500)
+    assert len(with_fields.fields) > 0
+    pipeline = Pipeline(Settings(top_k=20, random_seed=0), replace(artifacts, content=with_fields))
+    template = trained[0]
+    new = CatalogItem("new-4", template["title"], template["category"], 5.0, True, NOW, tuple(template["attributes"]))
+    pipeline.apply_catalog([new], pipeline.text_vectors([new]))
+    # The worker reads the item's category and attributes into the projection's field columns, as training did.
+    expected = with_fields.served_rows(encoder.encode([item_text(new.content())]), [new.content()])[0]
+    served = pipeline.items.embeddings[pipeline.items.row_of["new-4"]]
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+    learned = artifacts.item_embeddings[artifacts.row_of[template["item_id"]]]
+    assert float(served @ learned) / (np.linalg.norm(served) * np.linalg.norm(learned)) > 0.3
