@@ -76,7 +76,12 @@ class TrainConfig(BaseModel):
         2e-3, gt=0, description="Adam learning rate; with full-softmax CE 2e-3 converges in half the epochs of 1e-3."
     )
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
-    batch_size: int = Field(256, ge=1, description="Training windows per batch.")
+    batch_size: int = Field(
+        128,
+        ge=1,
+        description="Training windows per batch; 128 reaches 256's held-out quality in a fifth to a third fewer "
+        "epochs on Beauty, Sports and Yelp (README, training time).",
+    )
     max_epochs: int = Field(200, ge=1, description="Most epochs; early stopping usually ends training first.")
     patience: int = Field(
         3,
