@@ -498,9 +498,11 @@ def recontent(artifact_dir: Path, catalog: Sequence[Mapping[str, Any]], config: 
     it: a model trained before a change of content features, or before its catalogue was complete, places new
     items the new way without retraining. Only the items the model was trained on inform the fit."""
     artifacts = load_artifacts(artifact_dir)
+    described = sum(1 for record in catalog if str(record.get("item_id")) in artifacts.row_of)
+    if described < 2:
+        raise ValueError(f"the catalog describes {described} of the items the model was trained on; it needs two")
     projection, manifest = fit_content_projection(catalog, artifacts.item_ids, artifacts.item_embeddings, config)
-    if projection is None:
-        raise ValueError("the catalog describes fewer than two of the items the model was trained on")
+    assert projection is not None  # two described items always give one
     content_fields = {"content_encoder", "content_ridge", "content_field_values", "content_fit_max_items"}
     recorded = dict(artifacts.manifest.get("train_config", {}))
     dumped = config.model_dump(mode="json")

@@ -173,6 +173,9 @@ def _mistakes(files: dict[str, Path], taken_port: int, dead: str) -> dict[str, M
         "reindex with missing artifacts": Mistake(
             ["reindex", "--artifacts", missing], ["artifact directory not found"]
         ),
+        "recontent with missing artifacts": Mistake(
+            ["recontent", "--artifacts", missing, "--catalog", events], ["artifact directory not found"]
+        ),
         "reblend with missing artifacts": Mistake(
             ["reblend", "--artifacts", missing, "--events", events], ["artifact directory not found"]
         ),
@@ -273,6 +276,31 @@ def test_reindex_publishes_the_index_the_settings_ask_for(tmp_path: Path, traine
     # The simulated shop's 300 items are too few for ivfpq's codes: one line, nothing published.
     refused = run_cli("reindex", "--artifacts", str(root), env=_clean_env(STREAMREC_TRAIN__INDEX_KIND="ivfpq"))
     assert "needs at least 1,000 items" in error_line(refused)
+    assert (root / "LATEST").read_text().strip() == latest
+
+
+def test_recontent_publishes_a_content_projection_fitted_with_today_s_settings(
+    tmp_path: Path, trained_artifacts: Path, shop: tuple[list[Event], list[dict]]
+) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_artifacts, root / trained_artifacts.name)
+    write_latest(root, trained_artifacts.name)
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in shop[1]))
+    env = _clean_env(STREAMREC_TRAIN__CONTENT_ENCODER="hashed-64", STREAMREC_TRAIN__CONTENT_FIELD_VALUES="0")
+    result = run_cli("recontent", "--artifacts", str(root), "--catalog", str(catalog), env=env)
+    assert result.returncode == 0, result.stderr
+    latest = (root / "LATEST").read_text().strip()
+    assert latest != trained_artifacts.name and f"wrote {root / latest}" in result.stdout
+    manifest = orjson.loads((root / latest / "manifest.json").read_bytes())
+    assert manifest["derived_from"] == trained_artifacts.name
+    assert manifest["content"]["encoder"] == "hashed-64" and manifest["content"]["field_values"] == 0
+    assert manifest["train_config"]["content_encoder"] == "hashed-64"
+    # A catalogue that describes none of the trained items: one line, nothing published.
+    strangers = tmp_path / "strangers.jsonl"
+    strangers.write_bytes(orjson.dumps({"item_id": "nobody-knows", "title": "x", "ts": 0}) + b"\n")
+    refused = run_cli("recontent", "--artifacts", str(root), "--catalog", str(strangers), env=_clean_env())
+    assert "describes 0 of the items the model was trained on" in error_line(refused) and refused.returncode == 1
     assert (root / "LATEST").read_text().strip() == latest
 
 
