@@ -309,6 +309,15 @@ class FieldVocabulary:
     def __len__(self) -> int:
         return len(self.values)
 
+    def beside(self, text_vectors: np.ndarray, records: Sequence[Mapping[str, Any]] | None) -> np.ndarray:
+        """``[m, t + len(self)]``: the text vectors with their records' columns beside them (the vectors alone when
+        the vocabulary is empty)."""
+        if not self.values:
+            return text_vectors
+        if records is None or len(records) != len(text_vectors):
+            raise ValueError("this projection reads catalogue fields: pass each item's record with its text vector")
+        return np.hstack([text_vectors, self.encode(records)])
+
     def encode(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """float32 ``[len(records), len(self)]``: each record's known values, ``1/√k`` each."""
         out = np.zeros((len(records), len(self.values)), dtype=np.float32)
@@ -523,11 +532,7 @@ class ContentProjection:
                 f"text vectors of dimension {x.shape[1]}, but this projection was fitted on {self.text_dim} "
                 f"({self.encoder_name})"
             )
-        if not self.fields:
-            return x
-        if records is None or len(records) != len(x):
-            raise ValueError("this projection reads catalogue fields: pass each item's record with its text vector")
-        return np.hstack([x, self.fields.encode(records)])
+        return self.fields.beside(x, records)
 
     # --- fitting ---------------------------------------------------------------------------------------
     @classmethod
@@ -562,32 +567,26 @@ class ContentProjection:
         if target_norm <= 0:
             raise ValueError("most item embeddings are zero; nothing to project onto")
         fields = FieldVocabulary.fit(records, max_field_values) if records is not None else FieldVocabulary()
-        unfitted = cls(np.zeros((x.shape[1] + len(fields), y.shape[1])), np.zeros(y.shape[1]), target_norm,
-                       encoder_name, float(ridge), fields=fields)  # fmt: skip
 
         def chunks(rows: np.ndarray) -> Iterable[tuple[np.ndarray, np.ndarray]]:
             for begin in range(0, len(rows), FIT_CHUNK_ROWS):
                 part = rows[begin : begin + FIT_CHUNK_ROWS]
-                part_records = None if records is None else [records[i] for i in part]
-                yield unfitted.features(x[part], part_records), part
+                yield fields.beside(x[part], None if records is None else [records[i] for i in part]), part
 
         reference = next(iter(chunks(np.arange(len(x)))))[0].mean(axis=0), y.mean(axis=0)
-
-        def moments(rows: np.ndarray) -> RidgeMoments:
-            total = RidgeMoments(*reference)
-            for features, part in chunks(rows):
-                total.add(features, y[part])
-            return total
-
         held, kept = holdout_split(len(x), holdout, seed)
-        fitted = moments(np.sort(kept))
+        fitted = RidgeMoments(*reference)
+        for features, part in chunks(np.sort(kept)):
+            fitted.add(features, y[part])
+        quality: dict[str, float] = {"n_train": len(x), "n_holdout": 0}
         if len(held):
             held_weights, held_bias = fitted.solve(ridge)
-            predictions = np.vstack([features @ held_weights + held_bias for features, _ in chunks(held)])
-            quality = prediction_quality(y, held, kept, predictions)
-            fitted = fitted + moments(held)
-        else:
-            quality = {"n_train": len(x), "n_holdout": 0}
+            held_moments, predictions = RidgeMoments(*reference), []
+            for features, part in chunks(held):  # each held-out item's features made once: predicted, then summed
+                predictions.append(features @ held_weights + held_bias)
+                held_moments.add(features, y[part])
+            quality = prediction_quality(y, held, kept, np.vstack(predictions))
+            fitted = fitted + held_moments
         weights, bias = fitted.solve(ridge)
         return cls(weights, bias, target_norm, encoder_name, float(ridge), quality, fields)
 
