@@ -67,7 +67,7 @@ from streamrec.model.ranker import PAD, RankerConfig, SequenceRanker
 from streamrec.model.resume_points import ResumePoints, resume_epoch
 from streamrec.model.segments import Segments, fit_segments
 from streamrec.model.shoppers import ShopperProjection, draw_caps, shopper_states
-from streamrec.model.softmax import Softmax, retrieval_softmax_for, softmax_for
+from streamrec.model.softmax import SampledSoftmax, Softmax, retrieval_softmax_for, softmax_for
 from streamrec.model.splits import LeaveOneOutSplit, Stage, leave_one_out
 
 logger = logging.getLogger(__name__)
@@ -770,7 +770,7 @@ def _fit(
 ) -> tuple[list[dict[str, float]], int]:
     """Train with early stopping on validation NDCG@10 of the ranker; leaves the best epoch's weights loaded, and
     in ``resume_points`` those of the epochs a refit may resume from."""
-    trainer = _Trainer(model, windows, config, softmax)
+    trainer = _Trainer(model, windows, config, softmax, config.sampled_warmup_epochs)
     history: list[dict[str, float]] = []
     stopping = EarlyStopping(model, config.patience, config.time_budget_s)
     epochs = tqdm(range(1, config.max_epochs + 1), desc="epochs", unit="epoch", disable=not progress)
@@ -832,12 +832,31 @@ class EarlyStopping:
 
 
 class _Trainer:
-    """The optimisation state of one model: its optimizers and the interest-vector loss's temperature."""
+    """The optimisation state of one model: its optimizers, the interest-vector loss's temperature, and which
+    softmax each epoch trains with (the sampled one for the first ``warmup_epochs``, see ``sampled_warmup_epochs``)."""
 
-    def __init__(self, model: SequenceRanker, windows: TrainingWindows, config: TrainConfig, softmax: Softmax) -> None:
+    def __init__(
+        self,
+        model: SequenceRanker,
+        windows: TrainingWindows,
+        config: TrainConfig,
+        softmax: Softmax,
+        warmup_epochs: int = 0,
+    ) -> None:
         self.model, self.windows, self.config, self.softmax = model, windows, config, softmax
         target_counts = windows.target_counts(model.config.n_items)
         self.retrieval_softmax = retrieval_softmax_for(config, softmax, target_counts, config.seed)
+        self.warmup_epochs = 0 if isinstance(softmax, SampledSoftmax) else warmup_epochs
+        self.warmup_softmax = (
+            SampledSoftmax(
+                target_counts,
+                config.sampled_negatives,
+                config.negative_popularity_share,
+                torch.Generator().manual_seed(config.seed + 2),
+            )
+            if self.warmup_epochs
+            else None
+        )
         # Temperature of the normalised interest-vector logits; starts where the ranker's logits are (≈ sqrt(dim)).
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(math.sqrt(config.dim))))
         sparse_table = softmax.sparse_gradients and model.config.n_items >= config.sparse_table_min_items
@@ -846,6 +865,7 @@ class _Trainer:
     def epoch(self, epoch: int, rng: np.random.Generator, progress: bool) -> dict[str, float]:
         """One pass over every window; the mean losses of its batches."""
         self.model.train()
+        ranking, retrieval = self.softmaxes(epoch)
         totals = np.zeros(3)
         batches = window_batches(self.windows.lengths, self.config.batch_size, rng)
         for batch in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress):
@@ -855,8 +875,8 @@ class _Trainer:
                 self.windows,
                 batch,
                 self.config.retrieval_loss_weight,
-                self.softmax,
-                self.retrieval_softmax,
+                ranking,
+                retrieval,
                 self.config.retrieval_share,
             )
             for optimizer in self.optimizers:
@@ -866,8 +886,14 @@ class _Trainer:
             for optimizer in self.optimizers:
                 optimizer.step()
             totals += [float(loss.detach()) for loss in losses]
-        loss, ranking, retrieval = (totals / len(batches)).tolist()
-        return {"loss": loss, "ranking_loss": ranking, "retrieval_loss": retrieval}
+        loss, ranking_loss, retrieval_loss = (totals / len(batches)).tolist()
+        return {"loss": loss, "ranking_loss": ranking_loss, "retrieval_loss": retrieval_loss}
+
+    def softmaxes(self, epoch: int) -> tuple[Softmax, Softmax]:
+        """The ranker's and the interest vector's loss over the catalogue in ``epoch`` (counted from 1)."""
+        if self.warmup_softmax is not None and epoch <= self.warmup_epochs:
+            return self.warmup_softmax, self.warmup_softmax
+        return self.softmax, self.retrieval_softmax
 
 
 def _refit_after_fit(
@@ -884,13 +910,13 @@ def _refit_after_fit(
     best⌋`` for the remaining epochs, or a fresh model trained for ``best_epoch`` epochs."""
     n_items = model.config.n_items
     if config.refit_epochs is not None:
-        start = (model, history[best_epoch - 1]["retrieval_temperature"], "the early-stopped model")
+        start = (model, history[best_epoch - 1]["retrieval_temperature"], "the early-stopped model", best_epoch)
         return _refit(split, config, n_items, config.refit_epochs, progress, start)
     resumed = resume_epoch(config.refit_resume, best_epoch)
     if resume_points is None or resumed == 0:
         return _refit(split, config, n_items, best_epoch, progress)
     resume_points.load(resumed, model)
-    start = (model, history[resumed - 1]["retrieval_temperature"], f"the first fit's epoch {resumed}")
+    start = (model, history[resumed - 1]["retrieval_temperature"], f"the first fit's epoch {resumed}", resumed)
     return _refit(split, config, n_items, best_epoch - resumed, progress, start)
 
 
@@ -900,15 +926,16 @@ def _refit(
     n_items: int,
     epochs: int,
     progress: bool,
-    start: tuple[SequenceRanker, float, str] | None = None,
+    start: tuple[SequenceRanker, float, str, int] | None = None,
 ) -> tuple[SequenceRanker, dict[str, Any]]:
     """A model trained for ``epochs`` epochs on every interaction before each user's test item, the validation
     items included: what early stopping chose, learned from the users' latest interactions too.
 
     Without ``start`` it is a fresh model from the seed's initial weights; with ``start`` (a model of the first
-    fit, its interest-vector temperature and what it is, for the manifest) that model trained on in place, with
-    fresh optimizer state. Either draws its batches from its own seeded generator, so the published model depends
-    on the epochs chosen, not on how many the first fit ran past them."""
+    fit, its interest-vector temperature, what it is, for the manifest, and the epochs it has trained) that model
+    trained on in place, with fresh optimizer state; the sampled warm-up counts those epochs. Either draws its
+    batches from its own seeded generator, so the published model depends on the epochs chosen, not on how many
+    the first fit ran past them."""
     started = time.perf_counter()
     rng = np.random.default_rng([config.seed, 1])
     windows = training_windows(split, config, before="test")
@@ -918,7 +945,8 @@ def _refit(
     else:
         model = start[0]
     softmax = softmax_for(config, windows.target_counts(n_items), config.seed)
-    trainer = _Trainer(model, windows, config, softmax)
+    trained = 0 if start is None else start[3]
+    trainer = _Trainer(model, windows, config, softmax, max(0, config.sampled_warmup_epochs - trained))
     if start is not None:
         with torch.no_grad():
             trainer.log_scale.fill_(math.log(start[1]))

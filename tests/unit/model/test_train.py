@@ -408,7 +408,7 @@ def test_a_refit_can_train_the_early_stopped_model_on(trained: Path, log: EventL
     early = load_artifacts(trained)
     temperature = manifest_of(trained)["training"]["history"][-1]["retrieval_temperature"]
     _, fresh = _refit(split, config, 120, 1, progress=False)
-    start = (early.ranker, temperature, "the early-stopped model")
+    start = (early.ranker, temperature, "the early-stopped model", manifest_of(trained)["training"]["best_epoch"])
     continued, record = _refit(split, config, 120, 1, progress=False, start=start)
     assert continued is early.ranker and record["from"] == "the early-stopped model"
     # A trained model starts where a fresh one ends many epochs later: its first epoch's loss is far lower.
@@ -450,3 +450,51 @@ def test_a_refit_can_resume_the_first_fit_from_a_share_of_the_chosen_epochs(
     assert training_summary(manifest)["refit_from"] == f"the first fit's epoch {resumed}"
     assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.3
     assert not list(Path(tempfile.gettempdir()).glob("streamrec-resume-*"))
+
+
+def test_a_sampled_warmup_trains_the_first_epochs_of_each_fit_with_the_sampled_softmax(
+    log: EventLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamrec.model.train as training
+
+    used: list[tuple[int, str, str]] = []  # (epoch, ranker's softmax, interest vector's): first fit, then refit
+    epoch = training._Trainer.epoch
+
+    def recorded(self: training._Trainer, number: int, rng: np.random.Generator, progress: bool) -> dict:
+        ranking, retrieval = self.softmaxes(number)
+        used.append((number, ranking.name, retrieval.name))
+        return epoch(self, number, rng, progress)
+
+    monkeypatch.setattr(training._Trainer, "epoch", recorded)
+    config = changed(CONFIG, refit=True, sampled_warmup_epochs=2, max_epochs=4, patience=10, blend_weights=(0.0,))
+    manifest = manifest_of(train_artifacts(log, tmp_path, config, progress=False))
+    best = manifest["training"]["best_epoch"]
+    assert best >= 3  # this log keeps improving past the warm-up
+    fit, refit = used[:4], used[4:]
+    assert fit == [(1, "sampled", "sampled"), (2, "sampled", "sampled"), (3, "full", "full"), (4, "full", "full")]
+    assert refit == fit[:best]  # a fresh refit warms up the same way
+    assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.3
+
+
+def test_a_refit_that_starts_from_the_first_fit_counts_its_epochs_in_the_warmup(
+    log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamrec.model.train as training
+
+    warmups: list[int] = []
+    init = training._Trainer.__init__
+
+    def recorded(self: training._Trainer, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        warmups.append(self.warmup_epochs)
+
+    monkeypatch.setattr(training._Trainer, "__init__", recorded)
+    split = leave_one_out(log, {item: row for row, item in enumerate(build_vocabulary(log))})
+    config = changed(CONFIG, sampled_warmup_epochs=3)
+    n_items = len(build_vocabulary(log))
+    model, _ = _refit(split, config, n_items, 1, False)
+    _refit(split, config, n_items, 1, False, (model, 5.0, "a model of the first fit's epoch 2", 2))
+    _refit(split, config, n_items, 1, False, (model, 5.0, "the early-stopped model", 4))
+    sampled = changed(config, softmax="sampled")
+    _refit(split, sampled, n_items, 1, False)
+    assert warmups == [3, 1, 0, 0]  # nothing to warm up where the softmax is sampled anyway
