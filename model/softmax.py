@@ -243,6 +243,12 @@ def softmax_for(config: TrainConfig, target_counts: np.ndarray, seed: int) -> So
     if kind == "full":
         bfloat16 = config.softmax_precision == "bfloat16" or (config.softmax_precision == "auto" and native_bfloat16())
         return FullSoftmax(torch.bfloat16 if bfloat16 else torch.float32)
+    return sampled_softmax_for(config, target_counts, seed)
+
+
+def sampled_softmax_for(config: TrainConfig, target_counts: np.ndarray, seed: int) -> SampledSoftmax:
+    """The sampled softmax ``config`` describes (``sampled_negatives``, ``negative_popularity_share``), drawing its
+    negatives from its own generator seeded with ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     return SampledSoftmax(target_counts, config.sampled_negatives, config.negative_popularity_share, generator)
 
@@ -252,5 +258,4 @@ def retrieval_softmax_for(config: TrainConfig, ranking: Softmax, target_counts: 
     softmax of its own (``ranking`` again when it is sampled already, so a batch draws its negatives once)."""
     if config.retrieval_softmax == "same" or isinstance(ranking, SampledSoftmax):
         return ranking
-    generator = torch.Generator().manual_seed(seed + 1)
-    return SampledSoftmax(target_counts, config.sampled_negatives, config.negative_popularity_share, generator)
+    return sampled_softmax_for(config, target_counts, seed + 1)

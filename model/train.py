@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -67,7 +67,13 @@ from streamrec.model.ranker import PAD, RankerConfig, SequenceRanker
 from streamrec.model.resume_points import ResumePoints, resume_epoch
 from streamrec.model.segments import Segments, fit_segments
 from streamrec.model.shoppers import ShopperProjection, draw_caps, shopper_states
-from streamrec.model.softmax import SampledSoftmax, Softmax, retrieval_softmax_for, softmax_for
+from streamrec.model.softmax import (
+    SampledSoftmax,
+    Softmax,
+    retrieval_softmax_for,
+    sampled_softmax_for,
+    softmax_for,
+)
 from streamrec.model.splits import LeaveOneOutSplit, Stage, leave_one_out
 
 logger = logging.getLogger(__name__)
@@ -848,14 +854,7 @@ class _Trainer:
         self.retrieval_softmax = retrieval_softmax_for(config, softmax, target_counts, config.seed)
         self.warmup_epochs = 0 if isinstance(softmax, SampledSoftmax) else warmup_epochs
         self.warmup_softmax = (
-            SampledSoftmax(
-                target_counts,
-                config.sampled_negatives,
-                config.negative_popularity_share,
-                torch.Generator().manual_seed(config.seed + 2),
-            )
-            if self.warmup_epochs
-            else None
+            sampled_softmax_for(config, target_counts, config.seed + 2) if self.warmup_epochs else None
         )
         # Temperature of the normalised interest-vector logits; starts where the ranker's logits are (≈ sqrt(dim)).
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(math.sqrt(config.dim))))
@@ -896,6 +895,15 @@ class _Trainer:
         return self.softmax, self.retrieval_softmax
 
 
+class RefitStart(NamedTuple):
+    """A model of the first fit that a refit trains on instead of fresh weights."""
+
+    model: SequenceRanker
+    temperature: float  # its interest-vector temperature
+    source: str  # what it is, for the manifest
+    epochs_trained: int  # counted by the sampled warm-up
+
+
 def _refit_after_fit(
     model: SequenceRanker,
     split: LeaveOneOutSplit,
@@ -910,13 +918,17 @@ def _refit_after_fit(
     best⌋`` for the remaining epochs, or a fresh model trained for ``best_epoch`` epochs."""
     n_items = model.config.n_items
     if config.refit_epochs is not None:
-        start = (model, history[best_epoch - 1]["retrieval_temperature"], "the early-stopped model", best_epoch)
+        start = RefitStart(
+            model, history[best_epoch - 1]["retrieval_temperature"], "the early-stopped model", best_epoch
+        )
         return _refit(split, config, n_items, config.refit_epochs, progress, start)
     resumed = resume_epoch(config.refit_resume, best_epoch)
     if resume_points is None or resumed == 0:
         return _refit(split, config, n_items, best_epoch, progress)
     resume_points.load(resumed, model)
-    start = (model, history[resumed - 1]["retrieval_temperature"], f"the first fit's epoch {resumed}", resumed)
+    start = RefitStart(
+        model, history[resumed - 1]["retrieval_temperature"], f"the first fit's epoch {resumed}", resumed
+    )
     return _refit(split, config, n_items, best_epoch - resumed, progress, start)
 
 
@@ -926,14 +938,13 @@ def _refit(
     n_items: int,
     epochs: int,
     progress: bool,
-    start: tuple[SequenceRanker, float, str, int] | None = None,
+    start: RefitStart | None = None,
 ) -> tuple[SequenceRanker, dict[str, Any]]:
     """A model trained for ``epochs`` epochs on every interaction before each user's test item, the validation
     items included: what early stopping chose, learned from the users' latest interactions too.
 
-    Without ``start`` it is a fresh model from the seed's initial weights; with ``start`` (a model of the first
-    fit, its interest-vector temperature, what it is, for the manifest, and the epochs it has trained) that model
-    trained on in place, with fresh optimizer state; the sampled warm-up counts those epochs. Either draws its
+    Without ``start`` it is a fresh model from the seed's initial weights; with ``start`` that model trained on in
+    place, with fresh optimizer state; the sampled warm-up counts the epochs it has trained. Either draws its
     batches from its own seeded generator, so the published model depends on the epochs chosen, not on how many
     the first fit ran past them."""
     started = time.perf_counter()
@@ -943,13 +954,13 @@ def _refit(
         torch.manual_seed(config.seed)
         model = SequenceRanker(ranker_config(config, n_items))
     else:
-        model = start[0]
+        model = start.model
     softmax = softmax_for(config, windows.target_counts(n_items), config.seed)
-    trained = 0 if start is None else start[3]
+    trained = 0 if start is None else start.epochs_trained
     trainer = _Trainer(model, windows, config, softmax, max(0, config.sampled_warmup_epochs - trained))
     if start is not None:
         with torch.no_grad():
-            trainer.log_scale.fill_(math.log(start[1]))
+            trainer.log_scale.fill_(math.log(start.temperature))
     losses: list[dict[str, float]] = []
     for epoch in tqdm(range(1, epochs + 1), desc="refit epochs", unit="epoch", disable=not progress):
         losses.append({"epoch": epoch, **trainer.epoch(epoch, rng, progress)})
@@ -957,7 +968,7 @@ def _refit(
     model.item_embedding.sparse = False
     return model, {
         "epochs": epochs,
-        "from": "fresh weights" if start is None else start[2],
+        "from": "fresh weights" if start is None else start.source,
         "training_windows": len(windows),
         "seconds": round(time.perf_counter() - started, 2),
         "history": losses,

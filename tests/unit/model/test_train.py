@@ -29,6 +29,7 @@ from streamrec.model.event_log import EventLog
 from streamrec.model.events import Event, EventType
 from streamrec.model.splits import leave_one_out
 from streamrec.model.train import (
+    RefitStart,
     _refit,
     attach_item_knn,
     build_vocabulary,
@@ -408,7 +409,8 @@ def test_a_refit_can_train_the_early_stopped_model_on(trained: Path, log: EventL
     early = load_artifacts(trained)
     temperature = manifest_of(trained)["training"]["history"][-1]["retrieval_temperature"]
     _, fresh = _refit(split, config, 120, 1, progress=False)
-    start = (early.ranker, temperature, "the early-stopped model", manifest_of(trained)["training"]["best_epoch"])
+    best = manifest_of(trained)["training"]["best_epoch"]
+    start = RefitStart(early.ranker, temperature, "the early-stopped model", best)
     continued, record = _refit(split, config, 120, 1, progress=False, start=start)
     assert continued is early.ranker and record["from"] == "the early-stopped model"
     # A trained model starts where a fresh one ends many epochs later: its first epoch's loss is far lower.
@@ -425,7 +427,7 @@ def test_a_refit_can_resume_the_first_fit_from_a_share_of_the_chosen_epochs(
 ) -> None:
     import streamrec.model.train as training
 
-    starts: list[tuple[object, float, str] | None] = []
+    starts: list[RefitStart | None] = []
     refit = training._refit
 
     def recorded(*args: object, **kwargs: object) -> object:
@@ -493,8 +495,8 @@ def test_a_refit_that_starts_from_the_first_fit_counts_its_epochs_in_the_warmup(
     config = changed(CONFIG, sampled_warmup_epochs=3)
     n_items = len(build_vocabulary(log))
     model, _ = _refit(split, config, n_items, 1, False)
-    _refit(split, config, n_items, 1, False, (model, 5.0, "a model of the first fit's epoch 2", 2))
-    _refit(split, config, n_items, 1, False, (model, 5.0, "the early-stopped model", 4))
+    _refit(split, config, n_items, 1, False, RefitStart(model, 5.0, "the first fit's epoch 2", 2))
+    _refit(split, config, n_items, 1, False, RefitStart(model, 5.0, "the early-stopped model", 4))
     sampled = changed(config, softmax="sampled")
     _refit(split, sampled, n_items, 1, False)
     assert warmups == [3, 1, 0, 0]  # nothing to warm up where the softmax is sampled anyway
