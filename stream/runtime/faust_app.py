@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections.abc import AsyncIterator
 
@@ -48,6 +49,9 @@ class FaustWorker(BatchRuntime):
         self, settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics | None = None, health: Health | None = None
     ) -> None:
         super().__init__(settings, pipeline, metrics, health)
+        # faust makes a data directory for local tables, by default in the working directory; streamrec keeps no
+        # faust table, so the directory is private and removed when the worker stops.
+        self._datadir = tempfile.TemporaryDirectory(prefix="streamrec-faust-")
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -73,6 +77,7 @@ class FaustWorker(BatchRuntime):
             # that is never acknowledged; the revocation handler waits for the batch in flight itself.
             stream_wait_empty=False,
             broker_credentials=faust_credentials(settings),
+            datadir=self._datadir.name,
         )
         events = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, allow_empty=True)
         app.agent(events, name=f"{settings.consumer_group}-pipeline")(self._agent)
@@ -160,3 +165,4 @@ class FaustWorker(BatchRuntime):
                 await asyncio.wait_for(self.app.stop(), bound)
             except (TimeoutError, asyncio.CancelledError):
                 log.warning("faust did not stop within %.1f s; leaving its clients", bound)
+            self._datadir.cleanup()

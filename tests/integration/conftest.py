@@ -161,5 +161,6 @@ def launch_worker_process(artifacts_dir: Path, topics: TopicNames, log_path: Pat
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            cwd=log_path.parent,  # what a worker leaves in its working directory stays with the test
         )
     return WorkerProcess(process, port, log_path)

@@ -224,3 +224,4 @@ def test_faust_runtime_serves_the_same_pipeline(
     assert items[1] not in {i["item_id"] for i in rec["items"]}
     assert dict(rejected.headers)["streamrec.reason"] == b"not_json"
     assert worker.stop() == 0  # SIGTERM stops a faust worker cleanly
+    assert not list(worker.log_path.parent.glob("*-data"))  # faust's data directory is not left behind
