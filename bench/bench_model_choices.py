@@ -103,15 +103,16 @@ def summary(dataset: str, variant: str, settings: dict[str, str], out: Path, wal
     }
 
 
-def best_epoch_with_patience(scores: list[float], patience: int) -> int:
-    """The epoch (1-based) early stopping with ``patience`` keeps, given every epoch's validation score."""
-    best = 0
-    for epoch, score in enumerate(scores):
+def best_epoch_with_patience(scores: dict[int, float], patience: int) -> int:
+    """The epoch early stopping with ``patience`` keeps, given the validation score of every epoch it scored (a
+    sampled warm-up's epochs are not)."""
+    best = min(scores)
+    for epoch, score in sorted(scores.items()):
         if score > scores[best]:
             best = epoch
         elif epoch - best >= patience:
             break
-    return best + 1
+    return best
 
 
 def patience_report(runs: list[dict[str, Any]], patience: int = 3) -> str:
@@ -125,9 +126,8 @@ def patience_report(runs: list[dict[str, Any]], patience: int = 3) -> str:
         if manifest["train_config"]["patience"] <= patience:
             continue  # it stopped with this patience or less: nothing to compare
         # Older manifests spell the keys in lower case.
-        scores = [
-            {k.lower(): v for k, v in epoch.items()}["val_ranker_ndcg@10"] for epoch in manifest["training"]["history"]
-        ]
+        records = [{k.lower(): v for k, v in epoch.items()} for epoch in manifest["training"]["history"]]
+        scores = {record["epoch"]: record["val_ranker_ndcg@10"] for record in records if "val_ranker_ndcg@10" in record}
         checked += 1
         same += best_epoch_with_patience(scores, patience) == result["best_epoch"]
     return f"patience {patience} keeps the best epoch of {same} of {checked} runs trained with a larger patience"

@@ -474,8 +474,18 @@ def test_a_sampled_warmup_trains_the_first_epochs_of_each_fit_with_the_sampled_s
     assert best >= 3  # this log keeps improving past the warm-up
     fit, refit = used[:4], used[4:]
     assert fit == [(1, "sampled", "sampled"), (2, "sampled", "sampled"), (3, "full", "full"), (4, "full", "full")]
+    # Early stopping scores the full-softmax epochs only.
+    assert ["val_ranker_NDCG@10" in epoch for epoch in manifest["training"]["history"]] == [False, False, True, True]
     assert refit == fit[:best]  # a fresh refit warms up the same way
     assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.3
+
+
+def test_a_time_budget_spent_during_the_warmup_ends_training_on_a_scored_epoch(log: EventLog, tmp_path: Path) -> None:
+    config = changed(CONFIG, sampled_warmup_epochs=3, max_epochs=5, time_budget_s=1e-6, blend_weights=(0.0,))
+    manifest = manifest_of(train_artifacts(log, tmp_path, config, progress=False))
+    training = manifest["training"]
+    assert training["epochs"] == training["best_epoch"] == 1
+    assert training["history"][0]["val_ranker_NDCG@10"] > 0
 
 
 def test_a_refit_that_starts_from_the_first_fit_counts_its_epochs_in_the_warmup(
