@@ -863,10 +863,14 @@ class _Trainer:
         self.model, self.windows, self.config, self.softmax = model, windows, config, softmax
         target_counts = windows.target_counts(model.config.n_items)
         self.retrieval_softmax = retrieval_softmax_for(config, softmax, target_counts, config.seed)
-        self.warmup_epochs = 0 if isinstance(softmax, SampledSoftmax) else warmup_epochs
         self.warmup_softmax = (
-            sampled_softmax_for(config, target_counts, config.seed + 2) if self.warmup_epochs else None
+            sampled_softmax_for(config, target_counts, config.seed + 2)
+            if warmup_epochs and not isinstance(softmax, SampledSoftmax)
+            else None
         )
+        if self.warmup_softmax is not None and self.warmup_softmax.covers_catalogue:
+            self.warmup_softmax = None  # its negatives would be the whole catalogue: the full softmax, at its cost
+        self.warmup_epochs = warmup_epochs if self.warmup_softmax is not None else 0
         # Temperature of the normalised interest-vector logits; starts where the ranker's logits are (≈ sqrt(dim)).
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(math.sqrt(config.dim))))
         sparse_table = softmax.sparse_gradients and model.config.n_items >= config.sparse_table_min_items

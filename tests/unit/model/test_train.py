@@ -468,7 +468,15 @@ def test_a_sampled_warmup_trains_the_first_epochs_of_each_fit_with_the_sampled_s
         return epoch(self, number, rng, progress)
 
     monkeypatch.setattr(training._Trainer, "epoch", recorded)
-    config = changed(CONFIG, refit=True, sampled_warmup_epochs=2, max_epochs=4, patience=10, blend_weights=(0.0,))
+    config = changed(
+        CONFIG,
+        refit=True,
+        sampled_warmup_epochs=2,
+        sampled_negatives=32,
+        max_epochs=4,
+        patience=10,
+        blend_weights=(0.0,),
+    )
     manifest = manifest_of(train_artifacts(log, tmp_path, config, progress=False))
     best = manifest["training"]["best_epoch"]
     assert best >= 3  # this log keeps improving past the warm-up
@@ -481,7 +489,9 @@ def test_a_sampled_warmup_trains_the_first_epochs_of_each_fit_with_the_sampled_s
 
 
 def test_a_time_budget_spent_during_the_warmup_ends_training_on_a_scored_epoch(log: EventLog, tmp_path: Path) -> None:
-    config = changed(CONFIG, sampled_warmup_epochs=3, max_epochs=5, time_budget_s=1e-6, blend_weights=(0.0,))
+    config = changed(
+        CONFIG, sampled_warmup_epochs=3, sampled_negatives=32, max_epochs=5, time_budget_s=1e-6, blend_weights=(0.0,)
+    )
     manifest = manifest_of(train_artifacts(log, tmp_path, config, progress=False))
     training = manifest["training"]
     assert training["epochs"] == training["best_epoch"] == 1
@@ -502,11 +512,13 @@ def test_a_refit_that_starts_from_the_first_fit_counts_its_epochs_in_the_warmup(
 
     monkeypatch.setattr(training._Trainer, "__init__", recorded)
     split = leave_one_out(log, {item: row for row, item in enumerate(build_vocabulary(log))})
-    config = changed(CONFIG, sampled_warmup_epochs=3)
+    config = changed(CONFIG, sampled_warmup_epochs=3, sampled_negatives=32)
     n_items = len(build_vocabulary(log))
     model, _ = _refit(split, config, n_items, 1, False)
     _refit(split, config, n_items, 1, False, RefitStart(model, 5.0, "the first fit's epoch 2", 2))
     _refit(split, config, n_items, 1, False, RefitStart(model, 5.0, "the early-stopped model", 4))
     sampled = changed(config, softmax="sampled")
     _refit(split, sampled, n_items, 1, False)
-    assert warmups == [3, 1, 0, 0]  # nothing to warm up where the softmax is sampled anyway
+    _refit(split, changed(config, sampled_negatives=n_items), n_items, 1, False)
+    # Nothing to warm up where the softmax is sampled anyway, or where the negatives would be the whole catalogue.
+    assert warmups == [3, 1, 0, 0, 0]
