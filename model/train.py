@@ -788,9 +788,10 @@ def _fit(
             "retrieval_temperature": float(trainer.log_scale.detach().exp()),
         }
         # Early stopping picks among full-softmax epochs only: the first of them scored above every warm-up epoch on
-        # Beauty, Sports and Yelp, and validating a warm-up epoch costs twice its training on Yelp. Once the time
-        # budget is spent the epoch is scored anyway, so that training never ends on unscored weights.
-        scored = not trainer.warming_up(epoch) or stopping.budget_spent()
+        # Beauty, Sports and Yelp, and validating a warm-up epoch costs twice its training on Yelp. The last epoch
+        # (by max_epochs or the time budget) is scored anyway, so that training never ends on unscored weights.
+        last = epoch == config.max_epochs or stopping.budget_spent()
+        scored = last or not trainer.warming_up(epoch)
         if scored:
             model.eval()
             ranks, _ = _evaluate(model, split, "valid", config, with_baselines=False, users=eval_users)

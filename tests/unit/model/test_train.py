@@ -488,14 +488,17 @@ def test_a_sampled_warmup_trains_the_first_epochs_of_each_fit_with_the_sampled_s
     assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.3
 
 
-def test_a_time_budget_spent_during_the_warmup_ends_training_on_a_scored_epoch(log: EventLog, tmp_path: Path) -> None:
-    config = changed(
-        CONFIG, sampled_warmup_epochs=3, sampled_negatives=32, max_epochs=5, time_budget_s=1e-6, blend_weights=(0.0,)
-    )
+@pytest.mark.parametrize(
+    ("limit", "last_epoch"), [({"time_budget_s": 1e-6, "max_epochs": 5}, 1), ({"max_epochs": 2}, 2)], ids=str
+)
+def test_training_that_ends_during_the_warmup_ends_on_a_scored_epoch(
+    log: EventLog, tmp_path: Path, limit: dict[str, float], last_epoch: int
+) -> None:
+    config = changed(CONFIG, sampled_warmup_epochs=3, sampled_negatives=32, blend_weights=(0.0,), **limit)
     manifest = manifest_of(train_artifacts(log, tmp_path, config, progress=False))
     training = manifest["training"]
-    assert training["epochs"] == training["best_epoch"] == 1
-    assert training["history"][0]["val_ranker_NDCG@10"] > 0
+    assert training["epochs"] == training["best_epoch"] == last_epoch
+    assert ["val_ranker_NDCG@10" in epoch for epoch in training["history"]] == [False] * (last_epoch - 1) + [True]
 
 
 def test_a_refit_that_starts_from_the_first_fit_counts_its_epochs_in_the_warmup(
