@@ -489,7 +489,9 @@ def test_a_sampled_warmup_trains_the_first_epochs_of_each_fit_with_the_sampled_s
 
 
 @pytest.mark.parametrize(
-    ("limit", "last_epoch"), [({"time_budget_s": 1e-6, "max_epochs": 5}, 1), ({"max_epochs": 2}, 2)], ids=str
+    ("limit", "last_epoch"),
+    [({"time_budget_s": 1e-6, "max_epochs": 5}, 1), ({"max_epochs": 2}, 2)],
+    ids=["time budget", "max epochs"],
 )
 def test_training_that_ends_during_the_warmup_ends_on_a_scored_epoch(
     log: EventLog, tmp_path: Path, limit: dict[str, float], last_epoch: int
