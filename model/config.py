@@ -90,6 +90,13 @@ class TrainConfig(BaseModel):
         "all 15 runs of bench_model_choices.py on three datasets, two epochs sooner).",
     )
     seed: int = Field(0, description="Seed of every random choice (initialisation, batches, sampling, ties).")
+    weight_average_epochs: float = Field(
+        0.0,
+        ge=0,
+        description="Time constant, in epochs, of an exponential moving average of the weights taken over the "
+        "full-softmax epochs (`model/weight_average.py`): early stopping scores the average and training publishes "
+        "it. 0: the last step's weights.",
+    )
     refit: bool = Field(
         True,
         description="After early stopping on the validation split, train a fresh model for the chosen number of "

@@ -75,6 +75,7 @@ from streamrec.model.softmax import (
     softmax_for,
 )
 from streamrec.model.splits import LeaveOneOutSplit, Stage, leave_one_out
+from streamrec.model.weight_average import WeightAverage
 
 logger = logging.getLogger(__name__)
 
@@ -782,30 +783,31 @@ def _fit(
     epochs = tqdm(range(1, config.max_epochs + 1), desc="epochs", unit="epoch", disable=not progress)
     for epoch in epochs:
         losses = trainer.epoch(epoch, rng, progress)
-        record: dict[str, float] = {
-            "epoch": epoch,
-            **losses,
-            "retrieval_temperature": float(trainer.log_scale.detach().exp()),
-        }
         # Early stopping picks among full-softmax epochs only: the first of them scored above every warm-up epoch on
         # Beauty, Sports and Yelp, and validating a warm-up epoch costs twice its training on Yelp. The last epoch
         # (by max_epochs or the time budget) is scored anyway, so that training never ends on unscored weights.
         last = epoch == config.max_epochs or stopping.budget_spent()
         scored = last or not trainer.warming_up(epoch)
-        if scored:
-            model.eval()
-            ranks, _ = _evaluate(model, split, "valid", config, with_baselines=False, users=eval_users)
-            record |= {
-                "val_ranker_NDCG@10": ndcg(ranks["ranker"], 10),
-                "val_ranker_HR@10": hit_rate(ranks["ranker"], 10),
-                "val_retrieval_NDCG@10": ndcg(ranks["retrieval"], 10),
-                "val_retrieval_HR@10": hit_rate(ranks["retrieval"], 10),
+        with trainer.published_weights():
+            record: dict[str, float] = {
+                "epoch": epoch,
+                **losses,
+                "retrieval_temperature": float(trainer.log_scale.detach().exp()),
             }
-            epochs.set_postfix(loss=f"{record['loss']:.3f}", val_ndcg=f"{record['val_ranker_NDCG@10']:.4f}")
-        record["seconds"] = stopping.elapsed()
-        history.append(record)
-        logger.debug("epoch %d: %s", epoch, record)
-        stop = scored and stopping.should_stop(epoch, record["val_ranker_NDCG@10"])
+            if scored:
+                model.eval()
+                ranks, _ = _evaluate(model, split, "valid", config, with_baselines=False, users=eval_users)
+                record |= {
+                    "val_ranker_NDCG@10": ndcg(ranks["ranker"], 10),
+                    "val_ranker_HR@10": hit_rate(ranks["ranker"], 10),
+                    "val_retrieval_NDCG@10": ndcg(ranks["retrieval"], 10),
+                    "val_retrieval_HR@10": hit_rate(ranks["retrieval"], 10),
+                }
+                epochs.set_postfix(loss=f"{record['loss']:.3f}", val_ndcg=f"{record['val_ranker_NDCG@10']:.4f}")
+            record["seconds"] = stopping.elapsed()
+            history.append(record)
+            logger.debug("epoch %d: %s", epoch, record)
+            stop = scored and stopping.should_stop(epoch, record["val_ranker_NDCG@10"])
         if resume_points is not None:
             resume_points.after_epoch(epoch, stopping.best_epoch, model)
         if stop:
@@ -876,6 +878,11 @@ class _Trainer:
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(math.sqrt(config.dim))))
         sparse_table = softmax.sparse_gradients and model.config.n_items >= config.sparse_table_min_items
         self.optimizers = _optimizers(model, self.log_scale, config, sparse_table=sparse_table)
+        self.average = (
+            WeightAverage([*model.parameters(), self.log_scale], config.weight_average_epochs)
+            if config.weight_average_epochs > 0
+            else None
+        )
 
     def epoch(self, epoch: int, rng: np.random.Generator, progress: bool) -> dict[str, float]:
         """One pass over every window; the mean losses of its batches."""
@@ -883,6 +890,12 @@ class _Trainer:
         ranking, retrieval = self.softmaxes(epoch)
         totals = np.zeros(3)
         batches = window_batches(self.windows.lengths, self.config.batch_size, rng)
+        if self.average is not None:
+            # The average spans full-softmax epochs only: a warm-up epoch's weights fit another loss.
+            if epoch <= self.warmup_epochs + 1:
+                self.average.restart(len(batches))
+            else:
+                self.average.pace(len(batches))
         for batch in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress):
             losses = _losses(
                 self.model,
@@ -900,9 +913,21 @@ class _Trainer:
             clip_gradients(list(self.model.parameters()), 5.0)
             for optimizer in self.optimizers:
                 optimizer.step()
+            if self.average is not None:
+                self.average.update()
             totals += [float(loss.detach()) for loss in losses]
         loss, ranking_loss, retrieval_loss = (totals / len(batches)).tolist()
         return {"loss": loss, "ranking_loss": ranking_loss, "retrieval_loss": retrieval_loss}
+
+    def published_weights(self) -> contextlib.AbstractContextManager[None]:
+        """The weights training validates and publishes (the moving average, where there is one) in the model for
+        the ``with`` block; training goes on from the live ones."""
+        return self.average.swapped_in() if self.average is not None else contextlib.nullcontext()
+
+    def publish(self) -> None:
+        """Leave the published weights in the model once training is over."""
+        if self.average is not None:
+            self.average.apply()
 
     def softmaxes(self, epoch: int) -> tuple[Softmax, Softmax]:
         """The ranker's and the interest vector's loss over the catalogue in ``epoch`` (counted from 1)."""
@@ -985,6 +1010,7 @@ def _refit(
     losses: list[dict[str, float]] = []
     for epoch in tqdm(range(1, epochs + 1), desc="refit epochs", unit="epoch", disable=not progress):
         losses.append({"epoch": epoch, **trainer.epoch(epoch, rng, progress)})
+    trainer.publish()
     model.eval()
     model.item_embedding.sparse = False
     return model, {

@@ -527,3 +527,69 @@ def test_a_refit_that_starts_from_the_first_fit_counts_its_epochs_in_the_warmup(
     _refit(split, changed(config, sampled_negatives=n_items), n_items, 1, False)
     # Nothing to warm up where the softmax is sampled anyway, or where the negatives would be the whole catalogue.
     assert warmups == [3, 1, 0, 0, 0]
+
+
+def test_weight_averaging_scores_and_publishes_the_average_of_the_full_softmax_epochs(
+    log: EventLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamrec.model.train as training
+    from streamrec.model.weight_average import WeightAverage
+
+    trainers: list[training._Trainer] = []
+    live: list[torch.Tensor] = []  # the item table training goes on from, after each epoch
+    restarts: list[int] = []
+    epoch, restart = training._Trainer.epoch, WeightAverage.restart
+
+    def recorded(self: training._Trainer, number: int, rng: np.random.Generator, progress: bool) -> dict:
+        trainers.append(self)
+        losses = epoch(self, number, rng, progress)
+        live.append(self.model.item_embeddings().detach().clone())
+        return losses
+
+    def restarted(self: WeightAverage, steps_per_epoch: int) -> None:
+        restarts.append(len(live) + 1)
+        restart(self, steps_per_epoch)
+
+    monkeypatch.setattr(training._Trainer, "epoch", recorded)
+    monkeypatch.setattr(WeightAverage, "restart", restarted)
+    config = changed(
+        CONFIG,
+        weight_average_epochs=0.5,
+        sampled_warmup_epochs=1,
+        sampled_negatives=32,
+        max_epochs=3,
+        patience=10,
+        blend_weights=(0.0,),
+    )
+    manifest = manifest_of(train_artifacts(log, tmp_path, config, progress=False))
+    assert manifest["training"]["best_epoch"] == 3  # this log keeps improving: the last epoch's average is kept
+    # The average starts again at the warm-up's epoch and at the first full-softmax epoch, then runs on.
+    assert restarts == [1, 2]
+    published = load_artifacts(tmp_path).ranker.item_embeddings().detach()
+    average = trainers[-1].average
+    assert average is not None
+    assert torch.equal(published, average.average[0][: published.shape[0]])
+    assert not torch.allclose(published, live[-1])
+    # Three epochs, one of them the warm-up: well above popularity, not yet where longer training gets.
+    assert manifest["metrics"]["test"]["ranker"]["HR@10"] > manifest["metrics"]["test"]["popularity"]["HR@10"] + 0.15
+
+
+def test_a_refit_publishes_its_weight_average(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamrec.model.train as training
+
+    trainers: list[training._Trainer] = []
+    init = training._Trainer.__init__
+
+    def recorded(self: training._Trainer, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        trainers.append(self)
+
+    monkeypatch.setattr(training._Trainer, "__init__", recorded)
+    split = leave_one_out(log, {item: row for row, item in enumerate(build_vocabulary(log))})
+    n_items = len(build_vocabulary(log))
+    averaged, _ = _refit(split, changed(CONFIG, weight_average_epochs=0.5), n_items, 2, False)
+    plain, _ = _refit(split, CONFIG, n_items, 2, False)
+    average = trainers[0].average
+    assert average is not None and trainers[1].average is None
+    assert torch.equal(averaged.item_embeddings().detach(), average.average[0][:n_items])
+    assert not torch.allclose(averaged.item_embeddings(), plain.item_embeddings())
