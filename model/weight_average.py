@@ -25,8 +25,9 @@ UPDATES_PER_EPOCH = 256
 class WeightAverage:
     """The moving average of ``parameters``: updated after each optimizer step, swapped in to be validated or kept.
 
-    Parameters are averaged in place of copies of themselves, so the live tensors (and their optimizer state) stay
-    the ones training continues from.
+    The average lives in copies of the parameters, so the live tensors (and their optimizer state) stay the ones
+    training continues from; a refit that resumes the first fit (``refit_resume``) starts from the live weights the
+    first fit kept for it, and its own average from there.
     """
 
     def __init__(self, parameters: Sequence[torch.Tensor], epochs: float) -> None:
