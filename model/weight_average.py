@@ -44,9 +44,7 @@ class WeightAverage:
         """Start the average again at the current weights (a new softmax makes the old steps' weights stale)."""
         self.pace(steps_per_epoch)
         self._steps = 0
-        with torch.no_grad():
-            for average, parameter in zip(self.average, self.parameters, strict=True):
-                average.copy_(parameter)
+        _copy(self.average, self.parameters)
 
     def pace(self, steps_per_epoch: int) -> None:
         """Set the interval and the decay per update for an epoch of ``steps_per_epoch`` optimizer steps."""
@@ -71,12 +69,15 @@ class WeightAverage:
         try:
             yield
         finally:
-            with torch.no_grad():
-                for parameter, weights in zip(self.parameters, live, strict=True):
-                    parameter.copy_(weights)
+            _copy(self.parameters, live)
 
     def apply(self) -> None:
         """Put the averaged weights into the model for good (the end of training)."""
-        with torch.no_grad():
-            for parameter, average in zip(self.parameters, self.average, strict=True):
-                parameter.copy_(average)
+        _copy(self.parameters, self.average)
+
+
+def _copy(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]) -> None:
+    """Copy each source tensor into its target, outside autograd."""
+    with torch.no_grad():
+        for target, source in zip(targets, sources, strict=True):
+            target.copy_(source)
