@@ -34,7 +34,8 @@ def evaluate(version: Path, events: Path, output: Path, env: dict[str, str]) -> 
     return json.loads(output.read_text())["results"]["model"]["full_as_served"]
 
 
-def measure(dataset: str, source: str) -> dict[str, Any]:
+def source_run(dataset: str, source: str) -> tuple[Path, Path, Path]:
+    """``(results directory, source version, events without the test items)`` of a ``--without-test`` run."""
     directory = RESULTS / f"{dataset}-without-test"
     result_path = directory / f"{source}.json"
     if not result_path.exists():
@@ -42,13 +43,21 @@ def measure(dataset: str, source: str) -> dict[str, Any]:
             f"no run {result_path}: train it first with `python bench/bench_model_choices.py --dataset {dataset} "
             f"--without-test --variant {source} --set refit=false`"
         )
-    before = Path(json.loads(result_path.read_text())["artifacts"])
-    events = without_test(DATASETS[dataset], directory)
+    return directory, Path(json.loads(result_path.read_text())["artifacts"]), without_test(DATASETS[dataset], directory)
+
+
+def copy_version(version: Path, root: Path) -> Path:
+    """A fresh artifact root at ``root`` holding a copy of ``version`` as its LATEST."""
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(version, root / version.name)
+    (root / "LATEST").write_text(version.name)
+    return root
+
+
+def measure(dataset: str, source: str) -> dict[str, Any]:
+    directory, before, events = source_run(dataset, source)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    copy = directory / "knn-memory.artifacts"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(before, copy / before.name)
-    (copy / "LATEST").write_text(before.name)
+    copy = copy_version(before, directory / "knn-memory.artifacts")
     run(streamrec("reblend", "--artifacts", str(copy), "--events", str(events)), directory / "knn-memory.log", env)
     after = copy / (copy / "LATEST").read_text().strip()
     row: dict[str, Any] = {"dataset": dataset, "source": str(before)}

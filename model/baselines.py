@@ -6,8 +6,9 @@ scores for a batch of users, so full ranking, sampled ranking and the beyond-acc
 
 * :class:`PopularityModel` — interaction counts over the training data; the floor any recommender must clear.
 * :class:`ItemKNNModel` — recency-weighted item-to-item neighbourhood: cosine-normalised co-occurrence of items
-  in users' histories, scored from the user's last few interactions. On Amazon Beauty this simple method
-  beats every published deep model (``shared/README.md``), which makes it the baseline that matters.
+  in users' histories (plus, optionally, directed item-to-next-item transitions), scored from the user's last few
+  interactions. On Amazon Beauty this simple method beats every published deep model (``shared/README.md``), which
+  makes it the baseline that matters.
 
 Both fit on the part of a :class:`~streamrec.model.splits.LeaveOneOutSplit` that precedes the evaluated stage's target,
 the same data the trained model sees as input at that stage.
@@ -16,6 +17,7 @@ the same data the trained model sees as input at that stage.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -29,6 +31,10 @@ from streamrec.model.splits import LeaveOneOutSplit, Stage
 
 PAIRS_PER_CHUNK = 1 << 23
 """Item pairs materialised at once while counting co-occurrences (~200 MB of temporaries at most)."""
+
+TRANSITION_STEPS: tuple[tuple[int, float], ...] = ((1, 1.0), (2, 0.5), (3, 0.25))
+"""(interactions later, weight) of the item transitions counted: the very next item counts most, the two after it
+less, so a shopper who looks at one item between two others still ties them."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,32 @@ def interaction_counts(split: LeaveOneOutSplit, ends: np.ndarray, n_items: int) 
     return np.bincount(counted, minlength=n_items).astype(np.float32)
 
 
+def item_transitions(split: LeaveOneOutSplit, ends: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Directed transition strengths between items in every history before ``ends``: sorted pair keys
+    ``i · n_items + j`` and, for each, how often an interaction with ``j`` came 1, 2 or 3 interactions after one with
+    ``i`` (weighted by :data:`TRANSITION_STEPS`) over ``sqrt(i's outgoing weight · j's incoming weight)``.
+
+    Interactions, not events: a view → cart → buy funnel on one item is one step, as the item-kNN's memory reads it.
+    An item followed by itself is left out, as the co-occurrences leave it out, so every pair here co-occurs.
+    """
+    user_of = split.user_of
+    opening = split.interaction_starts() & (np.arange(split.n_events) < ends[user_of])
+    items, owners = split.items[opening].astype(np.int64), user_of[opening]
+    key_parts, weight_parts = [], []
+    for gap, weight in TRANSITION_STEPS:
+        later = np.flatnonzero(owners[gap:] == owners[: len(owners) - gap])
+        source, target = items[later], items[later + gap]
+        distinct = source != target
+        key_parts.append(source[distinct] * n_items + target[distinct])
+        weight_parts.append(np.full(int(distinct.sum()), weight))
+    keys, which = np.unique(np.concatenate(key_parts), return_inverse=True)
+    counts = np.bincount(which, weights=np.concatenate(weight_parts), minlength=len(keys))
+    sources, targets = np.divmod(keys, n_items)
+    outgoing = np.bincount(sources, weights=counts, minlength=n_items)
+    incoming = np.bincount(targets, weights=counts, minlength=n_items)
+    return keys, counts / np.sqrt(outgoing[sources] * incoming[targets])
+
+
 def user_item_pairs(split: LeaveOneOutSplit, ends: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """The distinct ``(user, item)`` pairs of every history before ``ends``, sorted by user then item."""
     user_of = split.user_of
@@ -148,10 +180,13 @@ def blend_scores(ranker_scores: np.ndarray, item_knn_scores: np.ndarray, weight:
 
 @dataclass(frozen=True)
 class ItemKNNModel:
-    """Recency-weighted item-kNN over a sparse item-item cosine similarity (CSR, one row per item).
+    """Recency-weighted item-kNN over a sparse item-item similarity (CSR, one row per item).
 
-    ``sim(i, j) = |U_i ∩ U_j| / sqrt(|U_i| · |U_j|)`` where ``U_i`` is the set of users whose history holds
-    ``i``: the cosine of the binary user-item columns. A user's score for item ``j`` is
+    ``sim(i, j) = |U_i ∩ U_j| / sqrt(|U_i| · |U_j|) + ρ · trans(i → j)`` where ``U_i`` is the set of users whose
+    history holds ``i``: the cosine of the binary user-item columns, plus, with a transition weight ``ρ > 0``, the
+    directed strength of ``j`` following ``i`` (:func:`item_transitions`). The cosine says two items share shoppers;
+    the transition says which one comes next, where shoppers move through a catalogue in an order (accessories
+    after the device). A user's score for item ``j`` is
     ``Σ_s decay^s · sim(r_s, j)`` over the last ``n_recent`` interactions ``r_0`` (most recent), ``r_1``, ...
     Recent items predict the next one far better than the whole history on shopping data, and the decay lets
     the latest item lead while older ones break ties. No dense ``n_items²`` matrix is ever built: the
@@ -189,14 +224,21 @@ class ItemKNNModel:
         n_recent: int = 3,
         decay: float = 0.6,
         max_neighbors: int | None = None,
+        transition_weight: float = 0.0,
     ) -> ItemKNNModel:
         """Count co-occurrences in every user's history before ``stage``'s target and normalise them.
 
         ``max_neighbors`` keeps only each item's most similar items, bounding memory at
         ``n_items · max_neighbors`` entries on logs with very long histories; None keeps every co-occurrence
-        (exact, and small on the shared data sets: 3.3 M pairs on Beauty).
+        (exact, and small on the shared data sets: 3.3 M pairs on Beauty). ``transition_weight`` (``ρ``) adds the
+        directed transition strengths of the same histories before the pruning, which then keeps the most similar
+        by the sum.
         """
-        users, items = user_item_pairs(split, split.history_end(stage), n_items)
+        if not 0.0 <= transition_weight < math.inf:
+            raise ValueError("transition_weight must be non-negative and finite")
+        ends = split.history_end(stage)
+        users, items = user_item_pairs(split, ends, n_items)
+        transitions = item_transitions(split, ends, n_items) if transition_weight > 0 else None
         degree = np.bincount(items, minlength=n_items).astype(np.float64)
         rows_per_item = np.zeros(n_items, dtype=np.int64)
         neighbor_parts, similarity_parts = [], []
@@ -204,6 +246,8 @@ class ItemKNNModel:
         # only one part's float64 temporaries are alive at a time.
         for first, second, together in _co_occurrences(users, items, n_items):
             similarity = together / np.sqrt(degree[first] * degree[second])
+            if transitions is not None:
+                similarity += transition_weight * _values_at(*transitions, first * n_items + second)
             if max_neighbors is not None:
                 keep = _top_per_row(first, similarity, max_neighbors)
                 first, second, similarity = first[keep], second[keep], similarity[keep]
@@ -215,6 +259,17 @@ class ItemKNNModel:
         neighbors = np.concatenate(neighbor_parts) if neighbor_parts else np.zeros(0, dtype=np.int32)
         similarities = np.concatenate(similarity_parts) if similarity_parts else np.zeros(0, dtype=np.float32)
         return cls(indptr, neighbors, similarities, n_recent, decay)
+
+    @classmethod
+    def of_transitions(cls, split: LeaveOneOutSplit, n_items: int, stage: Stage = "test") -> ItemKNNModel:
+        """The transition strengths alone as the similarity (:func:`item_transitions`, histories before ``stage``'s
+        target): scoring is linear in the similarity, so ``fit(..., transition_weight=ρ)`` without pruning scores
+        exactly as the cosine fit plus ``ρ`` times this one, and training tries every ``ρ`` from two fits."""
+        keys, strengths = item_transitions(split, split.history_end(stage), n_items)
+        sources, targets = np.divmod(keys, n_items)
+        indptr = np.zeros(n_items + 1, dtype=np.int64)
+        np.cumsum(np.bincount(sources, minlength=n_items), out=indptr[1:])
+        return cls(indptr, targets.astype(np.int32), strengths.astype(np.float32))
 
     def with_memory(self, n_recent: int, decay: float) -> ItemKNNModel:
         """The same similarities (shared, not copied) scored from the last ``n_recent`` interactions with
@@ -250,11 +305,7 @@ class ItemKNNModel:
         wanted = np.repeat(np.arange(len(candidates), dtype=np.int64), lengths) * self.n_items
         if lengths.sum():
             wanted += np.concatenate([np.asarray(c, dtype=np.int64) for c in candidates])
-        found = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
-        scores = np.zeros(len(wanted), dtype=np.float32)
-        if len(keys):
-            hit = keys[found] == wanted
-            scores[hit] = sums[found[hit]]
+        scores = _values_at(keys, sums, wanted).astype(np.float32)
         return np.split(scores, np.cumsum(lengths)[:-1]) if len(candidates) else []
 
     def similarities_between(self, rows: Sequence[int], others: Sequence[int]) -> np.ndarray:
@@ -280,11 +331,7 @@ class ItemKNNModel:
         entries = np.arange(lengths.sum(), dtype=np.int64) + np.repeat(begins - (np.cumsum(lengths) - lengths), lengths)
         keys = owner * self.n_items + self.neighbors[entries]
         wanted = owner_of_pair * self.n_items + others[inside]
-        found = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-        hit = keys[found] == wanted
-        values = np.zeros(len(wanted))
-        values[hit] = self.similarities[entries[found[hit]]]
-        out[inside] = values
+        out[inside] = _values_at(keys, self.similarities[entries], wanted)
         return out
 
     def top_neighbors(self, recent: Sequence[int], n: int, excluded: set[int]) -> np.ndarray:
@@ -375,6 +422,16 @@ def _co_occurrences(
         totals = np.add.reduceat(counts.astype(np.int64), distinct).astype(np.float64)
         keys = keys[distinct]
         yield keys // n_items, keys % n_items, totals
+
+
+def _values_at(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``values`` of the sorted ``keys`` at each ``wanted`` key, 0 where absent."""
+    found = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+    out = np.zeros(len(wanted))
+    if len(keys):
+        hit = keys[found] == wanted
+        out[hit] = values[found[hit]]
+    return out
 
 
 def _top_per_row(rows: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:

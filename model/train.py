@@ -398,25 +398,29 @@ def fit_shopper_projection(
 def fit_blend(
     ranker: Scorer, split: LeaveOneOutSplit, n_items: int, config: TrainConfig
 ) -> tuple[ItemKNNModel | None, dict[str, Any]]:
-    """Pick the item-kNN's memory and its weight in the served score, and fit the item-kNN to serve.
+    """Pick the item-kNN's memory, its transition weight and its weight in the served score, and fit the item-kNN
+    to serve.
 
-    The pair maximises validation NDCG@10 (full ranking) of ``ranker + λ · item_knn`` with the item-kNN fit on
-    the validation stage, so the test target never informs it. The ranking leaves out what the served pipeline
-    leaves out (bought items and the item just touched): a user's other history items compete with the target as in
-    the served lists, so on logs where users come back to items the weight is not chosen blind to re-visits. The
-    served item-kNN is then fit on everything before the test target, at most ``item_knn_max_neighbors`` neighbours
-    per item. Returns ``(None, {})`` when ``config`` does not blend; otherwise the model and the manifest keys to
-    record.
+    The triple maximises validation NDCG@10 (full ranking) of ``ranker + λ · item_knn`` with the item-kNN fit on
+    the validation stage, so the test target never informs it; the item-kNN's similarity is the cosine plus ``ρ``
+    times the directed transitions (:class:`ItemKNNModel`), scored as the two fits' sum so every ``ρ`` costs one
+    addition. The ranking leaves out what the served pipeline leaves out (bought items and the item just touched):
+    a user's other history items compete with the target as in the served lists, so on logs where users come back
+    to items the weight is not chosen blind to re-visits. The served item-kNN is then fit on everything before the
+    test target, at most ``item_knn_max_neighbors`` neighbours per item. Returns ``(None, {})`` when ``config`` does
+    not blend; otherwise the model and the manifest keys to record.
     """
     if not config.blends:
         return None, {}
     weights = sorted(set(float(w) for w in config.blend_weights) | {0.0})
+    rhos = sorted(set(float(w) for w in config.item_knn_transition_weights) | {0.0})
     memories = [{"n_recent": n, "decay": float(decay)} for n, decay in config.item_knn_recency]
-    fitted = ItemKNNModel.fit(split, n_items, "valid")
-    validation = [fitted.with_memory(memory["n_recent"], memory["decay"]) for memory in memories]
+    cosine = ItemKNNModel.fit(split, n_items, "valid")
+    transitions = ItemKNNModel.of_transitions(split, n_items, "valid") if rhos[-1] > 0 else None
     targets = split.targets("valid")
     rng = np.random.default_rng(config.seed)
-    ranks: dict[tuple[int, float], list[np.ndarray]] = {(m, w): [] for m in range(len(memories)) for w in weights}
+    keys = [(m, rho, w) for m in range(len(memories)) for rho in rhos for w in weights]
+    ranks: dict[tuple[int, float, float], list[np.ndarray]] = {key: [] for key in keys}
     evaluated = validation_sample(split.n_users, n_items, config)
     step = max(1, min(config.eval_batch_size, EVAL_BATCH_SCORES // n_items))
     for begin in range(0, len(evaluated), step):
@@ -424,20 +428,36 @@ def fit_blend(
         histories = Histories.of_users(split, users, "valid")
         exclude = histories.served_exclusions()
         ranker_scores = ranker.score_users(histories)
-        for m, item_knn in enumerate(validation):
-            knn_scores = item_knn.score_users(histories).astype(np.float32)
-            for w in weights:
-                blended = blend_scores(ranker_scores, knn_scores, w)
-                ranks[m, w].append(target_ranks(blended, targets[users], exclude, rng))
+        for m, memory in enumerate(memories):
+            cosine_scores = cosine.with_memory(**memory).score_users(histories).astype(np.float32)
+            transition_scores = (
+                transitions.with_memory(**memory).score_users(histories).astype(np.float32) if transitions else None
+            )
+            for rho in rhos:
+                knn_scores = cosine_scores
+                if rho > 0 and transition_scores is not None:
+                    knn_scores = cosine_scores + np.float32(rho) * transition_scores
+                for w in weights:
+                    blended = blend_scores(ranker_scores, knn_scores, w)
+                    ranks[m, rho, w].append(target_ranks(blended, targets[users], exclude, rng))
     ndcgs = {key: summarize(np.concatenate(parts))["NDCG@10"] for key, parts in ranks.items()}
-    # Among equals: the smallest weight, then the first memory listed.
-    memory, best = max(ndcgs, key=lambda key: (ndcgs[key], -key[1], -key[0]))
+    # Among equals: the smallest weight, then the smallest transition weight, then the first memory listed.
+    memory, rho, best = max(ndcgs, key=lambda key: (ndcgs[key], -key[2], -key[1], -key[0]))
     knn_params = memories[memory]
-    logger.info("item-kNN blend: validation NDCG@10 %s; serving %s at weight %s", ndcgs, knn_params, best)
-    served = ItemKNNModel.fit(split, n_items, "test", **knn_params, max_neighbors=config.item_knn_max_neighbors)
+    logger.info(
+        "item-kNN blend: validation NDCG@10 %s; serving %s, transition weight %s, at weight %s",
+        ndcgs,
+        knn_params,
+        rho,
+        best,
+    )
+    served = ItemKNNModel.fit(
+        split, n_items, "test", **knn_params, max_neighbors=config.item_knn_max_neighbors, transition_weight=rho
+    )
     manifest = {
         "item_knn": {
             **knn_params,
+            "transition_weight": rho,
             "max_neighbors": config.item_knn_max_neighbors,
             "file": ITEM_KNN_FILE,
             "entries": len(served.neighbors),
@@ -445,12 +465,14 @@ def fit_blend(
         },
         "blend_weight": best,
         "blend_validation": {
-            "protocol": "validation NDCG@10 of ranker logits + weight · item-kNN (fit on the validation stage), "
-            "ranked as served: bought items and the item just touched left out, other history items kept",
-            "NDCG@10": {str(w): ndcgs[memory, w] for w in weights},
+            "protocol": "validation NDCG@10 of ranker logits + weight · item-kNN (fit on the validation stage; "
+            "cosine + transition weight · transitions), ranked as served: bought items and the item just touched "
+            "left out, other history items kept",
+            "NDCG@10": {str(w): ndcgs[memory, rho, w] for w in weights},
             "NDCG@10_by_memory": {
-                _memory_name(params): {str(w): ndcgs[m, w] for w in weights} for m, params in enumerate(memories)
+                _memory_name(params): {str(w): ndcgs[m, rho, w] for w in weights} for m, params in enumerate(memories)
             },
+            "NDCG@10_by_transition_weight": {str(r): {str(w): ndcgs[memory, r, w] for w in weights} for r in rhos},
         },
     }
     return served, manifest

@@ -15,8 +15,9 @@ from streamrec.stream.sources import UserQuery
 
 @pytest.fixture(scope="module")
 def item_knn(shop: tuple[list[Event], list[dict]], artifacts: ModelArtifacts) -> ItemKNNModel:
+    # With transitions, as training serves it where shoppers move in an order: the similarity is directed.
     split = leave_one_out(EventLog.from_events(shop[0]), artifacts.row_of)
-    return ItemKNNModel.fit(split, len(artifacts.item_ids), max_neighbors=50)
+    return ItemKNNModel.fit(split, len(artifacts.item_ids), max_neighbors=50, transition_weight=2.0)
 
 
 @pytest.fixture(scope="module")

@@ -156,6 +156,52 @@ def test_item_knn_rejects_bad_parameters(split: LeaveOneOutSplit) -> None:
         ItemKNNModel.fit(split, len(ITEMS), n_recent=0)
     with pytest.raises(ValueError):
         ItemKNNModel.fit(split, len(ITEMS), decay=0.0)
+    for weight in (-1.0, math.inf):
+        with pytest.raises(ValueError, match="transition_weight"):
+            ItemKNNModel.fit(split, len(ITEMS), transition_weight=weight)
+
+
+def test_transitions_are_directed_and_normalised(split: LeaveOneOutSplit) -> None:
+    # Training histories u1 a b c, u2 a b d, u3 a b e, u4 c d e. Weighted counts: a→b 3 (next), a→c, a→d, a→e 0.5
+    # each (two later); b→c, b→d, b→e 1; c→d 1, c→e 0.5; d→e 1. Outgoing a 4.5, b 3, c 1.5, d 1; incoming b 3,
+    # c 1.5, d 2.5, e 3.
+    keys, strengths = baselines.item_transitions(split, split.history_end("test"), len(ITEMS))
+    pairs = {(ITEMS[k // len(ITEMS)], ITEMS[k % len(ITEMS)]): v for k, v in zip(keys, strengths, strict=True)}
+    assert set(pairs) == {
+        ("a", "b"), ("a", "c"), ("a", "d"), ("a", "e"), ("b", "c"), ("b", "d"), ("b", "e"), ("c", "d"), ("c", "e"),
+        ("d", "e"),
+    }  # fmt: skip
+    assert pairs["a", "b"] == pytest.approx(3 / math.sqrt(4.5 * 3))
+    assert pairs["a", "d"] == pytest.approx(0.5 / math.sqrt(4.5 * 2.5))
+    assert pairs["c", "d"] == pytest.approx(1 / math.sqrt(1.5 * 2.5))
+    assert np.all(np.diff(keys) > 0)
+
+
+def test_transitions_count_interactions_and_never_an_item_after_itself() -> None:
+    # u1 views then buys b: one interaction, so c is b's next item and a's second; a returns after c, not after a.
+    split = leave_one_out(log_of({"u1": ["a", "b", ("b", EventType.BUY), "c", "a", "x"]}), ROW)
+    keys, strengths = baselines.item_transitions(split, split.history_end("test"), len(ITEMS))
+    pairs = {(ITEMS[k // len(ITEMS)], ITEMS[k % len(ITEMS)]) for k in keys}
+    assert pairs == {("a", "b"), ("a", "c"), ("b", "c"), ("b", "a"), ("c", "a")}
+    assert len(strengths) == len(keys)
+
+
+def test_the_transition_weight_adds_the_transitions_to_the_cosine(split: LeaveOneOutSplit) -> None:
+    cosine = ItemKNNModel.fit(split, len(ITEMS))
+    transitions = ItemKNNModel.of_transitions(split, len(ITEMS))
+    both = ItemKNNModel.fit(split, len(ITEMS), transition_weight=2.0)
+    histories = Histories.of_users(split, np.arange(split.n_users), "test")
+    np.testing.assert_allclose(
+        both.score_users(histories),
+        cosine.score_users(histories) + 2.0 * transitions.score_users(histories),
+        rtol=1e-6,
+    )
+    # The sum is directed where the cosine is not: b follows a three times, a never follows b.
+    forward, backward = both.similarities_of_pairs(np.array([ROW["a"], ROW["b"]]), np.array([ROW["b"], ROW["a"]]))
+    assert backward == pytest.approx(1.0) and forward == pytest.approx(1.0 + 2.0 * 3 / math.sqrt(13.5))
+    # Pruning keeps the most similar by the sum: d's only neighbour kept is e, its one next item.
+    pruned = ItemKNNModel.fit(split, len(ITEMS), max_neighbors=1, transition_weight=2.0)
+    assert [ITEMS[n] for n in pruned.neighbors_of(ROW["d"])[0]] == ["e"]
 
 
 def test_popularity_counts_training_interactions_only() -> None:
