@@ -120,6 +120,21 @@ def verdict(dataset: str, report: dict[str, Any]) -> str:
     )
 
 
+def blend_choice(report: dict[str, Any]) -> str:
+    """The served item-kNN's memory, transition weight and blend weight, with the validation NDCG@10 that chose them:
+    per transition weight, its best blend weight (reports written before the transitions existed: the weight alone)."""
+    training = report.get("training") or {}
+    knn, by_transition = training.get("item_knn") or {}, training.get("blend_validation_ndcg@10")
+    if not knn or not by_transition:
+        return f"blend weight {training.get('blend_weight')}"
+    best = {rho: max(row.items(), key=lambda cell: cell[1]) for rho, row in by_transition.items()}
+    return (
+        f"item-kNN: last {knn['n_recent']} · {knn['decay']:g}, transition weight {knn['transition_weight']:g}, "
+        f"λ = {training['blend_weight']:g}; validation NDCG@10 by transition weight (best λ): "
+        + ", ".join(f"{float(rho):g}: {value:.4f} ({float(weight):g})" for rho, (weight, value) in best.items())
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reports", type=Path, default=ROOT / "docs" / "eval", help="where the reports are")
@@ -136,7 +151,8 @@ def main() -> None:
         baseline = json.loads(baseline_path.read_text()) if baseline_path.exists() else None
         baseline_eval_path = args.reports / f"{dataset}-sasrec-ce-eval.json"
         baseline_eval = json.loads(baseline_eval_path.read_text()) if baseline_eval_path.exists() else None
-        print("\n".join(["", *table(dataset, report, baseline, baseline_eval), "", verdict(dataset, report)]))
+        lines = ["", *table(dataset, report, baseline, baseline_eval), "", verdict(dataset, report)]
+        print("\n".join([*lines, blend_choice(report)]))
     if not found:
         raise SystemExit(f"no report in {args.reports}")
 

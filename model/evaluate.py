@@ -429,6 +429,14 @@ def training_summary(manifest: dict[str, Any]) -> dict[str, Any]:
         "refit_from": refit.get("from", "fresh weights") if refit else None,
         "trained_before": "test" if refit else _first_fit_end(training),
         "blend_weight": manifest.get("blend_weight"),
+        # The served item-kNN's memory and transition weight, and the validation NDCG@10 that chose them with the
+        # blend weight (per transition weight, then per blend weight, at the chosen memory).
+        "item_knn": {
+            key: value
+            for key, value in manifest.get("item_knn", {}).items()
+            if key in ("n_recent", "decay", "transition_weight")
+        },
+        "blend_validation_ndcg@10": manifest.get("blend_validation", {}).get("NDCG@10_by_transition_weight"),
     }
 
 

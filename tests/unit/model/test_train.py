@@ -381,6 +381,10 @@ def test_a_refit_learns_the_validation_items_for_as_many_epochs_as_early_stoppin
     # An evaluation report says the published model saw the validation items.
     summary = training_summary(manifest)
     assert summary["trained_before"] == "test" and summary["refit_epochs"] == refit["epochs"]
+    knn = manifest["item_knn"]
+    assert summary["item_knn"] == {key: knn[key] for key in ("n_recent", "decay", "transition_weight")}
+    chosen = summary["blend_validation_ndcg@10"][str(knn["transition_weight"])]
+    assert chosen == manifest["blend_validation"]["NDCG@10"]
     with pytest.raises(ValueError, match="refit on the validation items"):
         attach_item_knn(tmp_path, log)  # a weight chosen on items its ranker learned would be biased
     # Every user adds the validation item as a target, so the refit has at least as many windows.
