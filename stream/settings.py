@@ -269,8 +269,9 @@ class Settings(BaseSettings):
         100,
         ge=0,
         description="Candidates added from the model's item-kNN (items most co-occurring with the user's recent "
-        "items in the training data, as many as the memory training chose) when the model blends it into the "
-        "ranker's scores; 0 turns this source off.",
+        "items in the training data, and most often following them where training chose transitions; as many "
+        "recent items as the memory training chose) when the model blends it into the ranker's scores; 0 turns "
+        "this source off.",
     )
     covisitation_window: int = Field(
         3, ge=1, description="How many of the user's latest items vote for co-visitation candidates."
