@@ -34,6 +34,20 @@ def evaluate(version: Path, events: Path, output: Path, env: dict[str, str]) -> 
     return json.loads(output.read_text())["results"]["model"]["full_as_served"]
 
 
+def blend_row(version: Path, events: Path, output: Path, env: dict[str, str]) -> dict[str, Any]:
+    """A version's item-kNN blend as its manifest records it (memory, transition weight, blend weight, best validation
+    NDCG@10) and its held-out figures, evaluated into ``output``."""
+    manifest = json.loads((version / "manifest.json").read_text())
+    knn = manifest["item_knn"]
+    return {
+        "memory": f"{knn['n_recent']} · {knn['decay']:g}",
+        "transition_weight": knn.get("transition_weight", 0.0),  # versions from before the transitions: the cosine
+        "blend_weight": manifest["blend_weight"],
+        "validation_blend_ndcg@10": max(manifest["blend_validation"]["NDCG@10"].values()),
+        "held_out": evaluate(version, events, output, env),
+    }
+
+
 def source_run(dataset: str, source: str) -> tuple[Path, Path, Path]:
     """``(results directory, source version, events without the test items)`` of a ``--without-test`` run."""
     directory = RESULTS / f"{dataset}-without-test"
@@ -62,14 +76,7 @@ def measure(dataset: str, source: str) -> dict[str, Any]:
     after = copy / (copy / "LATEST").read_text().strip()
     row: dict[str, Any] = {"dataset": dataset, "source": str(before)}
     for name, version in (("before", before), ("after", after)):
-        manifest = json.loads((version / "manifest.json").read_text())
-        knn = manifest["item_knn"]
-        row[name] = {
-            "memory": f"{knn['n_recent']} · {knn['decay']:g}",
-            "blend_weight": manifest["blend_weight"],
-            "validation_blend_ndcg@10": max(manifest["blend_validation"]["NDCG@10"].values()),
-            "held_out": evaluate(version, events, directory / f"knn-memory-{name}.json", env),
-        }
+        row[name] = blend_row(version, events, directory / f"knn-memory-{name}.json", env)
     (directory / "knn-memory.json").write_text(json.dumps(row, indent=2))
     return row
 

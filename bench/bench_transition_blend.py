@@ -24,7 +24,7 @@ import json
 import os
 from typing import Any
 
-from bench_knn_memory import copy_version, evaluate, source_run
+from bench_knn_memory import blend_row, copy_version, source_run
 from bench_model_choices import DATASETS
 
 from streamrec.model.artifacts import load_artifacts
@@ -44,16 +44,7 @@ def measure(dataset: str, source: str) -> dict[str, Any]:
     for name, grid in GRIDS.items():
         copy = copy_version(before, directory / f"transitions-{name}.artifacts")
         version = attach_item_knn(copy, log, config.model_copy(update={"item_knn_transition_weights": grid}))
-        manifest = json.loads((version / "manifest.json").read_text())
-        knn = manifest["item_knn"]
-        row[name] = {
-            "grid": list(grid),
-            "memory": f"{knn['n_recent']} · {knn['decay']:g}",
-            "transition_weight": knn["transition_weight"],
-            "blend_weight": manifest["blend_weight"],
-            "validation_blend_ndcg@10": max(manifest["blend_validation"]["NDCG@10"].values()),
-            "held_out": evaluate(version, events, directory / f"transitions-{name}.json", env),
-        }
+        row[name] = {"grid": list(grid), **blend_row(version, events, directory / f"transitions-{name}.json", env)}
     (directory / "transitions.json").write_text(json.dumps(row, indent=2))
     return row
 
